@@ -1,0 +1,135 @@
+"""OpenAI-shaped errors: {"error": {"message", "type", "param", "code"}} with OpenAI's status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def json_bytes(self) -> bytes:
+        return json.dumps(self.body()).encode()
+
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def invalid_type(param: str, expected: str, value: Any) -> ApiError:
+    return ApiError(
+        400,
+        f"Invalid type for '{param}': expected {expected}, but got {type_name(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def missing(param: str) -> ApiError:
+    return ApiError(
+        400,
+        f"Missing required parameter: '{param}'.",
+        param=param,
+        code="missing_required_parameter",
+    )
+
+
+def below_min(param: str, minimum: float, value: Any, integer: bool) -> ApiError:
+    kind = "integer" if integer else "decimal"
+    return ApiError(
+        400,
+        f"Invalid '{param}': {kind} below minimum value. "
+        f"Expected a value >= {minimum}, but got {value} instead.",
+        param=param,
+        code=f"{kind}_below_min_value",
+    )
+
+
+def above_max(param: str, maximum: float, value: Any, integer: bool) -> ApiError:
+    kind = "integer" if integer else "decimal"
+    return ApiError(
+        400,
+        f"Invalid '{param}': {kind} above maximum value. "
+        f"Expected a value <= {maximum}, but got {value} instead.",
+        param=param,
+        code=f"{kind}_above_max_value",
+    )
+
+
+def invalid_json() -> ApiError:
+    return ApiError(
+        400,
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+        "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+        "sent was not valid JSON.)",
+    )
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def not_found_url(method: str, path: str) -> ApiError:
+    return ApiError(404, f"Invalid URL ({method} {path})", code="unknown_url")
+
+
+def method_not_allowed(method: str, path: str) -> ApiError:
+    return ApiError(405, f"Invalid method for URL ({method} {path})", code="method_not_allowed")
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"Request body too large: the limit is {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+def server_error() -> ApiError:
+    return ApiError(
+        500,
+        "The server had an error while processing your request. Sorry about that!",
+        type="server_error",
+    )

@@ -1,0 +1,309 @@
+"""OpenAI chat completions wire format: request → EngineRequest, Reply → JSON or SSE events.
+
+Nothing here knows about time or HTTP; the server paces the events this module renders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
+from llmsim.engine.request import EngineRequest, Reply
+from llmsim.engine.tokens import count_chat_prompt_tokens, message_text
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MAX_N = 128
+MAX_STOP = 4
+
+
+@dataclass
+class ChatOptions:
+    """Rendering choices that are not the engine's business."""
+
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_param(body: dict[str, Any], name: str, lo: int | None, hi: int | None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not _is_int(v):
+        raise invalid_type(name, "an integer", v)
+    if lo is not None and v < lo:
+        raise below_min(name, lo, v, integer=True)
+    if hi is not None and v > hi:
+        raise above_max(name, hi, v, integer=True)
+    return v
+
+
+def _num_param(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    v = body.get(name)
+    if v is None:
+        return
+    if not _is_num(v):
+        raise invalid_type(name, "a number", v)
+    if v < lo:
+        raise below_min(name, lo, v, integer=False)
+    if v > hi:
+        raise above_max(name, hi, v, integer=False)
+
+
+def _bool_param(body: dict[str, Any], name: str) -> bool:
+    v = body.get(name)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise invalid_type(name, "a boolean", v)
+    return v
+
+
+def _validate_messages(messages: Any) -> list[dict[str, Any]]:
+    if messages is None:
+        raise missing("messages")
+    if not isinstance(messages, list):
+        raise invalid_type("messages", "an array", messages)
+    if not messages:
+        raise ApiError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+            param="messages",
+            code="empty_array",
+        )
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise invalid_type(where, "an object", m)
+        role = m.get("role")
+        if role is None:
+            raise missing(f"{where}.role")
+        if role not in ROLES:
+            raise ApiError(
+                400,
+                f"Invalid value: {role!r}. Supported values are: "
+                + ", ".join(f"'{r}'" for r in ROLES)
+                + ".",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
+        content = m.get("content")
+        if content is None and role not in ("assistant", "function"):
+            raise missing(f"{where}.content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise invalid_type(f"{where}.content", "a string or an array", content)
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise invalid_type(f"{where}.content[{j}]", "an object with a type", part)
+    return messages
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return (v,) if v else ()
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise invalid_type("stop", "a string or an array of strings", v)
+    if len(v) > MAX_STOP:
+        raise ApiError(
+            400,
+            f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOP}, "
+            f"but got an array with length {len(v)} instead.",
+            param="stop",
+            code="array_above_max_length",
+        )
+    return tuple(s for s in v if s)
+
+
+def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
+    """Validate a decoded JSON body the way OpenAI does and build the engine's request."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
+    model = body.get("model")
+    if model is None:
+        raise missing("model")
+    if not isinstance(model, str):
+        raise invalid_type("model", "a string", model)
+    if not model:
+        raise ApiError(400, "Invalid 'model': empty string.", param="model", code="empty_string")
+    messages = _validate_messages(body.get("messages"))
+
+    max_tokens = _int_param(body, "max_tokens", 1, None)
+    max_completion = _int_param(body, "max_completion_tokens", 1, None)
+    caps = [c for c in (max_tokens, max_completion) if c is not None]
+    n = _int_param(body, "n", 1, MAX_N) or 1
+    seed = _int_param(body, "seed", None, None)
+    _num_param(body, "temperature", 0, 2)
+    _num_param(body, "top_p", 0, 1)
+    _num_param(body, "presence_penalty", -2, 2)
+    _num_param(body, "frequency_penalty", -2, 2)
+    stream = _bool_param(body, "stream")
+    ignore_eos = _bool_param(body, "ignore_eos")
+
+    include_usage = False
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise invalid_type("stream_options", "an object", stream_options)
+        if not stream:
+            raise ApiError(
+                400,
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+                code="invalid_value",
+            )
+        include_usage = _bool_param(stream_options, "include_usage")
+
+    if seed is not None:
+        fingerprint = json.dumps([messages, caps, n, body.get("stop")], sort_keys=True)
+    else:
+        fingerprint = ""
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])
+    req = EngineRequest(
+        model=model,
+        prompt_tokens=count_chat_prompt_tokens(messages, model),
+        max_tokens=min(caps) if caps else None,
+        n=n,
+        stop=_stop(body),
+        seed=seed,
+        ignore_eos=ignore_eos,
+        stream=stream,
+        prompt_text=message_text(last_user.get("content")),
+        fingerprint=fingerprint,
+    )
+    return req, ChatOptions(stream=stream, include_usage=include_usage)
+
+
+def usage(reply: Reply) -> dict[str, Any]:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def render_completion(reply: Reply, system_fingerprint: str) -> dict[str, Any]:
+    return {
+        "id": reply.id,
+        "object": "chat.completion",
+        "created": reply.created,
+        "model": reply.model,
+        "choices": [
+            {
+                "index": c.index,
+                "message": {
+                    "role": "assistant",
+                    "content": c.text,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+            for c in reply.choices
+        ],
+        "usage": usage(reply),
+        "service_tier": "default",
+        "system_fingerprint": system_fingerprint,
+    }
+
+
+# json.dumps of a token's text, cached: streaming spends most of its time here otherwise, and
+# generated replies reuse a small vocabulary.
+_TOKEN_JSON: dict[str, bytes] = {}
+_TOKEN_JSON_LIMIT = 100_000
+
+
+def _token_json(tok: str) -> bytes:
+    b = _TOKEN_JSON.get(tok)
+    if b is None:
+        b = json.dumps(tok).encode()
+        if len(_TOKEN_JSON) >= _TOKEN_JSON_LIMIT:
+            _TOKEN_JSON.clear()
+        _TOKEN_JSON[tok] = b
+    return b
+
+
+def stream_events(
+    reply: Reply, system_fingerprint: str, include_usage: bool
+) -> Iterator[tuple[int, bytes]]:
+    """SSE bytes for a streamed reply, as (step, bytes): step i is due at reply.due_s(i).
+
+    Chunks are pre-rendered around the one field that changes, so each token costs a dict
+    lookup and a join instead of a json.dumps of the whole chunk.
+    """
+    head = (
+        '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,'
+        '"service_tier":"default","system_fingerprint":%s,"choices":['
+        % (
+            json.dumps(reply.id),
+            reply.created,
+            json.dumps(reply.model),
+            json.dumps(system_fingerprint),
+        )
+    )
+    tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+    prefixes = []
+    role_events = []
+    finish_events = []
+    for c in reply.choices:
+        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
+        prefixes.append(p.encode() + b'{"content":')
+        role_events.append(
+            (
+                p + '{"role":"assistant","content":"","refusal":null},"logprobs":null,'
+                '"finish_reason":null}]' + tail
+            ).encode()
+        )
+        finish_events.append(
+            (p + '{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason + tail).encode()
+        )
+    suffix = ('},"logprobs":null,"finish_reason":null}]' + tail).encode()
+
+    steps = reply.steps
+    choices = reply.choices
+    for step in range(max(steps, 1)):
+        parts: list[bytes] = []
+        for i, c in enumerate(choices):
+            if step == 0:
+                parts.append(role_events[i])
+            if step < len(c.tokens):
+                parts.append(prefixes[i] + _token_json(c.tokens[step]) + suffix)
+            if step == len(c.tokens) - 1 or (step == 0 and not c.tokens):
+                parts.append(finish_events[i])
+        yield step, b"".join(parts)
+    last = max(steps - 1, 0)
+    if include_usage:
+        tail_chunk = {
+            "id": reply.id,
+            "object": "chat.completion.chunk",
+            "created": reply.created,
+            "model": reply.model,
+            "service_tier": "default",
+            "system_fingerprint": system_fingerprint,
+            "choices": [],
+            "usage": usage(reply),
+        }
+        yield last, b"data: " + json.dumps(tail_chunk).encode() + b"\n\n"
+    yield last, b"data: [DONE]\n\n"

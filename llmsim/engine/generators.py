@@ -1,0 +1,178 @@
+"""Reply text, as a list of token strings.
+
+Every generator returns text in which each list item is exactly one token of the model's
+encoding and the joined text re-tokenizes to the same count. Benchmark tools count output
+tokens by re-tokenizing the text; if that disagrees with the stream, their inter-token figures
+are wrong.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+from importlib import resources
+
+import tiktoken
+
+GENERATOR_NAMES = ("lorem", "echo", "random", "sequence", "fixed:TEXT")
+
+
+@lru_cache(maxsize=1)
+def words() -> tuple[str, ...]:
+    """Words that are single tokens alone, capitalised and space-prefixed in both encodings."""
+    text = resources.files("llmsim.data").joinpath("words.txt").read_text("utf-8")
+    return tuple(w for w in text.split("\n") if w and not w.startswith("#"))
+
+
+@lru_cache(maxsize=1)
+def _word_forms() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    ws = words()
+    return (
+        tuple(" " + w for w in ws),
+        tuple(" " + w.capitalize() for w in ws),
+        tuple(w.capitalize() for w in ws),
+    )
+
+
+def lorem_tokens(count: int, rng: random.Random) -> list[str]:
+    """Sentences of filler words with commas and full stops; each item is one token."""
+    spaced, spaced_cap, cap = _word_forms()
+    out: list[str] = []
+    n_words = len(spaced)
+    new_sentence = True
+    rand = rng.random
+    while len(out) < count:
+        i = int(rand() * n_words)
+        if new_sentence:
+            out.append(spaced_cap[i] if out else cap[i])
+            new_sentence = False
+            continue
+        out.append(spaced[i])
+        remaining = count - len(out)
+        if remaining >= 2:  # punctuation never ends a reply early or starts one
+            r = rand()
+            if r < 0.08:
+                out.append(".")
+                new_sentence = True
+            elif r < 0.14:
+                out.append(",")
+    return out
+
+
+def random_tokens(count: int, rng: random.Random) -> list[str]:
+    spaced, _, cap = _word_forms()
+    n = len(spaced)
+    if count <= 0:
+        return []
+    return [cap[int(rng.random() * n)]] + [spaced[int(rng.random() * n)] for _ in range(count - 1)]
+
+
+def sequence_tokens(count: int) -> list[str]:
+    """The word list in order, the same for every reply: makes lost or reordered tokens obvious."""
+    spaced, _, cap = _word_forms()
+    n = len(spaced)
+    if count <= 0:
+        return []
+    return [cap[0]] + [spaced[i % n] for i in range(1, count)]
+
+
+def text_tokens(text: str, encoding: tiktoken.Encoding) -> list[str]:
+    """Split text into its tokens' strings.
+
+    A token that ends inside a multi-byte UTF-8 character cannot be sent as text on its own; it
+    is joined to the next one (that chunk then carries two or more tokens).
+    """
+    out: list[str] = []
+    pending = b""
+    for tok in encoding.encode(text, disallowed_special=()):
+        pending += encoding.decode_single_token_bytes(tok)
+        try:
+            out.append(pending.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+        pending = b""
+    if pending:
+        out.append(pending.decode("utf-8", errors="replace"))
+    return out
+
+
+def repeat_text_tokens(text: str, count: int, encoding: tiktoken.Encoding) -> list[str]:
+    """The first `count` tokens of text, repeated (space-separated) as often as needed."""
+    if count <= 0 or not text:
+        return []
+    toks = text_tokens(text, encoding)
+    if len(toks) >= count:
+        return toks[:count]
+    reps = count // max(1, len(toks)) + 2
+    return text_tokens(" ".join([text] * reps), encoding)[:count]
+
+
+class Generator:
+    """What a reply says. `natural_length` is how long it is when nothing caps it."""
+
+    name = "lorem"
+
+    def natural_length(self, prompt_text: str, encoding: tiktoken.Encoding) -> int | None:
+        return None  # the engine samples --output-tokens
+
+    def tokens(
+        self, count: int, rng: random.Random, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> list[str]:
+        return lorem_tokens(count, rng)
+
+
+class RandomGenerator(Generator):
+    name = "random"
+
+    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+        return random_tokens(count, rng)
+
+
+class SequenceGenerator(Generator):
+    name = "sequence"
+
+    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+        return sequence_tokens(count)
+
+
+class EchoGenerator(Generator):
+    """Replies with the last user message (repeated when ignore_eos asks for more)."""
+
+    name = "echo"
+
+    def natural_length(self, prompt_text, encoding):  # type: ignore[override]
+        return len(text_tokens(prompt_text, encoding))
+
+    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+        return repeat_text_tokens(prompt_text, count, encoding)
+
+
+class FixedGenerator(Generator):
+    name = "fixed"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def natural_length(self, prompt_text, encoding):  # type: ignore[override]
+        return len(text_tokens(self.text, encoding))
+
+    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+        return repeat_text_tokens(self.text, count, encoding)
+
+
+def make_generator(spec: str) -> Generator:
+    """Build a generator from its CLI spelling: lorem, echo, random, sequence or fixed:TEXT."""
+    if spec.startswith("fixed:"):
+        text = spec[len("fixed:") :]
+        if not text:
+            raise ValueError("fixed: needs a text, e.g. fixed:Hello world")
+        return FixedGenerator(text)
+    simple = {
+        "lorem": Generator,
+        "random": RandomGenerator,
+        "sequence": SequenceGenerator,
+        "echo": EchoGenerator,
+    }
+    if spec not in simple:
+        raise ValueError(f"unknown generator {spec!r}; choose from {', '.join(GENERATOR_NAMES)}")
+    return simple[spec]()

@@ -1,0 +1,160 @@
+"""Bundled tiktoken encodings: prompt counting and the token text replies are made of.
+
+tiktoken downloads encodings on first use; we ship the published rank files as package data
+(checked against tiktoken's own hashes) so counting works with no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import tiktoken
+
+# Constructor arguments from tiktoken's tiktoken_ext/openai_public.py.
+_SPECS: dict[str, dict[str, Any]] = {
+    "cl100k_base": {
+        "sha256": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        "pat_str": (
+            r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""  # noqa: E501
+        ),
+        "special_tokens": {
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    },
+    "o200k_base": {
+        "sha256": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        "pat_str": "|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        "special_tokens": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    },
+}
+
+ENCODINGS = tuple(_SPECS)
+
+# Model-name prefixes, most specific first. Anything else gets o200k_base as a stated
+# approximation (other vendors' tokenizers are not public or not bundled).
+_PREFIX_TO_ENCODING = (
+    ("gpt-4o", "o200k_base"),
+    ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"),
+    ("chatgpt-4o", "o200k_base"),
+    ("gpt-5", "o200k_base"),
+    ("gpt-oss", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("o4", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+    ("gpt-35", "cl100k_base"),
+    ("text-embedding", "cl100k_base"),
+)
+
+_lock = threading.Lock()
+
+
+class EncodingLoadError(RuntimeError):
+    """A bundled encoding file is missing or damaged."""
+
+
+def encoding_name_for_model(model: str) -> str:
+    name = model.lower()
+    if name.startswith("ft:"):
+        name = name[3:]
+    name = name.rsplit("/", 1)[-1]  # "openai/gpt-4o" style names from routers
+    for prefix, enc in _PREFIX_TO_ENCODING:
+        if name.startswith(prefix):
+            return enc
+    return "o200k_base"
+
+
+@cache
+def _load(name: str) -> tiktoken.Encoding:
+    spec = _SPECS[name]
+    data = resources.files("llmsim.data.tiktoken").joinpath(f"{name}.tiktoken").read_bytes()
+    if hashlib.sha256(data).hexdigest() != spec["sha256"]:
+        raise EncodingLoadError(f"bundled encoding {name}.tiktoken is damaged (sha256 mismatch)")
+    ranks = {
+        base64.b64decode(tok): int(rank)
+        for tok, rank in (line.split() for line in data.splitlines() if line)
+    }
+    return tiktoken.Encoding(
+        name=name,
+        pat_str=spec["pat_str"],
+        mergeable_ranks=ranks,
+        special_tokens=spec["special_tokens"],
+    )
+
+
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """Load a bundled encoding once per process (thread-safe)."""
+    if name not in _SPECS:
+        raise KeyError(f"unknown encoding {name!r}; bundled: {', '.join(_SPECS)}")
+    with _lock:
+        return _load(name)
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding:
+    return get_encoding(encoding_name_for_model(model))
+
+
+def count_tokens(text: str, model: str) -> int:
+    return len(encoding_for_model(model).encode(text, disallowed_special=()))
+
+
+# OpenAI's documented accounting for chat prompts: each message costs 3 tokens of framing
+# (4 for gpt-3.5-turbo-0301 era models is no longer served), a name costs 1 more, and the
+# reply is primed with 3 tokens (<|start|>assistant<|message|>).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a content array."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, dict):
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                parts.append(part["refusal"])
+    return "".join(parts)
+
+
+def count_chat_prompt_tokens(messages: list[dict[str, Any]], model: str) -> int:
+    enc = encoding_for_model(model)
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        total += len(enc.encode(message.get("role", ""), disallowed_special=()))
+        total += len(enc.encode(message_text(message.get("content")), disallowed_special=()))
+        if message.get("name"):
+            total += TOKENS_PER_NAME
+            total += len(enc.encode(str(message["name"]), disallowed_special=()))
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            total += len(enc.encode(str(fn.get("name", "")), disallowed_special=()))
+            total += len(enc.encode(str(fn.get("arguments", "")), disallowed_special=()))
+    return total

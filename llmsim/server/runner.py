@@ -1,0 +1,163 @@
+"""Run the app on gevent's WSGI server: TCP_NODELAY, worker processes, graceful shutdown."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import replace
+from typing import TextIO
+
+from llmsim import __version__
+from llmsim.settings import Settings
+
+
+class ServeError(RuntimeError):
+    """The server cannot start (port taken, address not available…); str() is one line."""
+
+
+def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """Bind before forking so every worker accepts on the same socket."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is already in use") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _make_handler():
+    # gevent is imported here, not at module level, so a parent that only forks never
+    # starts a hub of its own.
+    from gevent.pywsgi import WSGIHandler
+
+    from llmsim.server.app import START_KEY
+
+    class NoDelayHandler(WSGIHandler):
+        """Sets TCP_NODELAY: gevent sends headers and body in separate writes, and Nagle plus
+        the client's delayed ACK would hold every response (and every SSE event) ~40 ms."""
+
+        def __init__(self, sock, address, server, rfile=None):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP (e.g. a unix socket in tests)
+            super().__init__(sock, address, server, rfile)
+
+        def get_environ(self):
+            env = super().get_environ()
+            env[START_KEY] = time.monotonic()
+            return env
+
+    return NoDelayHandler
+
+
+def serve_on_socket(settings: Settings, sock: socket.socket, worker: int = 0) -> None:
+    """Serve on an already-bound socket until SIGTERM/SIGINT, then drain and return."""
+    import gevent
+    from gevent.pywsgi import WSGIServer
+
+    from llmsim.server.app import create_app
+
+    if settings.seed is not None and worker:
+        settings = replace(settings, seed=settings.seed + worker)
+    app = create_app(settings)
+    server = WSGIServer(
+        sock,
+        app,
+        handler_class=_make_handler(),
+        log=sys.stderr if settings.access_log else None,
+        error_log=sys.stderr,
+    )
+
+    def stop() -> None:
+        # stop() closes the listener first, then waits up to the grace period for in-flight
+        # requests and streams to finish before it kills what is left.
+        gevent.spawn(server.stop, timeout=settings.grace_period_s)
+
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
+    server.serve_forever()
+
+
+def startup_line(settings: Settings, url: str) -> str:
+    profile = f"profile {settings.profile}" if settings.profile else "profile by model name"
+    workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
+    return (
+        f"llmsim {__version__} serving the OpenAI API at {url}/v1 ({workers}, {profile}); "
+        f"use base_url={url}/v1"
+    )
+
+
+def serve(settings: Settings, out: TextIO | None = None) -> int:
+    """Run `llmsim serve`. Returns the exit status (0 after a graceful shutdown)."""
+    out = out or sys.stdout
+    sock = bind_listener(settings.host, settings.port)
+    url = base_url(sock)
+    if settings.workers == 1:
+        print(startup_line(settings, url), file=out, flush=True)
+        serve_on_socket(settings, sock)
+        return 0
+    children: list[int] = []
+    for worker in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                serve_on_socket(settings, sock, worker)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    print(startup_line(settings, url), file=out, flush=True)
+
+    def forward(signum, _frame):
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, raw = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid in remaining:
+            remaining.discard(pid)
+            code = os.waitstatus_to_exitcode(raw)
+            if code != 0:
+                status = 1
+                # One worker died: take the others down too rather than serve at partial capacity
+                # with nobody noticing.
+                forward(signal.SIGTERM, None)
+    return status

@@ -1,0 +1,336 @@
+"""One settings object for the simulator: defaults < YAML file < LLMSIM_* env < flags.
+
+Every option is declared once here; the CLI builds its flags from this table, so a new option is
+a flag, an env var and a YAML key at once, with one error message per bad value that names where
+the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmsim.engine.generators import make_generator
+from llmsim.engine.profiles import DISTRIBUTIONS, PROFILES
+
+ENV_PREFIX = "LLMSIM_"
+
+
+class SettingsError(ValueError):
+    """A bad option value; str() is a one-line message naming the option and its source."""
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {value!r}") from None
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+
+
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"expected a list of names, got {value!r}")
+
+
+def _at_least(minimum: float) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v is not None and v < minimum:
+            raise ValueError(f"must be at least {minimum:g}, got {v}")
+
+    return check
+
+
+def _port(v: int) -> None:
+    if not 0 <= v <= 65535:
+        raise ValueError(f"must be a port number from 0 to 65535, got {v}")
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v is not None and v not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {v!r}")
+
+    return check
+
+
+def _generator(v: str) -> None:
+    make_generator(v)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    check: Callable[[Any], None] | None = None
+    metavar: str | None = None
+    is_flag: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+DEFAULT_MODELS = [
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-4.1",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4",
+    "gpt-3.5-turbo",
+    "o3",
+    "o4-mini",
+    "claude-opus-4",
+    "claude-sonnet-4",
+    "claude-haiku-4",
+    "gemini-2.5-pro",
+    "gemini-2.5-flash",
+    "deepseek-chat",
+    "deepseek-reasoner",
+]
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "host", str, "127.0.0.1", "Address to bind (0.0.0.0 exposes the simulator).", None, "ADDR"
+    ),
+    Option("port", _int, 8080, "Port to listen on (0 picks a free one).", _port, "PORT"),
+    Option("workers", _int, 1, "Server processes sharing the port.", _at_least(1), "N"),
+    Option(
+        "profile",
+        str,
+        None,
+        f"Force one latency profile for every model ({', '.join(PROFILES)}).",
+        _choice(tuple(PROFILES)),
+        "NAME",
+    ),
+    Option(
+        "ttft_ms",
+        _float,
+        None,
+        "Mean time to first token, ms (overrides the profile).",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
+        "ttft_stddev_ms",
+        _float,
+        None,
+        "TTFT standard deviation, ms (0: exact).",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
+        "tbt_ms",
+        _float,
+        None,
+        "Mean time between tokens, ms (overrides the profile).",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
+        "tbt_stddev_ms",
+        _float,
+        None,
+        "Time-between-tokens standard deviation, ms (0: exact).",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
+        "latency_distribution",
+        str,
+        "lognormal",
+        "Distribution TTFT and TBT are sampled from.",
+        _choice(DISTRIBUTIONS),
+        "KIND",
+    ),
+    Option(
+        "output_tokens",
+        _int,
+        256,
+        "Mean reply length in tokens when nothing caps it.",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "output_tokens_stddev",
+        _float,
+        None,
+        "Reply length standard deviation (default: a quarter of the mean; 0: exact).",
+        _at_least(0),
+        "N",
+    ),
+    Option(
+        "generator",
+        str,
+        "lorem",
+        "Reply text: lorem, echo, random, sequence or fixed:TEXT.",
+        _generator,
+        "KIND",
+    ),
+    Option("seed", _int, None, "Seed for a repeatable run (timing, lengths and text).", None, "N"),
+    Option(
+        "models",
+        _str_list,
+        DEFAULT_MODELS,
+        "Model catalogue listed by /v1/models (comma-separated).",
+        None,
+        "LIST",
+    ),
+    Option(
+        "strict_models",
+        _bool,
+        False,
+        "Answer models outside the catalogue with 404 model_not_found.",
+        None,
+        None,
+        True,
+    ),
+    Option(
+        "max_body_bytes",
+        _int,
+        8 * 1024 * 1024,
+        "Largest request body accepted (413 above).",
+        _at_least(1024),
+        "BYTES",
+    ),
+    Option(
+        "grace_period_s",
+        _float,
+        10.0,
+        "On SIGTERM/SIGINT, how long in-flight streams may finish.",
+        _at_least(0),
+        "S",
+    ),
+    Option("access_log", _bool, False, "Log every request to stderr.", None, None, True),
+)
+
+_BY_NAME = {o.name: o for o in SERVE_OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    profile: str | None = None
+    ttft_ms: float | None = None
+    ttft_stddev_ms: float | None = None
+    tbt_ms: float | None = None
+    tbt_stddev_ms: float | None = None
+    latency_distribution: str = "lognormal"
+    output_tokens: int = 256
+    output_tokens_stddev: float | None = None
+    generator: str = "lorem"
+    seed: int | None = None
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    strict_models: bool = False
+    max_body_bytes: int = 8 * 1024 * 1024
+    grace_period_s: float = 10.0
+    access_log: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+assert {f.name for f in fields(Settings)} == set(_BY_NAME), "Settings and SERVE_OPTIONS disagree"
+
+
+def _coerce(option: Option, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    try:
+        parsed = option.parse(value)
+        if option.check is not None:
+            option.check(parsed)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: {exc}") from None
+    return parsed
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config; keys may be spelled ttft_ms or ttft-ms."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text("utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {p}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SettingsError(f"config file {p}: not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"config file {p}: expected a mapping of option: value")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in _BY_NAME:
+            raise SettingsError(
+                f"config file {p}: unknown key {key!r} (known: {', '.join(sorted(_BY_NAME))})"
+            )
+        out[name] = _coerce(_BY_NAME[name], value, f"config file {p}: {key}")
+    return out
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Resolve settings: defaults < YAML file < LLMSIM_* environment < overrides (flags)."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        values.update(read_config_file(config))
+    env = os.environ if env is None else env
+    for option in SERVE_OPTIONS:
+        if option.env in env and env[option.env] != "":
+            values[option.name] = _coerce(
+                option, env[option.env], f"{option.env}={env[option.env]!r}"
+            )
+    for name, value in (overrides or {}).items():
+        if name not in _BY_NAME:
+            raise SettingsError(f"unknown option {name!r}")
+        if value is not None:
+            values[name] = _coerce(_BY_NAME[name], value, _BY_NAME[name].flag)
+    return Settings(**values)

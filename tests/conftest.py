@@ -1,0 +1,98 @@
+"""Shared fixtures: real `llmsim serve` processes on free loopback ports, always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+OPENAPI = REPO.parent / "shared" / "openai" / "openapi.yaml"
+_URL = re.compile(r"(http://\S+?)/v1\b")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    url: str  # http://127.0.0.1:PORT
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_server(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> ServerProcess:
+    """Start `python -m llmsim serve --port 0 ARGS…` and wait for its start-up line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
+    full_env.update(env or {})
+    cmd = [sys.executable, "-m", "llmsim", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = _URL.search(line)
+        if m:
+            return ServerProcess(proc, m.group(1), lines)
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError(f"llmsim serve did not start: {''.join(lines)}")
+
+
+@pytest.fixture
+def llmsim_server() -> Iterator:
+    """Factory: llmsim_server("--profile", "fast") -> ServerProcess; all stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = start_server(*args, env=env)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+        if server.proc.stdout:
+            server.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def fast_server() -> Iterator[ServerProcess]:
+    """One shared server with exact, fast timing for tests that only check shapes."""
+    server = start_server(
+        "--ttft-ms", "5", "--ttft-stddev-ms", "0", "--tbt-ms", "1", "--tbt-stddev-ms", "0"
+    )
+    yield server
+    server.stop()
+    if server.proc.stdout:
+        server.proc.stdout.close()
