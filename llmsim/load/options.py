@@ -1,0 +1,229 @@
+"""The `--llm-...` Locust arguments, their environment variables, and how a user's settings resolve.
+
+Precedence, most specific first: a value given on the command line, in the environment or in the
+web UI's start form; then the user class attribute; then OpenAIChatUser's default. Options
+default to "unset" (None, or False for flags) so that an option nobody gave never overrides a
+class attribute: that is what lets a locustfile mix classes with different prompt lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from llmsim.load.workload import Distribution, parse_distribution
+
+
+@dataclass(frozen=True)
+class Opt:
+    attr: str  # user class attribute (and LLMConfig field)
+    flag: str
+    env: str
+    kind: str  # str | dist | float | int | json | on (flag sets True) | off (flag sets False)
+    help: str
+    ui: bool = True
+    secret: bool = False
+
+
+OPTIONS: tuple[Opt, ...] = (
+    Opt("model", "--llm-model", "LLMSIM_MODEL", "str", "Model name sent in each request."),
+    Opt("system_prompt", "--llm-system-prompt", "LLMSIM_SYSTEM_PROMPT", "str", "System prompt."),
+    Opt(
+        "prompt_tokens",
+        "--llm-prompt-tokens",
+        "LLMSIM_PROMPT_TOKENS",
+        "dist",
+        "Prompt length in tokens: N, normal:mean=M,stddev=S[,min=A,max=B], uniform:min=A,max=B "
+        "or lognormal:mean=M,stddev=S.",
+    ),
+    Opt(
+        "max_tokens",
+        "--llm-max-tokens",
+        "LLMSIM_MAX_TOKENS",
+        "dist",
+        "max_tokens per request, same syntax as --llm-prompt-tokens.",
+    ),
+    Opt(
+        "ignore_eos",
+        "--llm-ignore-eos",
+        "LLMSIM_IGNORE_EOS",
+        "on",
+        "Send ignore_eos: the reply is exactly max_tokens long (vLLM, llmsim).",
+    ),
+    Opt("stream", "--llm-no-stream", "LLMSIM_NO_STREAM", "off", "Ask for whole replies."),
+    Opt(
+        "include_usage",
+        "--llm-no-usage",
+        "LLMSIM_NO_USAGE",
+        "off",
+        "Do not send stream_options.include_usage (tokens are then counted).",
+    ),
+    Opt("temperature", "--llm-temperature", "LLMSIM_TEMPERATURE", "float", "Temperature."),
+    Opt(
+        "extra_headers",
+        "--llm-headers",
+        "LLMSIM_HEADERS",
+        "json",
+        'Extra HTTP headers, a JSON object: {"X-Tenant": "a"}.',
+    ),
+    Opt(
+        "extra_body",
+        "--llm-body",
+        "LLMSIM_BODY",
+        "json",
+        'Extra request body fields, a JSON object: {"top_p": 0.9}.',
+    ),
+    Opt(
+        "dataset",
+        "--llm-dataset",
+        "LLMSIM_DATASET",
+        "str",
+        "Prompts from a file: JSONL (prompt, messages or ShareGPT records) or a JSON array.",
+    ),
+    Opt(
+        "turns",
+        "--llm-turns",
+        "LLMSIM_TURNS",
+        "int",
+        "Turns per conversation: each reply and a new user turn are appended, K times.",
+    ),
+    Opt(
+        "requests_per_user",
+        "--llm-requests-per-user",
+        "LLMSIM_REQUESTS_PER_USER",
+        "int",
+        "Each user stops after this many requests (0: no limit).",
+    ),
+    Opt("seed", "--llm-seed", "LLMSIM_SEED", "int", "Seed for prompts and lengths (reproducible)."),
+    Opt(
+        "timeout",
+        "--llm-timeout",
+        "LLMSIM_TIMEOUT",
+        "float",
+        "Seconds to wait for a connection or for the next bytes of a response.",
+    ),
+    Opt(
+        "api_key",
+        "--llm-api-key",
+        "OPENAI_API_KEY",
+        "str",
+        "Bearer key (default: $OPENAI_API_KEY).",
+        secret=True,
+    ),
+)
+
+RESULTS_DIR = Opt(
+    "results_dir",
+    "--llm-results-dir",
+    "LLMSIM_RESULTS_DIR",
+    "str",
+    "Write llm_metrics.json and requests.csv here at the end of the run (master/standalone).",
+    ui=False,
+)
+
+
+def add_arguments(parser: Any) -> None:
+    """Register every option on Locust's parser (events.init_command_line_parser)."""
+    # Straight on the parser: only LocustArgumentParser.add_argument knows include_in_web_ui.
+    for opt in (*OPTIONS, RESULTS_DIR):
+        kwargs: dict[str, Any] = {"env_var": opt.env, "help": opt.help}
+        if opt.kind in ("on", "off"):
+            kwargs.update(action="store_true", default=False)
+        else:
+            kwargs.update(type=str, default=None)
+        if opt.ui:
+            kwargs["include_in_web_ui"] = True
+            kwargs["is_secret"] = opt.secret
+        else:
+            kwargs["include_in_web_ui"] = False
+        dest = opt.flag[2:].replace("-", "_")
+        parser.add_argument(opt.flag, dest=dest, **kwargs)
+
+
+def option_dest(opt: Opt) -> str:
+    return opt.flag[2:].replace("-", "_")
+
+
+def _given(opt: Opt, parsed: Any) -> tuple[bool, Any]:
+    """(was the option given?, raw value) from parsed options, or the environment without them."""
+    if parsed is not None and hasattr(parsed, option_dest(opt)):
+        raw = getattr(parsed, option_dest(opt))
+    else:
+        raw = os.environ.get(opt.env)
+        if opt.kind in ("on", "off"):
+            raw = raw is not None and raw.strip().lower() in ("1", "true", "yes", "on")
+    if opt.kind in ("on", "off"):
+        return bool(raw), bool(raw)
+    # The web UI submits every field, "" for the ones left empty.
+    return raw is not None and str(raw).strip() != "", raw
+
+
+def convert(opt: Opt, raw: Any) -> Any:
+    """Turn an option string into the attribute's type; errors name the option."""
+    try:
+        if opt.kind == "on":
+            return True
+        if opt.kind == "off":
+            return False
+        if opt.kind == "dist":
+            return parse_distribution(raw)
+        if opt.kind == "float":
+            return float(raw)
+        if opt.kind == "int":
+            return int(raw)
+        if opt.kind == "json":
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return value
+        return str(raw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{opt.flag} / ${opt.env}: {e}") from None
+
+
+@dataclass
+class LLMConfig:
+    model: str
+    system_prompt: str | None
+    prompt_tokens: Distribution
+    max_tokens: Distribution
+    ignore_eos: bool
+    stream: bool
+    include_usage: bool
+    temperature: float | None
+    extra_headers: dict[str, Any]
+    extra_body: dict[str, Any]
+    dataset: str | None
+    turns: int
+    requests_per_user: int
+    seed: int | None
+    timeout: float
+    api_key: str | None
+
+
+def resolve_config(user_class: type, parsed_options: Any) -> LLMConfig:
+    """Settings for one user class: given options, else class attributes (see module doc)."""
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        given, raw = _given(opt, parsed_options)
+        if given:
+            values[opt.attr] = convert(opt, raw)
+        else:
+            values[opt.attr] = getattr(user_class, opt.attr)
+    values["prompt_tokens"] = parse_distribution(values["prompt_tokens"])
+    values["max_tokens"] = parse_distribution(values["max_tokens"])
+    values["extra_headers"] = dict(values["extra_headers"] or {})
+    values["extra_body"] = dict(values["extra_body"] or {})
+    values["turns"] = max(1, int(values["turns"] or 1))
+    values["requests_per_user"] = max(0, int(values["requests_per_user"] or 0))
+    values["timeout"] = float(values["timeout"])
+    if not values["api_key"]:
+        values["api_key"] = os.environ.get("OPENAI_API_KEY") or None
+    return LLMConfig(**values)
+
+
+def results_dir(parsed_options: Any) -> str | None:
+    given, raw = _given(RESULTS_DIR, parsed_options)
+    return str(raw) if given else None

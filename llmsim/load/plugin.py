@@ -1,0 +1,108 @@
+"""Hooks llmsim's metrics into Locust: options, finer percentiles, distributed merge, results, UI.
+
+`install()` runs when `llmsim.locust` is imported (i.e. when Locust loads a locustfile that uses
+our users), before Locust forks `--processes` workers, so every process gets the same patches.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import locust.stats
+from locust import events
+from locust.stats import StatsCSV
+
+from llmsim.load.histogram import install_bucketing
+from llmsim.load.metrics import PAYLOAD_KEY
+from llmsim.load.options import add_arguments, resolve_config, results_dir
+from llmsim.load.runtime import get_runtime
+from llmsim.load.webui import install_web_ui
+
+logger = logging.getLogger(__name__)
+_installed = False
+
+
+def _csv_ms(value: float) -> float | int:
+    # Locust casts CSV percentiles to int, a 6 % error at 17 ms; keep our bucket's precision.
+    return int(value) if value >= 100 or value == int(value) else round(value, 1)
+
+
+def _percentile_fields(self: StatsCSV, stats_entry: Any, use_current: bool = False) -> list[Any]:
+    if not stats_entry.num_requests:
+        return self.percentiles_na
+    if use_current and stats_entry.use_response_times_cache:
+        get = stats_entry.get_current_response_time_percentile
+    else:
+        get = stats_entry.get_response_time_percentile
+    return [_csv_ms(get(p) or 0) for p in self.percentiles_to_report]
+
+
+def install() -> None:
+    """Idempotent: patch Locust and register the event listeners once per process."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    install_bucketing()
+    locust.stats.StatsCSV._percentile_fields = _percentile_fields  # type: ignore[method-assign]
+    events.init_command_line_parser.add_listener(add_arguments)
+    events.init.add_listener(_on_init)
+
+
+def _validate(environment: Any) -> None:
+    from llmsim.load.users import OpenAIChatUser
+
+    for cls in environment.user_classes or []:
+        if issubclass(cls, OpenAIChatUser):
+            try:
+                resolve_config(cls, environment.parsed_options)
+            except ValueError as e:
+                raise SystemExit(f"llmsim: invalid setting for {cls.__name__}: {e}") from None
+
+
+def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any) -> None:
+    rt = get_runtime(environment)
+    _validate(environment)
+    ev = environment.events
+
+    def on_test_start(**_: Any) -> None:
+        rt.on_test_start(results_dir(environment.parsed_options))
+
+    def on_test_stop(**_: Any) -> None:
+        rt.on_test_stop()
+
+    def on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:
+        data[PAYLOAD_KEY] = rt.metrics.take_delta()
+
+    def on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+        delta = data.get(PAYLOAD_KEY)
+        if delta:
+            rt.metrics.merge_delta(client_id, delta)
+
+    def on_reset_stats(**_: Any) -> None:
+        rt.metrics.reset()
+
+    def on_spawning_complete(**_: Any) -> None:
+        if environment.reset_stats:  # --reset-stats: Locust resets its rows, we follow
+            rt.metrics.reset()
+
+    def on_quitting(**_: Any) -> None:
+        if rt.end_time is None and rt.start_time is not None:
+            rt.on_test_stop()
+        rt.write_results()
+
+    def on_quit(**_: Any) -> None:
+        # Fired after the runner has quit and workers sent their last reports (Ctrl-C too).
+        rt.write_results(final=True)
+
+    ev.test_start.add_listener(on_test_start)
+    ev.test_stop.add_listener(on_test_stop)
+    ev.report_to_master.add_listener(on_report_to_master)
+    ev.worker_report.add_listener(on_worker_report)
+    ev.reset_stats.add_listener(on_reset_stats)
+    ev.spawning_complete.add_listener(on_spawning_complete)
+    ev.quitting.add_listener(on_quitting)
+    ev.quit.add_listener(on_quit)
+    if web_ui is not None:
+        install_web_ui(web_ui, rt)

@@ -1,0 +1,180 @@
+"""Per-environment state: the metrics, the master's per-second samples, and the results files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gevent
+
+from llmsim.load.metrics import HISTOGRAMS, LLMMetrics
+from llmsim.load.results import ResultsWriter
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "llmsim.locust.metrics/1"
+
+DEFINITIONS = {
+    "ttft_ms": "request start to the first chunk with output (content, reasoning or tool call)",
+    "itl_ms": "each gap between consecutive output chunks (a distribution over all gaps)",
+    "tpot_ms": "(e2e - ttft) / (output_tokens - 1), per request",
+    "e2e_ms": "request start to the last byte of the response",
+    "fidelity_ttft_ms": "measured TTFT minus the server's x-llmsim-ttft-ms plan",
+    "output_tokens_per_s": "per request: output_tokens / e2e",
+    "tokens": "from the server's usage when sent, else counted (chunks); see tokens.source",
+}
+
+
+class LLMRuntime:
+    def __init__(self, environment: Any) -> None:
+        self.environment = environment
+        self.metrics = LLMMetrics()
+        self.results_dir: str | None = None
+        self.writer: ResultsWriter | None = None
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.samples: dict[int, tuple[int, int]] = {}  # second -> (users, in-flight)
+        self._sampler: gevent.Greenlet | None = None
+
+    @property
+    def is_worker(self) -> bool:
+        from locust.runners import WorkerRunner
+
+        return isinstance(self.environment.runner, WorkerRunner)
+
+    # ------------------------------------------------------------------ run lifecycle
+
+    def on_test_start(self, results_dir: str | None) -> None:
+        self.results_dir = results_dir
+        self.metrics.reset()
+        self.metrics.keep_rows = bool(results_dir)
+        self.samples = {}
+        self.start_time = time.time()
+        self.end_time = None
+        if self.is_worker:
+            return
+        if results_dir:
+            if self.writer is None or str(self.writer.dir) != results_dir:
+                self.writer = ResultsWriter(results_dir)
+            self.writer.start()
+        self._stop_sampler()
+        self._sampler = gevent.spawn(self._sample_loop)
+
+    def on_test_stop(self) -> None:
+        if self.end_time is None:
+            self.end_time = time.time()
+        if self.is_worker:
+            return
+        self._sample()
+        self._stop_sampler()
+        self.write_results()
+
+    def write_results(self, final: bool = False) -> None:
+        """Flush rows and rewrite llm_metrics.json (cheap: called at every end point)."""
+        if self.is_worker or self.writer is None or self.start_time is None:
+            return
+        try:
+            self._drain_rows()
+            self.writer.write_summary(self.summary())
+            if final:
+                self.writer.close()
+        except OSError as e:
+            logger.error("llmsim: could not write results to %s: %s", self.results_dir, e)
+
+    def _drain_rows(self) -> None:
+        rows = self.metrics.rows
+        if rows and self.writer is not None:
+            self.metrics.rows = []
+            self.writer.write_rows(rows)
+
+    def _sample(self) -> None:
+        runner = self.environment.runner
+        users = runner.user_count if runner is not None else 0
+        self.samples[int(time.time())] = (users, self.metrics.total_in_flight())
+
+    def _sample_loop(self) -> None:
+        # Aligned to wall-clock seconds so the series lines up with per-second request counts.
+        while True:
+            gevent.sleep(1.0 - (time.time() % 1.0))
+            self._sample()
+            self._drain_rows()
+            if self.writer is not None:
+                self.writer.flush()
+
+    def _stop_sampler(self) -> None:
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+            self._sampler = None
+
+    # ------------------------------------------------------------------ reading
+
+    def summary(self) -> dict[str, Any]:
+        m = self.metrics
+        end = self.end_time or time.time()
+        start = self.start_time or end
+        env = self.environment
+        user_classes = sorted({cls.__name__ for cls in (env.user_classes or [])})
+        return {
+            "schema": SCHEMA,
+            "start_time": round(start, 3),
+            "end_time": round(end, 3),
+            "duration_s": round(end - start, 3),
+            "host": env.host,
+            "user_classes": user_classes,
+            "requests": {"total": m.requests, "ok": m.requests - m.failed, "failed": m.failed},
+            "errors": dict(sorted(m.errors.items())),
+            "tokens": {
+                "input": m.input_tokens,
+                "output": m.output_tokens,
+                "source": m.token_source(),
+                "requests_by_source": dict(m.token_sources),
+            },
+            "throughput": m.run_rates(start, end),
+            "users": {"max": max((u for u, _ in self.samples.values()), default=0)},
+            "metrics": {name: m.hist[name].summary() for name in HISTOGRAMS},
+            "series": self.series(start, end),
+            "definitions": DEFINITIONS,
+        }
+
+    def series(self, start: float, end: float) -> dict[str, list[Any]]:
+        """Per wall-clock second: users and in-flight (sampled here), and requests, failures
+        and tokens completed in that second (from every process)."""
+        out: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "t",
+                "users",
+                "in_flight",
+                "requests",
+                "failures",
+                "input_tokens",
+                "output_tokens",
+            )
+        }
+        per_second = self.metrics.per_second
+        last_users = (0, 0)
+        for sec in range(int(start), int(end) + 1):
+            users, in_flight = self.samples.get(sec, last_users)
+            last_users = (users, in_flight)
+            slot = per_second.get(sec, (0, 0, 0, 0))
+            out["t"].append(sec)
+            out["users"].append(users)
+            out["in_flight"].append(in_flight)
+            out["requests"].append(slot[0])
+            out["failures"].append(slot[1])
+            out["input_tokens"].append(slot[2])
+            out["output_tokens"].append(slot[3])
+        return out
+
+
+def get_runtime(environment: Any) -> LLMRuntime:
+    rt = getattr(environment, "_llmsim_runtime", None)
+    if rt is None:
+        rt = LLMRuntime(environment)
+        environment._llmsim_runtime = rt
+    return rt
+
+
+def get_metrics(environment: Any) -> LLMMetrics:
+    return get_runtime(environment).metrics

@@ -1,0 +1,15 @@
+"""Public import point for Locust: ``from llmsim.locust import OpenAIChatUser``.
+
+Importing this module installs llmsim's Locust plugin in the process: the ``--llm-...``
+options, finer percentile buckets, the TTFT/TPOT rows, the LLM web UI tab, distributed merging
+and, with ``--llm-results-dir``, the results files.
+"""
+
+from llmsim.load.plugin import install
+
+install()
+
+from llmsim.load.users import ChatResult, OpenAIChatUser  # noqa: E402
+from llmsim.load.workload import Distribution, parse_distribution  # noqa: E402
+
+__all__ = ["ChatResult", "Distribution", "OpenAIChatUser", "parse_distribution"]
