@@ -40,7 +40,9 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> ServerProcess:
+def start_server(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> ServerProcess:
     """Start `python -m llmsim serve --port 0 ARGS…` and wait for its start-up line."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
     full_env.update(env or {})

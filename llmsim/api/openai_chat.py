@@ -169,7 +169,8 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
         include_usage = _bool_param(stream_options, "include_usage")
 
     if seed is not None:
-        fingerprint = json.dumps([messages, caps, n, body.get("stop")], sort_keys=True)
+        # Only the conversation: a cap or a stop sequence then cuts the same text short.
+        fingerprint = json.dumps(messages, sort_keys=True)
     else:
         fingerprint = ""
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])

@@ -111,6 +111,11 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return _load(name)
 
 
+def preload_encodings() -> None:
+    for name in _SPECS:
+        get_encoding(name)
+
+
 def encoding_for_model(model: str) -> tiktoken.Encoding:
     return get_encoding(encoding_name_for_model(model))
 
