@@ -1,0 +1,244 @@
+"""Prompts of exact token lengths, length distributions, datasets, conversations, options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from llmsim.engine.tokens import count_chat_prompt_tokens, encoding_for_model
+from llmsim.load.options import OPTIONS, resolve_config
+from llmsim.load.workload import (
+    Distribution,
+    Workload,
+    load_dataset,
+    parse_distribution,
+    synthetic_messages,
+    synthetic_text,
+    word_pool,
+)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4", "llama-3-8b"])
+@pytest.mark.parametrize("system", [None, "You are terse. Answer in one line."])
+def test_synthetic_prompts_hit_the_exact_token_count(model, system):
+    rng = random.Random(0)
+    for target in [30, 31, 64, 100, 128, 513, 2000, 8192]:
+        messages, n = synthetic_messages(target, model, system, rng)
+        assert n == target
+        assert count_chat_prompt_tokens(messages, model) == target
+
+
+def test_too_short_target_gives_the_least_possible_and_says_so():
+    system = "a long system prompt " * 5
+    messages, n = synthetic_messages(1, "gpt-4o-mini", system, random.Random(1))
+    assert n == count_chat_prompt_tokens(messages, "gpt-4o-mini") > 1
+
+
+def test_word_pool_words_are_single_tokens():
+    enc = encoding_for_model("gpt-4o")
+    words = word_pool("gpt-4o")
+    assert len(words) > 1000
+    for w in words[:: max(1, len(words) // 300)]:
+        assert len(enc.encode(w)) == 1 and len(enc.encode(" " + w)) == 1
+
+
+def test_synthetic_text_is_random_from_the_start():
+    a = synthetic_text(50, "gpt-4o", random.Random(1))
+    b = synthetic_text(50, "gpt-4o", random.Random(2))
+    assert a.split()[:3] != b.split()[:3]  # defeats servers' prefix caches
+
+
+@pytest.mark.parametrize(
+    ("spec", "lo", "hi"),
+    [
+        ("128", 128, 128),
+        (64, 64, 64),
+        ("normal:mean=512,stddev=128,min=100,max=900", 100, 900),
+        ("uniform:min=10,max=20", 10, 20),
+        ("lognormal:mean=300,stddev=150,max=2000", 1, 2000),
+        ({"kind": "normal", "mean": 50, "stddev": 5}, 1, 1_000_000),
+    ],
+)
+def test_distributions_sample_within_bounds(spec, lo, hi):
+    d = parse_distribution(spec)
+    rng = random.Random(5)
+    samples = [d.sample(rng) for _ in range(3000)]
+    assert lo <= min(samples) and max(samples) <= hi
+    assert all(isinstance(s, int) for s in samples)
+
+
+def test_distribution_means():
+    rng = random.Random(9)
+    for spec, mean in [("normal:mean=500,stddev=50", 500), ("lognormal:mean=300,stddev=150", 300)]:
+        d = parse_distribution(spec)
+        avg = sum(d.sample(rng) for _ in range(20_000)) / 20_000
+        assert avg == pytest.approx(mean, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "abc", "normal:mean=5", "uniform:min=5", "gamma:mean=1,stddev=1", "normal:mean=5,sd=1"],
+)
+def test_bad_distributions_are_rejected(bad):
+    with pytest.raises(ValueError):
+        parse_distribution(bad)
+
+
+def test_datasets(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(
+        "\n".join(
+            [
+                json.dumps("plain string prompt"),
+                json.dumps({"prompt": "a prompt", "max_tokens": 7}),
+                json.dumps({"messages": [{"role": "user", "content": "from messages"}]}),
+                "",
+                json.dumps(
+                    {
+                        "conversations": [
+                            {"from": "human", "value": "q1"},
+                            {"from": "gpt", "value": "a1"},
+                            {"from": "human", "value": "q2"},
+                        ]
+                    }
+                ),
+            ]
+        )
+    )
+    items = load_dataset(str(jsonl))
+    assert [it.turns for it in items] == [
+        ["plain string prompt"],
+        ["a prompt"],
+        ["from messages"],
+        ["q1", "q2"],
+    ]
+    assert items[1].max_tokens == 7
+    sharegpt = tmp_path / "sg.json"
+    turns = [{"from": "system", "value": "S"}, {"from": "human", "value": "h"}]
+    sharegpt.write_text(json.dumps([{"conversations": turns}]))
+    (item,) = load_dataset(str(sharegpt))
+    assert item.system == "S" and item.turns == ["h"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "ok"}\n{nope\n')
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2"):
+        load_dataset(str(broken))
+
+
+def test_multi_turn_synthetic_conversation_tracks_exact_prompt_tokens():
+    model = "gpt-4o-mini"
+    w = Workload(
+        model=model,
+        prompt_tokens=parse_distribution(100),
+        max_tokens=parse_distribution(10),
+        system_prompt="Be brief.",
+        turns=3,
+        rng=random.Random(4),
+    )
+    sizes = []
+    for turn in range(6):
+        req = w.next_request()
+        assert req.prompt_tokens == count_chat_prompt_tokens(req.messages, model)
+        sizes.append(len(req.messages))
+        w.on_reply(f"reply number {turn} with some words", None)
+    # system + user, then + assistant + user twice, then a new conversation
+    assert sizes == [2, 4, 6, 2, 4, 6]
+
+
+def test_multi_turn_dataset_conversation_and_failure_restart(tmp_path):
+    path = tmp_path / "c.jsonl"
+    conv = {"conversations": [{"from": "human", "value": f"q{i}"} for i in range(5)]}
+    path.write_text(json.dumps(conv) + "\n")
+    w = Workload(
+        model="gpt-4o",
+        prompt_tokens=parse_distribution(10),
+        max_tokens=parse_distribution(5),
+        dataset=load_dataset(str(path)),
+        turns=2,
+    )
+    first = w.next_request()
+    assert [m["content"] for m in first.messages] == ["q0"]
+    w.on_reply("a0", 2)
+    second = w.next_request()
+    assert [m["content"] for m in second.messages] == ["q0", "a0", "q1"]
+    w.on_reply("a1", 2)
+    assert [m["content"] for m in w.next_request().messages] == ["q0"]  # K=2: start over
+    w.on_failure()
+    assert [m["content"] for m in w.next_request().messages] == ["q0"]
+
+
+class _Defaults:
+    # The attributes OpenAIChatUser declares, without importing Locust here.
+    model = "gpt-4o-mini"
+    system_prompt = None
+    prompt_tokens = 128
+    max_tokens = 128
+    ignore_eos = False
+    stream = True
+    include_usage = True
+    temperature = None
+    extra_headers: dict = {}
+    extra_body: dict = {}
+    dataset = None
+    turns = 1
+    requests_per_user = 0
+    seed = None
+    timeout = 60.0
+    api_key = None
+
+
+def _parsed(**given):
+    ns = argparse.Namespace()
+    for opt in OPTIONS:
+        dest = opt.flag[2:].replace("-", "_")
+        setattr(ns, dest, False if opt.kind in ("on", "off") else None)
+    for k, v in given.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def test_given_options_override_class_attributes_and_unset_ones_do_not(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    class Short(_Defaults):
+        prompt_tokens = 50
+        ignore_eos = True
+
+    cfg = resolve_config(Short, _parsed())
+    assert cfg.prompt_tokens == Distribution("fixed", 50.0, 0.0, 50, 50)
+    assert cfg.ignore_eos and cfg.stream and cfg.api_key is None
+    cfg = resolve_config(
+        Short,
+        _parsed(
+            llm_prompt_tokens="uniform:min=1,max=9",
+            llm_no_stream=True,
+            llm_model="",  # the web form's empty field means "not given"
+            llm_body='{"top_p": 0.5}',
+            llm_turns="3",
+        ),
+    )
+    assert cfg.prompt_tokens.kind == "uniform" and not cfg.stream
+    assert cfg.model == "gpt-4o-mini" and cfg.extra_body == {"top_p": 0.5} and cfg.turns == 3
+    with pytest.raises(ValueError, match="--llm-body"):
+        resolve_config(Short, _parsed(llm_body="[1]"))
+
+
+def test_environment_variables_without_parsed_options(monkeypatch):
+    monkeypatch.setenv("LLMSIM_MODEL", "from-env")
+    monkeypatch.setenv("LLMSIM_IGNORE_EOS", "true")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = resolve_config(_Defaults, None)
+    assert (cfg.model, cfg.ignore_eos, cfg.api_key) == ("from-env", True, "sk-test")
+
+
+def test_workload_modules_do_not_import_locust():
+    code = (
+        "import sys, llmsim.load.workload, llmsim.load.sse, llmsim.load.histogram, "
+        "llmsim.load.metrics, llmsim.load.options, llmsim.engine.tokens; "
+        "assert 'locust' not in sys.modules, 'locust imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
