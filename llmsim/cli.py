@@ -90,5 +90,134 @@ def serve(config: str | None, **flags: Any) -> int:
         raise click.ClickException(str(exc)) from None
 
 
+@cli.command(context_settings={"show_default": True})
+@click.option("--users", "-u", type=int, default=10, metavar="N", help="Concurrent users.")
+@click.option(
+    "--spawn-rate",
+    "-r",
+    type=float,
+    default=None,
+    metavar="R",
+    help="Users started per second [default: all users within about 10 s].",
+)
+@click.option("--duration", "-t", default="60s", metavar="TIME", help="Run time: 30s, 5m, 1h.")
+@click.option("--model", default=None, help="Model named in each request [default: the user's].")
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="Bearer key for the target [default: $OPENAI_API_KEY].",
+    show_default=False,
+)
+@click.option(
+    "--prompt-tokens",
+    default=None,
+    metavar="N|DIST",
+    help="Prompt length in tokens, or a distribution such as normal:mean=512,stddev=64.",
+)
+@click.option(
+    "--max-tokens", default=None, metavar="N|DIST", help="max_tokens per request, same syntax."
+)
+@click.option("--stream/--no-stream", default=None, help="Stream replies [default: stream].")
+@click.option(
+    "--processes",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Locust worker processes on this machine (-1: one per core).",
+)
+@click.option(
+    "--locustfile",
+    "-f",
+    default=None,
+    metavar="PATH",
+    help="Your own locustfile instead of llmsim's chat user.",
+)
+@click.option("--reports-dir", default="reports", metavar="DIR", help="Where run reports go.")
+@click.option("--label", default=None, help="Appended to the report directory's name.")
+@click.option(
+    "--slo",
+    multiple=True,
+    metavar="EXPR",
+    help="Objective, repeatable: ttft_p95<=800ms, tpot_p50<=50ms, error_rate<=1%, "
+    "output_tps>=1000. A miss exits 1.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print summary.json on stdout.")
+@click.option(
+    "--target",
+    default=None,
+    metavar="URL",
+    help="Benchmark this OpenAI-compatible base URL instead of an embedded simulator.",
+)
+@click.option("--master", is_flag=True, help="Wait for Locust workers (llmsim worker) to join.")
+@click.option(
+    "--expect-workers", type=int, default=None, metavar="N", help="Workers to wait for [1]."
+)
+@click.option("--master-bind-host", default="*", metavar="ADDR", help="Address for workers.")
+@click.option(
+    "--master-bind-port", type=int, default=5557, metavar="PORT", help="Port for workers."
+)
+@click.option("--web", is_flag=True, help="Open Locust's web UI; start and stop runs there.")
+@click.option("--web-host", default="127.0.0.1", metavar="ADDR", help="Web UI address.")
+@click.option("--web-port", type=int, default=8089, metavar="PORT", help="Web UI port.")
+@click.option(
+    "--stop-timeout",
+    default="10s",
+    metavar="TIME",
+    help="At the end, how long requests in flight may finish.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    help="Show the live progress line.",
+    show_default=False,
+)
+@simulator_options
+@click.argument("locust_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- LOCUST ARGS…]")
+def bench(config: str | None, locust_args: tuple[str, ...], **options: Any) -> int:
+    """Run a load test and write reports: starts an embedded simulator unless --target is given.
+
+    Exit status: 0 done, 1 an SLO was missed (or no request succeeded), 2 usage error or a run
+    that could not start. Arguments after `--` go to Locust unchanged (e.g. --llm-dataset).
+    """
+    from llmsim.bench.cli_support import build_config, run_from_cli
+    from llmsim.settings import SERVE_OPTIONS as _serve_options
+
+    sim_names = {o.name for o in _serve_options}
+    sim_flags = {k: v for k, v in options.items() if k in sim_names}
+    opts = {k: v for k, v in options.items() if k not in sim_names}
+    opts["config"] = config
+    return run_from_cli(build_config(opts, sim_flags, locust_args))
+
+
+@cli.command(context_settings={"show_default": True})
+@click.option(
+    "--master-host", required=True, metavar="HOST", help="Where `llmsim bench --master` runs."
+)
+@click.option("--master-port", type=int, default=5557, metavar="PORT", help="The master's port.")
+@click.option(
+    "--locustfile",
+    "-f",
+    default=None,
+    metavar="PATH",
+    help="The same locustfile as the master's [default: llmsim's chat user].",
+)
+@click.option(
+    "--processes", type=int, default=None, metavar="N", help="Worker processes (-1: one per core)."
+)
+@click.argument("locust_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- LOCUST ARGS…]")
+def worker(
+    master_host: str,
+    master_port: int,
+    locustfile: str | None,
+    processes: int | None,
+    locust_args: tuple[str, ...],
+) -> None:
+    """Run a Locust worker for `llmsim bench --master` (the master sends the workload)."""
+    from llmsim.bench.cli_support import exec_worker
+
+    exec_worker(locustfile, master_host, master_port, processes, locust_args)
+
+
 def main() -> None:
     cli(prog_name="llmsim")

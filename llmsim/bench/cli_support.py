@@ -1,0 +1,152 @@
+"""From `llmsim bench` / `llmsim worker` options to a BenchConfig, with one-line usage errors.
+
+The click declarations live in llmsim/cli.py; the checks live here so they are testable
+without a subprocess and the CLI stays a thin shell.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import click
+
+from llmsim.bench.config import BenchConfig
+from llmsim.bench.durations import parse_duration
+from llmsim.bench.errors import BenchError
+from llmsim.bench.slo import SLOError, parse_slo
+from llmsim.settings import load_settings
+
+
+def _length(flag: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from llmsim.load.workload import parse_distribution
+
+    try:
+        parse_distribution(value)
+    except ValueError as exc:
+        raise click.UsageError(f"{flag} {value!r}: {exc}") from None
+    return value.strip()
+
+
+def _duration(flag: str, value: str, minimum: float) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.UsageError(f"{flag}: {exc}") from None
+    if seconds < minimum:
+        raise click.UsageError(f"{flag} must be at least {minimum:g}s, got {value!r}")
+    return seconds
+
+
+def build_config(
+    opts: Mapping[str, Any], simulator_flags: Mapping[str, Any], locust_args: Sequence[str]
+) -> BenchConfig:
+    """Check the options together (as a user would expect) and build the run's configuration."""
+    if opts["users"] < 1:
+        raise click.UsageError(f"--users must be at least 1, got {opts['users']}")
+    if opts["spawn_rate"] is not None and opts["spawn_rate"] <= 0:
+        raise click.UsageError(f"--spawn-rate must be above 0, got {opts['spawn_rate']:g}")
+    processes = opts["processes"]
+    if processes is not None and (processes == 0 or processes < -1):
+        raise click.UsageError(
+            f"--processes must be -1 (one per core) or at least 1, got {processes}"
+        )
+    if processes == -1:
+        processes = os.cpu_count() or 1
+    if opts["master"] and processes:
+        raise click.UsageError("--master and --processes do not mix: workers come from elsewhere")
+    if opts["expect_workers"] is not None and not opts["master"]:
+        raise click.UsageError("--expect-workers needs --master")
+    if opts["expect_workers"] is not None and opts["expect_workers"] < 1:
+        raise click.UsageError(f"--expect-workers must be at least 1, got {opts['expect_workers']}")
+    sim_given = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in simulator_flags.items()
+        if v is not None and v != ()
+    }
+    if opts["target"] and (sim_given or opts["config"]):
+        names = ", ".join("--" + k.replace("_", "-") for k in sim_given) or "--config"
+        raise click.UsageError(
+            f"{names}: simulator options need the embedded simulator; drop --target to use it"
+        )
+    slos = []
+    for expr in opts["slo"]:
+        try:
+            slos.append(parse_slo(expr))
+        except SLOError as exc:
+            raise click.UsageError(str(exc)) from None
+    if not opts["target"]:
+        # Resolve once now so a bad simulator option is a usage error here, not a dead server.
+        load_settings(config=opts["config"], overrides=sim_given)
+    return BenchConfig(
+        users=opts["users"],
+        spawn_rate=opts["spawn_rate"],
+        duration_s=_duration("--duration", opts["duration"], 1),
+        model=opts["model"],
+        api_key=opts["api_key"],
+        prompt_tokens=_length("--prompt-tokens", opts["prompt_tokens"]),
+        max_tokens=_length("--max-tokens", opts["max_tokens"]),
+        stream=opts["stream"],
+        processes=processes,
+        locustfile=opts["locustfile"],
+        reports_dir=opts["reports_dir"],
+        label=opts["label"],
+        slos=slos,
+        json_output=opts["json_output"],
+        target=opts["target"],
+        master=opts["master"],
+        expect_workers=opts["expect_workers"] or (1 if opts["master"] else None),
+        master_bind_host=opts["master_bind_host"],
+        master_bind_port=opts["master_bind_port"],
+        web=opts["web"],
+        web_host=opts["web_host"],
+        web_port=opts["web_port"],
+        stop_timeout_s=_duration("--stop-timeout", opts["stop_timeout"], 0),
+        simulator_flags=dict(simulator_flags),
+        simulator_config=opts["config"],
+        locust_args=list(locust_args),
+        progress=opts["progress"],
+    )
+
+
+class CannotRun(click.ClickException):
+    """Printed as `llmsim: error: …`; status 2, as for a usage error (1 means an SLO failed)."""
+
+    exit_code = 2
+
+
+def run_from_cli(cfg: BenchConfig) -> int:
+    """Run; a run that cannot start becomes the CLI's one-line error with exit status 2."""
+    from llmsim.bench.run import run_bench
+
+    try:
+        return run_bench(cfg)
+    except BenchError as exc:
+        raise CannotRun(str(exc)) from None
+
+
+def exec_worker(
+    locustfile: str | None,
+    master_host: str,
+    master_port: int,
+    processes: int | None,
+    locust_args: Sequence[str],
+) -> None:
+    """Become a Locust worker (exec, so signals and the exit status are Locust's own)."""
+    from llmsim.bench.processes import child_env
+    from llmsim.bench.swarm import worker_command
+
+    if locustfile and not os.path.isfile(locustfile):
+        raise click.UsageError(f"--locustfile {locustfile}: no such file")
+    if processes is not None and (processes == 0 or processes < -1):
+        raise click.UsageError(
+            f"--processes must be -1 (one per core) or at least 1, got {processes}"
+        )
+    args = worker_command(locustfile, master_host, master_port, processes, list(locust_args))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *args], child_env())

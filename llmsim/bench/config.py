@@ -1,0 +1,82 @@
+"""Everything a bench run needs, as one value the CLI builds and the library runs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsim.bench.slo import SLO
+
+
+@dataclass
+class BenchConfig:
+    users: int = 10
+    spawn_rate: float | None = None  # None: reach all users in about 10 s
+    duration_s: float = 60.0
+    model: str | None = None  # None: the user class's own default
+    api_key: str | None = None
+    prompt_tokens: int | None = None
+    max_tokens: int | None = None
+    stream: bool | None = None
+    processes: int | None = None  # Locust worker processes on this machine (-1: one per core)
+    locustfile: str | None = None  # None: llmsim's OpenAIChatUser
+    reports_dir: str = "reports"
+    label: str | None = None
+    slos: list[SLO] = field(default_factory=list)
+    json_output: bool = False
+    target: str | None = None  # None: start an embedded simulator
+    master: bool = False
+    expect_workers: int | None = None
+    master_bind_host: str = "*"
+    master_bind_port: int = 5557
+    web: bool = False
+    web_host: str = "127.0.0.1"
+    web_port: int = 8089
+    stop_timeout_s: float = 10.0
+    # Simulator options exactly as given on the command line (None = not given), and --config.
+    simulator_flags: dict[str, Any] = field(default_factory=dict)
+    simulator_config: str | None = None
+    locust_args: list[str] = field(default_factory=list)  # passed through after `--`
+    progress: bool = True
+
+    @property
+    def effective_spawn_rate(self) -> float:
+        if self.spawn_rate is not None:
+            return self.spawn_rate
+        return max(1.0, self.users / 10.0)
+
+    @property
+    def effective_api_key(self) -> str | None:
+        return self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as recorded in summary.json; the API key is never written."""
+        return {
+            "users": self.users,
+            "spawn_rate": self.effective_spawn_rate,
+            "duration_s": self.duration_s,
+            "model": self.model,
+            "api_key": "set" if self.effective_api_key else None,
+            "prompt_tokens": self.prompt_tokens,
+            "max_tokens": self.max_tokens,
+            "stream": self.stream,
+            "processes": self.processes,
+            "locustfile": self.locustfile,
+            "reports_dir": self.reports_dir,
+            "label": self.label,
+            "slo": [s.expr for s in self.slos],
+            "target": self.target,
+            "master": self.master,
+            "expect_workers": self.expect_workers,
+            "web": self.web,
+            "web_port": self.web_port if self.web else None,
+            "stop_timeout_s": self.stop_timeout_s,
+            "simulator_flags": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in self.simulator_flags.items()
+                if v is not None and v != ()
+            },
+            "simulator_config": self.simulator_config,
+            "locust_args": list(self.locust_args),
+        }

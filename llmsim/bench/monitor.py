@@ -1,0 +1,90 @@
+"""CPU and memory of bench's own child processes, sampled while the run goes on.
+
+Recorded in summary.json because a load generator that is out of CPU measures itself, not the
+target: the report must show it, not leave it to a warning scrolled out of the terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+
+@dataclass
+class _Track:
+    role: str
+    proc: psutil.Process
+    cpu_samples: list[float] = field(default_factory=list)
+    rss_peak: int = 0
+    cpu_start: float | None = None
+    wall_start: float | None = None
+    cpu_end: float | None = None
+    wall_end: float | None = None
+
+
+class ProcessMonitor:
+    """Samples each tracked process and its descendants (forked workers) once per `sample()`."""
+
+    def __init__(self) -> None:
+        self.tracks: dict[int, _Track] = {}
+        self._roots: list[tuple[str, int]] = []
+        self.total_rss_peak = 0
+
+    def watch(self, role: str, pid: int) -> None:
+        self._roots.append((role, pid))
+        self._discover()
+
+    def _discover(self) -> None:
+        for role, pid in self._roots:
+            try:
+                root = psutil.Process(pid)
+                family = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for i, proc in enumerate(family):
+                if proc.pid not in self.tracks:
+                    name = role if i == 0 else f"{role} child"
+                    self.tracks[proc.pid] = _Track(name, proc)
+
+    def sample(self) -> None:
+        self._discover()
+        now = time.monotonic()
+        total = 0
+        for track in self.tracks.values():
+            try:
+                with track.proc.oneshot():
+                    cpu = track.proc.cpu_times()
+                    rss = track.proc.memory_info().rss
+            except psutil.Error:
+                continue
+            used = cpu.user + cpu.system
+            if track.cpu_start is None:
+                track.cpu_start, track.wall_start = used, now
+            elif track.cpu_end is not None and track.wall_end is not None and now > track.wall_end:
+                track.cpu_samples.append(100.0 * (used - track.cpu_end) / (now - track.wall_end))
+            track.cpu_end, track.wall_end = used, now
+            track.rss_peak = max(track.rss_peak, rss)
+            total += rss
+        self.total_rss_peak = max(self.total_rss_peak, total)
+
+    def summary(self) -> dict[str, Any]:
+        """Per process: mean and peak CPU (% of one core) over the run, peak RSS in MB."""
+        procs = []
+        for pid, t in self.tracks.items():
+            mean = None
+            if t.cpu_start is not None and t.cpu_end is not None and t.wall_end and t.wall_start:
+                span = t.wall_end - t.wall_start
+                mean = round(100.0 * (t.cpu_end - t.cpu_start) / span, 1) if span > 0 else None
+            procs.append(
+                {
+                    "role": t.role,
+                    "pid": pid,
+                    "cpu_percent_mean": mean,
+                    "cpu_percent_max": round(max(t.cpu_samples), 1) if t.cpu_samples else None,
+                    "rss_peak_mb": round(t.rss_peak / 2**20, 1),
+                }
+            )
+        return {"processes": procs, "rss_peak_total_mb": round(self.total_rss_peak / 2**20, 1)}

@@ -1,0 +1,156 @@
+"""Turn a finished run directory into summary.json, summary.md, timeseries.csv and report.html."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmsim.bench import report_files, report_html
+from llmsim.bench.config import BenchConfig
+from llmsim.bench.request_log import RequestLog, load_request_log
+from llmsim.bench.slo import evaluate_slos
+from llmsim.bench.summary import build_summary
+
+if TYPE_CHECKING:
+    from llmsim.bench.run import RunState
+
+LLM_METRICS = "llm_metrics.json"
+REQUESTS = "requests.csv"
+LOCUST_JSON = "locust_stats.json"
+# Beyond this the load generator's own error is large enough to distort what it reports.
+FIDELITY_P99_WARN_MS = 10.0
+CPU_WARN_PERCENT = 90.0
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def users_by_second(llm: Any, t0: float | None) -> dict[int, int] | None:
+    """Users at each second of the run, from the master's samples in llm_metrics.json."""
+    series = (llm or {}).get("series") if isinstance(llm, dict) else None
+    if not series or t0 is None or "t" not in series or "users" not in series:
+        return None
+    base = math.floor(t0)
+    return {
+        int(t) - base: int(u)
+        for t, u in zip(series["t"], series["users"], strict=False)
+        if t >= base
+    }
+
+
+def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | None) -> list[str]:
+    out = []
+    client = summary.get("client") or {}
+    if state.cpu_warnings or client.get("locust_cpu_max", 0) > CPU_WARN_PERCENT:
+        out.append(
+            "Locust's CPU passed 90 % during the run: the load generator was saturated and its "
+            "latency figures include its own queueing. Use --processes, or fewer users."
+        )
+    if state.worker_cpu_max > CPU_WARN_PERCENT:
+        out.append(
+            f"A Locust worker's CPU reached {state.worker_cpu_max:.0f} %: its timings include "
+            "its own queueing."
+        )
+    fid = (summary.get("fidelity") or {}).get("ttft_ms") or {}
+    p99 = fid.get("p99")
+    if p99 is not None and abs(p99) > FIDELITY_P99_WARN_MS:
+        out.append(
+            f"Fidelity p99 is {p99:.1f} ms: the measured TTFT exceeds the simulator's plan by more "
+            f"than {FIDELITY_P99_WARN_MS:g} ms, so the client (or the simulator) is short of CPU."
+        )
+    if summary.get("interrupted"):
+        out.append("The run was interrupted (Ctrl-C): the figures cover what ran until then.")
+    if locust_status not in (0, None):
+        out.append(f"Locust exited with status {locust_status}; see locust.log.")
+    req = summary.get("requests") or {}
+    if req.get("total") and req.get("failed") and req["failed"] / req["total"] > 0.05:
+        out.append(f"{req['failed']} of {req['total']} requests failed; see Errors.")
+    return out
+
+
+def distributions(log: RequestLog) -> dict[str, dict[float, int]]:
+    return {name: dict(h.counts) for name, h in log.hist.items()}
+
+
+def write_reports(
+    run_dir: Path,
+    cfg: BenchConfig,
+    *,
+    target: str,
+    target_kind: str,
+    state: RunState,
+    client: dict[str, Any],
+    locust_status: int | None,
+    simulator: dict[str, Any] | None,
+) -> dict[str, Any]:
+    llm = _read_json(run_dir / LLM_METRICS)
+    t0 = state.started or (llm or {}).get("start_time")
+    log = load_request_log(run_dir / REQUESTS, t0)
+    locust_stats = _read_json(run_dir / LOCUST_JSON)
+
+    locust_cpu = [
+        p.get("cpu_percent_max") or 0
+        for p in client.get("processes", [])
+        if p["role"].startswith("locust")
+    ]
+    client = {
+        **client,
+        "locust_cpu_max": max([state.master_cpu_max, *locust_cpu], default=None),
+        "cpu_warnings": state.cpu_warnings,
+        "worker_cpu_max": state.worker_cpu_max or None,
+        "locust_exit_code": locust_status,
+    }
+    model = cfg.model
+    if model is None:
+        model = _model_from_log(run_dir)
+    summary = build_summary(
+        config=cfg.to_dict(),
+        llm=llm,
+        log=log,
+        locust_stats=locust_stats,
+        target=target,
+        target_kind=target_kind,
+        started=state.started,
+        ended=state.stopped,
+        interrupted=state.interrupted,
+        client=client,
+        users_peak=state.users_peak or ((llm or {}).get("users") or {}).get("max"),
+        model=model,
+        simulator=simulator,
+        label=cfg.label,
+    )
+    summary["slo"] = evaluate_slos(cfg.slos, summary)
+    req = summary["requests"]
+    if not req.get("ok"):
+        summary["status"], summary["exit_code"] = "no_requests", 1
+    elif not summary["slo"]["passed"]:
+        summary["status"], summary["exit_code"] = "slo_failed", 1
+    else:
+        summary["status"], summary["exit_code"] = "passed", 0
+    summary["warnings"] = warnings_for(summary, state, locust_status)
+
+    series = log.series(users_by_second(llm, log.t0))
+    files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.endswith(".tmp"))
+    for name in ("summary.json", "summary.md", "timeseries.csv", "report.html"):
+        if name not in files:
+            files.append(name)
+    summary["files"] = sorted(files)
+
+    report_files.write_timeseries(run_dir / "timeseries.csv", series)
+    (run_dir / "summary.md").write_text(report_files.markdown(summary), "utf-8")
+    page = report_html.render(summary, series, distributions(log), summary["files"])
+    (run_dir / "report.html").write_text(page, "utf-8")
+    report_files.write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _model_from_log(run_dir: Path) -> str | None:
+    """The model the requests named, when bench left it to the user class's default."""
+    llm = _read_json(run_dir / LLM_METRICS) or {}
+    return llm.get("model") if isinstance(llm, dict) else None

@@ -1,0 +1,364 @@
+"""`llmsim bench`: start the target and the swarm, show progress, write the reports, judge SLOs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from llmsim.bench.config import BenchConfig
+from llmsim.bench.embedded import EmbeddedServer, start_embedded_server
+from llmsim.bench.errors import BenchError
+from llmsim.bench.monitor import ProcessMonitor
+from llmsim.bench.preflight import check_port_free, check_reachable, normalize_target
+from llmsim.bench.progress import ProgressDisplay
+from llmsim.bench.reports import write_reports
+from llmsim.bench.swarm import LOCUST_CSV_PREFIX, LOCUST_HTML, Swarm, start_swarm
+
+EXIT_OK, EXIT_SLO_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
+POLL_S = 0.2
+# Beyond the run time and the stop timeout, how long Locust may take to write its files and
+# exit before bench stops waiting (a hung process must not hang CI).
+EXIT_GRACE_S = 60.0
+
+
+def make_run_dir(reports_dir: str, label: str | None, now: dt.datetime | None = None) -> Path:
+    """reports/<YYYYmmdd-HHMMSS>[-label]/, never reusing an existing directory."""
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    name = stamp
+    if label:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.")
+        if safe:
+            name += "-" + safe
+    base = Path(reports_dir)
+    path = base / name
+    n = 2
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            path = base / f"{name}-{n}"
+            n += 1
+
+
+@dataclass
+class RunState:
+    """What bench saw of the run through the progress pipe."""
+
+    started: float | None = None
+    stopped: float | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+    users_peak: int = 0
+    cpu_warnings: int = 0
+    worker_cpu_max: float = 0.0
+    master_cpu_max: float = 0.0
+    runs: int = 0
+    interrupted: bool = False
+
+
+class _Interrupts:
+    """Ctrl-C once: stop the swarm and write the reports. Twice: stop waiting for stragglers."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._old: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, _sig: int, _frame: Any) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._old)
+
+
+def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one benchmark; returns the exit status (0 ok, 1 SLO failed, 2 could not run)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    human = err if cfg.json_output else out  # with --json, stdout carries the JSON alone
+
+    # Everything that can be checked before starting anything is checked first.
+    target = normalize_target(cfg.target) if cfg.target else None
+    if cfg.locustfile and not Path(cfg.locustfile).is_file():
+        raise BenchError(f"--locustfile {cfg.locustfile}: no such file")
+    if cfg.web:
+        check_port_free(cfg.web_host, cfg.web_port, "--web-port")
+    if cfg.master:
+        check_port_free(cfg.master_bind_host, cfg.master_bind_port, "Locust master port")
+    if target:
+        check_reachable(target, cfg.effective_api_key)
+
+    run_dir = make_run_dir(cfg.reports_dir, cfg.label)
+    server: EmbeddedServer | None = None
+    swarm: Swarm | None = None
+    monitor = ProcessMonitor()
+    state = RunState()
+    try:
+        if target is None:
+            server = start_embedded_server(
+                cfg.simulator_flags, cfg.simulator_config, run_dir / "server.log"
+            )
+            target = server.base_url
+            monitor.watch("simulator", server.pid)
+        _say(human, f"llmsim bench: {_describe(cfg, target, server)}")
+        swarm = start_swarm(cfg, target, run_dir)
+        monitor.watch("locust", swarm.pid)
+        _drive(cfg, swarm, monitor, state, human, run_dir, target)
+    except BenchError:
+        _cleanup(swarm, server)
+        if state.started is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    except BaseException:
+        _cleanup(swarm, server)
+        raise
+    locust_status = swarm.proc.returncode
+    swarm.close()
+    if server is not None:
+        server.stop()
+
+    if state.started is None:
+        if cfg.web:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            _say(human, "no run was started in the web UI: nothing to report")
+            return EXIT_OK
+        raise BenchError(f"Locust did not start a run: {_locust_failure(run_dir)}")
+
+    summary = write_reports(
+        run_dir,
+        cfg,
+        target=target,
+        target_kind="embedded" if server else "external",
+        state=state,
+        client=monitor.summary(),
+        locust_status=locust_status,
+        simulator=_simulator_settings(cfg) if server else None,
+    )
+    return _finish(cfg, summary, run_dir, out, human)
+
+
+def _drive(
+    cfg: BenchConfig,
+    swarm: Swarm,
+    monitor: ProcessMonitor,
+    state: RunState,
+    human: TextIO,
+    run_dir: Path,
+    target: str,
+) -> None:
+    display = ProgressDisplay(human, None if cfg.web else cfg.duration_s) if cfg.progress else None
+    last_sample = 0.0
+    waiting_note = 0.0
+    with _Interrupts() as interrupts:
+        handled = 0
+        deadline: float | None = None
+        while True:
+            for ev in swarm.events():
+                _on_event(ev, cfg, state, display, human, run_dir, swarm)
+            if swarm.proc.poll() is not None:
+                for ev in swarm.events():
+                    _on_event(ev, cfg, state, display, human, run_dir, swarm)
+                break
+            now = time.monotonic()
+            if interrupts.count > handled:
+                handled = interrupts.count
+                state.interrupted = state.started is not None and state.stopped is None
+                if handled == 1:
+                    _note(
+                        display,
+                        human,
+                        "stopping: the users finish, then the reports are written "
+                        "(Ctrl-C again to stop at once)",
+                    )
+                    swarm.interrupt()
+                    deadline = now + cfg.stop_timeout_s + EXIT_GRACE_S
+                elif handled == 2:
+                    swarm.terminate()
+                    deadline = now + 10
+                else:
+                    swarm.kill()
+            if now - last_sample >= 1.0:
+                last_sample = now
+                monitor.sample()
+                if display is not None and state.started is not None and state.stopped is None:
+                    display.update(state.last, time.time() - state.started)
+                elif state.started is None and cfg.master and now - waiting_note > 5:
+                    waiting_note = now
+                    connected = state.last.get("workers", 0)
+                    _note(
+                        display,
+                        human,
+                        f"waiting for workers: {connected} of {cfg.expect_workers} connected",
+                    )
+            if deadline is None and not cfg.web and state.started is not None:
+                deadline = (
+                    time.monotonic()
+                    + cfg.duration_s
+                    - (time.time() - state.started)
+                    + cfg.stop_timeout_s
+                    + EXIT_GRACE_S
+                )
+            if deadline is not None and now > deadline:
+                _note(display, human, "Locust did not exit in time; stopping it")
+                swarm.terminate()
+                try:
+                    swarm.proc.wait(10)
+                except Exception:
+                    swarm.kill()
+                break
+            time.sleep(POLL_S)
+    if display is not None:
+        display.end_line()
+
+
+def _on_event(
+    ev: dict[str, Any],
+    cfg: BenchConfig,
+    state: RunState,
+    display: ProgressDisplay | None,
+    human: TextIO,
+    run_dir: Path,
+    swarm: Swarm,
+) -> None:
+    kind = ev.get("event")
+    if kind == "sample" or kind == "test_stop":
+        state.last = ev
+        state.users_peak = max(state.users_peak, int(ev.get("users") or 0))
+        state.master_cpu_max = max(state.master_cpu_max, float(ev.get("cpu") or 0))
+        for c in ev.get("worker_cpu") or []:
+            state.worker_cpu_max = max(state.worker_cpu_max, float(c))
+    if kind == "test_start":
+        state.started = ev["time"]
+        state.stopped = None
+        state.runs += 1
+        state.users_peak = 0
+        if cfg.web and state.runs > 1:
+            _note(display, human, "new run started in the web UI: its report replaces the last one")
+    elif kind == "test_stop":
+        state.stopped = ev["time"]
+        if cfg.web:
+            _save_web_files(cfg, run_dir)
+            _note(
+                display,
+                human,
+                f"run stopped; reports are written to {run_dir} when bench exits "
+                "(Ctrl-C), or start another run",
+            )
+    elif kind == "cpu_warning":
+        state.cpu_warnings += 1
+        if state.cpu_warnings == 1:
+            _note(
+                display,
+                human,
+                f"warning: Locust CPU at {ev.get('cpu')} %: its timings are no "
+                "longer to be trusted (use --processes)",
+            )
+
+
+def _save_web_files(cfg: BenchConfig, run_dir: Path) -> None:
+    """In web mode Locust writes its CSV/HTML only at exit; fetch this run's copies now."""
+    host = "127.0.0.1" if cfg.web_host in ("", "*", "0.0.0.0") else cfg.web_host
+    base = f"http://{host}:{cfg.web_port}"
+    for path, name in (
+        ("/stats/requests/csv", f"{LOCUST_CSV_PREFIX}_stats.csv"),
+        ("/stats/failures/csv", f"{LOCUST_CSV_PREFIX}_failures.csv"),
+        ("/stats/report?download=1&theme=light", LOCUST_HTML),
+    ):
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as resp:
+                (run_dir / name).write_bytes(resp.read())
+        except OSError:
+            pass
+
+
+def _note(display: ProgressDisplay | None, human: TextIO, text: str) -> None:
+    if display is not None:
+        display.note(text)
+    else:
+        _say(human, text)
+
+
+def _say(stream: TextIO, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def _cleanup(swarm: Swarm | None, server: EmbeddedServer | None) -> None:
+    if swarm is not None:
+        swarm.terminate()
+        try:
+            swarm.proc.wait(10)
+        except Exception:
+            pass
+        swarm.close()
+    if server is not None:
+        server.stop()
+
+
+def _describe(cfg: BenchConfig, target: str, server: EmbeddedServer | None) -> str:
+    where = f"embedded simulator at {target}" if server else target
+    mode = (
+        f"web UI at http://{cfg.web_host}:{cfg.web_port}"
+        if cfg.web
+        else (f"{cfg.users} users for {cfg.duration_s:g} s")
+    )
+    extra = ""
+    if cfg.processes:
+        extra = f", {cfg.processes} Locust processes"
+    if cfg.master:
+        extra = f", master waiting for {cfg.expect_workers} workers on port {cfg.master_bind_port}"
+    return f"{mode} against {where}{extra}"
+
+
+def _simulator_settings(cfg: BenchConfig) -> dict[str, Any] | None:
+    from llmsim.settings import load_settings
+
+    overrides = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in cfg.simulator_flags.items()
+        if v is not None and v != ()
+    }
+    try:
+        return load_settings(config=cfg.simulator_config, overrides=overrides).to_dict()
+    except Exception:
+        return None
+
+
+def _locust_failure(run_dir: Path) -> str:
+    """The line of Locust's log that says why it stopped before starting."""
+    log = run_dir / "locust.log"
+    try:
+        lines = [ln.strip() for ln in log.read_text("utf-8", errors="replace").splitlines()]
+    except OSError:
+        return "it exited without a word"
+    lines = [ln for ln in lines if ln]
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit)\b", ln) or "error" in ln.lower():
+            return f"{ln} (see {log})"
+    return f"{lines[-1]} (see {log})" if lines else "it exited without a word"
+
+
+def _finish(
+    cfg: BenchConfig, summary: dict[str, Any], run_dir: Path, out: TextIO, human: TextIO
+) -> int:
+    from llmsim.bench.report_files import terminal, verdict
+
+    code = int(summary.get("exit_code", EXIT_OK))
+    if cfg.json_output:
+        out.write(json.dumps(summary, indent=2) + "\n")
+        out.flush()
+    _say(human, terminal(summary))
+    _say(human, f"{verdict(summary)}; report: {run_dir / 'report.html'}")
+    return code

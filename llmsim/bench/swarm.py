@@ -1,0 +1,173 @@
+"""Locust as a subprocess: its command line, its progress pipe, and how it is stopped.
+
+A subprocess (`python -m locust`) rather than Locust as a library: `import locust` patches the
+whole process with gevent, which must not happen in the process that forks the simulator, and
+the subprocess gives `--processes`, `--master`, CSV/HTML/JSON reports and exit codes for free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmsim.bench.config import BenchConfig
+from llmsim.bench.processes import child_env, kill_group, spawn
+
+PLUGIN = Path(__file__).resolve().parent / "locustfiles" / "llmsim_bench_progress.py"
+DEFAULT_USERS = Path(__file__).resolve().parent / "locustfiles" / "llmsim_bench_users.py"
+
+# Names of the files Locust writes into the run directory.
+LOCUST_CSV_PREFIX = "locust"
+LOCUST_HTML = "locust_report.html"
+LOCUST_JSON = "locust_stats.json"
+LOCUST_LOG = "locust.log"
+
+
+def locustfile_arg(locustfile: str | None) -> str:
+    """The user's locustfile (or ours) plus the progress plugin, as Locust's `-f` value."""
+    users = str(Path(locustfile).resolve()) if locustfile else str(DEFAULT_USERS)
+    return f"{users},{PLUGIN}"
+
+
+def workload_args(cfg: BenchConfig) -> list[str]:
+    """The `--llm-…` arguments for the options bench was given (others keep the class defaults)."""
+    args: list[str] = []
+    if cfg.model is not None:
+        args += ["--llm-model", cfg.model]
+    if cfg.prompt_tokens is not None:
+        args += ["--llm-prompt-tokens", str(cfg.prompt_tokens)]
+    if cfg.max_tokens is not None:
+        args += ["--llm-max-tokens", str(cfg.max_tokens)]
+    if cfg.stream is False:
+        args.append("--llm-no-stream")
+    return args
+
+
+def locust_command(cfg: BenchConfig, host: str, run_dir: Path) -> list[str]:
+    args = ["-m", "locust", "-f", locustfile_arg(cfg.locustfile), "--host", host]
+    args += ["-u", str(cfg.users), "-r", f"{cfg.effective_spawn_rate:g}"]
+    if cfg.web:
+        args += ["--web-host", cfg.web_host, "--web-port", str(cfg.web_port)]
+    else:
+        args += ["--headless", "-t", f"{max(1, round(cfg.duration_s))}s", "--only-summary"]
+    args += [
+        "--csv",
+        str(run_dir / LOCUST_CSV_PREFIX),
+        "--html",
+        str(run_dir / LOCUST_HTML),
+        "--json-file",
+        str(run_dir / LOCUST_JSON.removesuffix(".json")),  # Locust adds the .json
+        "--stop-timeout",
+        f"{cfg.stop_timeout_s:g}",
+        # Failed requests are the report's business (and the SLOs'); bench's exit code is its own.
+        "--exit-code-on-error",
+        "0",
+        "--llm-results-dir",
+        str(run_dir),
+    ]
+    if cfg.processes:
+        args += ["--processes", str(cfg.processes)]
+    if cfg.master:
+        args += ["--master", "--expect-workers", str(cfg.expect_workers or 1)]
+        args += ["--master-bind-host", cfg.master_bind_host]
+        args += ["--master-bind-port", str(cfg.master_bind_port)]
+    args += workload_args(cfg)
+    args += cfg.locust_args
+    return args
+
+
+def worker_command(
+    locustfile: str | None,
+    master_host: str,
+    master_port: int,
+    processes: int | None,
+    extra: list[str],
+) -> list[str]:
+    args = ["-m", "locust", "-f", locustfile_arg(locustfile), "--worker"]
+    args += ["--master-host", master_host, "--master-port", str(master_port)]
+    if processes:
+        args += ["--processes", str(processes)]
+    return args + list(extra)
+
+
+@dataclass
+class Swarm:
+    proc: subprocess.Popen
+    progress_fd: int
+    log_path: Path
+    _buf: bytes = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Progress events that arrived since the last call (never blocks)."""
+        while True:
+            try:
+                chunk = os.read(self.progress_fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+    def interrupt(self) -> None:
+        """Like Ctrl-C in Locust's terminal: stop the users, write CSV/HTML/JSON, exit."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        kill_group(self.proc)
+
+    def close(self) -> None:
+        kill_group(self.proc)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.close(self.progress_fd)
+        except OSError:
+            pass
+
+
+def start_swarm(cfg: BenchConfig, host: str, run_dir: Path) -> Swarm:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    extra = {"LLMSIM_BENCH_PROGRESS_FD": str(write_fd)}
+    key = cfg.effective_api_key
+    if key:
+        # The environment, not the command line, where any `ps` would show it.
+        extra["OPENAI_API_KEY"] = key
+    log_path = run_dir / LOCUST_LOG
+    with open(log_path, "wb") as log:
+        proc = spawn(
+            locust_command(cfg, host, run_dir), log, env=child_env(extra), pass_fds=(write_fd,)
+        )
+    os.close(write_fd)  # the child holds the only writer: EOF on our side means it is gone
+    return Swarm(proc, read_fd, log_path)

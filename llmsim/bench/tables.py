@@ -1,0 +1,159 @@
+"""The summary as tables: shared by summary.md, report.html and the terminal, so they agree."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+LATENCY_ROWS = (("TTFT", "ttft_ms"), ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"))
+LATENCY_COLS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "count")
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def fmt_ms(v: Any) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_num(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and digits == 0):
+        return f"{int(v):,}"
+    return f"{float(v):,.{digits}f}"
+
+
+def latency_table(s: Mapping[str, Any]) -> Table:
+    rows = []
+    for label, key in LATENCY_ROWS:
+        block = s.get(key) or {}
+        rows.append(
+            [label]
+            + [fmt_ms(block.get(c)) for c in LATENCY_COLS[:-1]]
+            + [fmt_num(block.get("count") or 0, 0)]
+        )
+    return ["ms", *LATENCY_COLS], rows
+
+
+def fidelity_table(s: Mapping[str, Any]) -> Table | None:
+    fid = s.get("fidelity")
+    if not fid:
+        return None
+    rows = []
+    for label, block in (
+        ("measured TTFT", s.get("ttft_ms")),
+        ("planned TTFT", fid.get("planned_ttft_ms")),
+        ("measured − planned", fid.get("ttft_ms")),
+    ):
+        block = block or {}
+        rows.append([label] + [fmt_ms(block.get(c)) for c in ("p50", "p90", "p95", "p99", "max")])
+    return ["ms", "p50", "p90", "p95", "p99", "max"], rows
+
+
+def run_table(s: Mapping[str, Any]) -> Table:
+    req = s.get("requests") or {}
+    tok = s.get("tokens") or {}
+    rate = req.get("error_rate")
+    peak = s.get("users_peak")
+    rows = [
+        ["target", f"{s.get('target')} ({s.get('target_kind')})"],
+        ["model", str(s.get("model") or "-")],
+        [
+            "users",
+            f"{s.get('users')} (peak {'-' if peak is None else peak})",
+        ],
+        [
+            "duration",
+            f"{fmt_num(s.get('duration_s'))} s"
+            + (" (interrupted)" if s.get("interrupted") else ""),
+        ],
+        ["requests", f"{fmt_num(req.get('total'), 0)} ({fmt_num(req.get('per_s'), 2)}/s)"],
+        ["failed", f"{fmt_num(req.get('failed'), 0)}" + (f" ({100 * rate:.2f} %)" if rate else "")],
+        [
+            "output tokens",
+            f"{fmt_num(tok.get('output_total'), 0)} ({fmt_num(tok.get('output_per_s'))}/s)",
+        ],
+        [
+            "input tokens",
+            f"{fmt_num(tok.get('input_total'), 0)} ({fmt_num(tok.get('input_per_s'))}/s)",
+        ],
+        ["token counts from", str(tok.get("source") or "-")],
+        ["started", str(s.get("started_at"))],
+    ]
+    return ["", ""], rows
+
+
+def errors_table(s: Mapping[str, Any]) -> Table | None:
+    errors = s.get("errors") or {}
+    if not errors:
+        return None
+    rows = [[k, fmt_num(v, 0)] for k, v in sorted(errors.items(), key=lambda kv: -kv[1])]
+    return ["error", "count"], rows
+
+
+def slo_table(s: Mapping[str, Any]) -> Table | None:
+    slo = s.get("slo") or {}
+    results = slo.get("results") or []
+    if not results:
+        return None
+    rows = []
+    for r in results:
+        actual = r.get("actual")
+        shown = "no data" if actual is None else _slo_value(actual, r.get("unit"))
+        rows.append([r["slo"], shown, "pass" if r["passed"] else "FAIL"])
+    return ["SLO", "actual", "result"], rows
+
+
+def _slo_value(v: float, unit: str | None) -> str:
+    if unit == "ms":
+        return f"{fmt_ms(v)} ms"
+    if unit == "fraction":
+        return f"{100 * v:.3g} %"
+    return fmt_num(v, 1)
+
+
+def client_table(s: Mapping[str, Any]) -> Table | None:
+    client = s.get("client") or {}
+    procs = client.get("processes") or []
+    if not procs:
+        return None
+    rows = [
+        [
+            p["role"],
+            str(p["pid"]),
+            fmt_num(p.get("cpu_percent_mean")),
+            fmt_num(p.get("cpu_percent_max")),
+            fmt_num(p.get("rss_peak_mb")),
+        ]
+        for p in procs
+    ]
+    return ["process", "pid", "CPU % mean", "CPU % max", "peak RSS MB"], rows
+
+
+def markdown(table: Table) -> str:
+    head, rows = table
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plain(table: Table, indent: str = "  ") -> str:
+    head, rows = table
+    all_rows = [head, *rows] if any(head) else rows
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(head))]
+    out = []
+    for n, row in enumerate(all_rows):
+        cells = [
+            row[i].ljust(widths[i]) if i == 0 else row[i].rjust(widths[i]) for i in range(len(row))
+        ]
+        out.append(indent + "  ".join(cells).rstrip())
+        if n == 0 and any(head):
+            out.append(indent + "  ".join("-" * w for w in widths))
+    return "\n".join(out)
