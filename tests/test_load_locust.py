@@ -1,0 +1,283 @@
+"""Locust (as a subprocess) against a real `llmsim serve` with exact timing.
+
+Locust runs in its own process: `import locust` monkey-patches everything with gevent, which has
+no place in the pytest process that also starts servers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHAT = REPO / "locustfiles" / "chat.py"
+EXACT = ("--ttft-ms", "123", "--ttft-stddev-ms", "0", "--tbt-ms", "17", "--tbt-stddev-ms", "0")
+
+
+@dataclass
+class LocustRun:
+    returncode: int
+    output: str
+    summary: dict
+    rows: list[dict]
+    stats: dict[tuple[str, str], dict]
+    failures: list[dict]
+
+
+def locust_env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LLMSIM_", "LOCUST_")) and k != "OPENAI_API_KEY"
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_locust(
+    locustfile: Path, host: str, out: Path, *args: str, timeout: float = 90
+) -> LocustRun:
+    """Run `python -m locust --headless` to completion and collect everything it wrote."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile),
+        "--host",
+        host,
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(out / "locust"),
+        "--llm-results-dir",
+        str(out),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=locust_env(), cwd=REPO
+    )
+    output = proc.stdout + proc.stderr
+    (out / "locust.log").write_text(output)
+    summary_path = out / "llm_metrics.json"
+    assert summary_path.exists(), output[-3000:]
+    stats = {(r["Type"], r["Name"]): r for r in _read_csv(out / "locust_stats.csv")}
+    return LocustRun(
+        proc.returncode,
+        output,
+        json.loads(summary_path.read_text()),
+        _read_csv(out / "requests.csv"),
+        stats,
+        _read_csv(out / "locust_failures.csv"),
+    )
+
+
+def exact_percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * pct / 100)) - 1]
+
+
+def test_exact_timing_tokens_and_rows(llmsim_server, tmp_path):
+    server = llmsim_server(*EXACT)
+    run = run_locust(
+        CHAT,
+        server.base_url,
+        tmp_path,
+        "-u",
+        "20",
+        "-r",
+        "20",
+        "-t",
+        "5s",
+        "--llm-max-tokens",
+        "16",
+        "--llm-prompt-tokens",
+        "64",
+        "--llm-ignore-eos",
+    )
+    s = run.summary
+    assert run.returncode == 0, run.output[-2000:]
+    assert s["requests"]["failed"] == 0 and s["requests"]["total"] >= 60
+    assert s["tokens"]["source"] == "usage"
+    assert len(run.rows) == s["requests"]["total"]
+    for row in run.rows:
+        assert (row["status"], row["output_tokens"], row["input_tokens"]) == ("ok", "16", "64")
+    m = s["metrics"]
+    assert 123 <= m["ttft_ms"]["p50"] <= 126, m["ttft_ms"]
+    assert 16.5 <= m["tpot_ms"]["p50"] <= 17.5, m["tpot_ms"]
+    assert 16.0 <= m["itl_ms"]["p50"] <= 18.0, m["itl_ms"]
+    assert m["itl_ms"]["count"] == s["requests"]["total"] * 15
+    assert -0.5 <= m["fidelity_ttft_ms"]["p50"] <= 3.0, m["fidelity_ttft_ms"]
+    assert s["tokens"]["output"] == 16 * s["requests"]["total"]
+
+    # Locust's own rows: E2E request row, TTFT/TPOT rows with our finer percentiles (not ints),
+    # and an Aggregated row that counts requests only.
+    post = run.stats[("POST", "/v1/chat/completions")]
+    ttft = run.stats[("TTFT", "/v1/chat/completions")]
+    tpot = run.stats[("TPOT", "/v1/chat/completions")]
+    agg = run.stats[("", "Aggregated")]
+    assert agg["Request Count"] == post["Request Count"]
+    assert 123 <= float(ttft["50%"]) <= 126
+    assert 16.5 <= float(tpot["50%"]) <= 17.5
+    assert float(post["Median Response Time"]) >= 123 + 15 * 17
+    # the CSV is written once a second, so it may trail the final count by a second's worth
+    assert 0 < int(ttft["Request Count"]) <= s["requests"]["total"]
+
+
+def test_counted_tokens_without_usage_and_non_streaming(llmsim_server, tmp_path):
+    server = llmsim_server("--profile", "fast", "--ttft-stddev-ms", "0", "--tbt-stddev-ms", "0")
+    common = ("-u", "4", "-r", "4", "-t", "2s", "--llm-max-tokens", "12", "--llm-ignore-eos")
+    counted = run_locust(CHAT, server.base_url, tmp_path / "counted", *common, "--llm-no-usage")
+    assert counted.summary["tokens"]["source"] == "counted"
+    assert {r["output_tokens"] for r in counted.rows} == {"12"}
+    assert {r["input_tokens"] for r in counted.rows} == {"128"}  # known from the prompt built
+
+    whole = run_locust(CHAT, server.base_url, tmp_path / "whole", *common, "--llm-no-stream")
+    assert whole.summary["requests"]["failed"] == 0
+    assert whole.summary["metrics"]["ttft_ms"]["count"] == 0  # no stream, no TTFT
+    assert whole.summary["metrics"]["e2e_ms"]["count"] == whole.summary["requests"]["total"]
+    assert {r["output_tokens"] for r in whole.rows} == {"12"}
+    assert ("TTFT", "/v1/chat/completions") not in whole.stats
+
+
+def test_processes_2_merge_matches_a_single_process(llmsim_server, tmp_path):
+    server = llmsim_server(*EXACT)
+    args = (
+        "-u",
+        "6",
+        "-r",
+        "100",
+        "-t",
+        "4s",
+        "--llm-requests-per-user",
+        "5",
+        "--llm-max-tokens",
+        "10",
+        "--llm-ignore-eos",
+        "--llm-prompt-tokens",
+        "100",
+    )
+    single = run_locust(CHAT, server.base_url, tmp_path / "single", *args)
+    multi = run_locust(CHAT, server.base_url, tmp_path / "multi", *args, "--processes", "2")
+    for run in (single, multi):
+        assert run.returncode == 0, run.output[-2000:]
+    a, b = single.summary, multi.summary
+    assert a["requests"] == b["requests"] == {"total": 30, "ok": 30, "failed": 0}
+    assert a["tokens"] == b["tokens"]
+    for name in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "fidelity_ttft_ms"):
+        assert a["metrics"][name]["count"] == b["metrics"][name]["count"], name
+    assert b["metrics"]["itl_ms"]["count"] == 30 * 9
+    for pct in ("p50", "p90"):
+        assert abs(a["metrics"]["ttft_ms"][pct] - b["metrics"]["ttft_ms"][pct]) <= 3
+        assert abs(a["metrics"]["tpot_ms"][pct] - b["metrics"]["tpot_ms"][pct]) <= 0.5
+
+    # The master's merged percentiles equal the exact ones over every worker's requests.
+    assert len(multi.rows) == 30
+    for col, name in (("ttft_ms", "ttft_ms"), ("e2e_ms", "e2e_ms"), ("tpot_ms", "tpot_ms")):
+        values = [float(r[col]) for r in multi.rows]
+        for pct in (50, 90, 99):
+            exact = exact_percentile(values, pct)
+            got = b["metrics"][name][f"p{pct}"]
+            assert abs(got - exact) <= max(0.051, exact * 0.005) + 0.001, (name, pct)
+        assert b["metrics"][name]["max"] == pytest.approx(max(values), abs=0.001)
+
+    # Locust's rows merged across workers too, and the Aggregated row is not inflated.
+    for run in (single, multi):
+        assert run.stats[("TTFT", "/v1/chat/completions")]["Request Count"] == "30"
+        assert run.stats[("", "Aggregated")]["Request Count"] == "30"
+    assert b["series"]["users"] and max(b["series"]["users"]) == 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read()
+
+
+def test_web_ui_llm_tab_csv_and_results_on_sigterm(llmsim_server, tmp_path):
+    server = llmsim_server("--profile", "fast", "--ttft-stddev-ms", "0", "--tbt-stddev-ms", "0")
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(CHAT),
+        "--host",
+        server.base_url,
+        "--web-host",
+        "127.0.0.1",
+        "--web-port",
+        str(port),
+        "--autostart",
+        "-u",
+        "3",
+        "-r",
+        "3",
+        "--llm-max-tokens",
+        "8",
+        "--llm-results-dir",
+        str(tmp_path),
+    ]
+    log = (tmp_path / "locust.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=locust_env(), cwd=REPO)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        rows: list[dict] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                data = json.loads(_get(base + "/stats/requests"))
+            except OSError:
+                continue
+            tabs = {t["key"]: t["data"] for t in data.get("extended_stats", [])}
+            rows = tabs.get("llm", [])
+            ttft = next((r for r in rows if r["metric"].startswith("TTFT (")), None)
+            if ttft and ttft["count"] > 20:
+                break
+        assert ttft and ttft["count"] > 20, rows
+        metrics = {r["metric"] for r in rows}
+        expected = {"ITL, inter-token gap (ms)", "TPOT (ms)", "E2E (ms)", "In-flight streams"}
+        assert expected <= metrics
+        assert any(m.startswith("Output tokens/s") for m in metrics)
+        page = _get(base + "/").decode()
+        assert '"extended_tabs"' in page or "extended_tabs" in page
+        csv_text = _get(base + "/llm/csv").decode()
+        assert csv_text.startswith("metric,count,mean,min,p50") and "TTFT (ms)" in csv_text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+    summary = json.loads((tmp_path / "llm_metrics.json").read_text())
+    rows_written = _read_csv(tmp_path / "requests.csv")
+    assert summary["requests"]["total"] == len(rows_written) > 20
