@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 import gevent
-from geventhttpclient.response import HTTPParseError
+from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
 from llmsim.load.sse import StreamClosed
 
@@ -51,8 +51,10 @@ def classify_exception(exc: BaseException) -> LLMError:
         return LLMError(TIMEOUT, "no response bytes within the timeout")
     if isinstance(exc, StreamClosed):
         return LLMError(CONNECTION, str(exc))
+    if isinstance(exc, HTTPConnectionClosed):
+        return LLMError(CONNECTION, "closed before any response")
     if isinstance(exc, HTTPParseError):
-        return LLMError(CONNECTION, f"{type(exc).__name__}: {_short(str(exc), 80)}")
+        return LLMError(CONNECTION, f"truncated or invalid HTTP response ({_short(str(exc), 60)})")
     if isinstance(exc, OSError):
         name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         return LLMError(CONNECTION, name)

@@ -20,7 +20,7 @@ from geventhttpclient.client import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed
 from locust import task
 from locust.contrib.fasthttp import FastHttpUser
-from locust.exception import CatchResponseError, StopTest, StopUser
+from locust.exception import StopTest, StopUser
 
 from llmsim.engine.tokens import count_tokens
 from llmsim.load import errors as E
@@ -284,7 +284,8 @@ class OpenAIChatUser(FastHttpUser):
             response_length=st.nbytes,
             response=None,
             context={},
-            exception=None if error is None else CatchResponseError(str(error)),
+            # A string, not an exception object: Locust's failures table and CSV show it as is.
+            exception=None if error is None else str(error),
             start_time=start_wall,
             url=self._url,
         )
