@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+
 from test_load_locust import REPO, locust_env, run_locust
 
 EXPECTED = {
@@ -71,8 +72,7 @@ def test_each_fault_kind_is_classified(fake_server, tmp_path):
         )
     locustfile = tmp_path / "faults.py"
     locustfile.write_text(
-        "from llmsim.locust import OpenAIChatUser\n"
-        + "".join(textwrap.dedent(c) for c in classes)
+        "from llmsim.locust import OpenAIChatUser\n" + "".join(textwrap.dedent(c) for c in classes)
     )
     users = str(len(classes))
     run = run_locust(locustfile, "", tmp_path, "-u", users, "-r", users, "-t", "4s")
