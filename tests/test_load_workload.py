@@ -228,8 +228,8 @@ def test_given_options_override_class_attributes_and_unset_ones_do_not(monkeypat
 
 
 def test_environment_variables_without_parsed_options(monkeypatch):
-    monkeypatch.setenv("LLMSIM_MODEL", "from-env")
-    monkeypatch.setenv("LLMSIM_IGNORE_EOS", "true")
+    monkeypatch.setenv("LOCUST_LLM_MODEL", "from-env")
+    monkeypatch.setenv("LOCUST_LLM_IGNORE_EOS", "true")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     cfg = resolve_config(_Defaults, None)
     assert (cfg.model, cfg.ignore_eos, cfg.api_key) == ("from-env", True, "sk-test")

@@ -1,5 +1,8 @@
 """The `--llm-...` Locust arguments, their environment variables, and how a user's settings resolve.
 
+Environment variables follow Locust's own convention: --llm-model is LOCUST_LLM_MODEL (the
+simulator's LLMSIM_* variables are another namespace; LLMSIM_SEED would otherwise mean two things).
+
 Precedence, most specific first: a value given on the command line, in the environment or in the
 web UI's start form; then the user class attribute; then OpenAIChatUser's default. Options
 default to "unset" (None, or False for flags) so that an option nobody gave never overrides a
@@ -28,12 +31,14 @@ class Opt:
 
 
 OPTIONS: tuple[Opt, ...] = (
-    Opt("model", "--llm-model", "LLMSIM_MODEL", "str", "Model name sent in each request."),
-    Opt("system_prompt", "--llm-system-prompt", "LLMSIM_SYSTEM_PROMPT", "str", "System prompt."),
+    Opt("model", "--llm-model", "LOCUST_LLM_MODEL", "str", "Model name sent in each request."),
+    Opt(
+        "system_prompt", "--llm-system-prompt", "LOCUST_LLM_SYSTEM_PROMPT", "str", "System prompt."
+    ),
     Opt(
         "prompt_tokens",
         "--llm-prompt-tokens",
-        "LLMSIM_PROMPT_TOKENS",
+        "LOCUST_LLM_PROMPT_TOKENS",
         "dist",
         "Prompt length in tokens: N, normal:mean=M,stddev=S[,min=A,max=B], uniform:min=A,max=B "
         "or lognormal:mean=M,stddev=S.",
@@ -41,66 +46,72 @@ OPTIONS: tuple[Opt, ...] = (
     Opt(
         "max_tokens",
         "--llm-max-tokens",
-        "LLMSIM_MAX_TOKENS",
+        "LOCUST_LLM_MAX_TOKENS",
         "dist",
         "max_tokens per request, same syntax as --llm-prompt-tokens.",
     ),
     Opt(
         "ignore_eos",
         "--llm-ignore-eos",
-        "LLMSIM_IGNORE_EOS",
+        "LOCUST_LLM_IGNORE_EOS",
         "on",
         "Send ignore_eos: the reply is exactly max_tokens long (vLLM, llmsim).",
     ),
-    Opt("stream", "--llm-no-stream", "LLMSIM_NO_STREAM", "off", "Ask for whole replies."),
+    Opt("stream", "--llm-no-stream", "LOCUST_LLM_NO_STREAM", "off", "Ask for whole replies."),
     Opt(
         "include_usage",
         "--llm-no-usage",
-        "LLMSIM_NO_USAGE",
+        "LOCUST_LLM_NO_USAGE",
         "off",
         "Do not send stream_options.include_usage (tokens are then counted).",
     ),
-    Opt("temperature", "--llm-temperature", "LLMSIM_TEMPERATURE", "float", "Temperature."),
+    Opt("temperature", "--llm-temperature", "LOCUST_LLM_TEMPERATURE", "float", "Temperature."),
     Opt(
         "extra_headers",
         "--llm-headers",
-        "LLMSIM_HEADERS",
+        "LOCUST_LLM_HEADERS",
         "json",
         'Extra HTTP headers, a JSON object: {"X-Tenant": "a"}.',
     ),
     Opt(
         "extra_body",
         "--llm-body",
-        "LLMSIM_BODY",
+        "LOCUST_LLM_BODY",
         "json",
         'Extra request body fields, a JSON object: {"top_p": 0.9}.',
     ),
     Opt(
         "dataset",
         "--llm-dataset",
-        "LLMSIM_DATASET",
+        "LOCUST_LLM_DATASET",
         "str",
         "Prompts from a file: JSONL (prompt, messages or ShareGPT records) or a JSON array.",
     ),
     Opt(
         "turns",
         "--llm-turns",
-        "LLMSIM_TURNS",
+        "LOCUST_LLM_TURNS",
         "int",
         "Turns per conversation: each reply and a new user turn are appended, K times.",
     ),
     Opt(
         "requests_per_user",
         "--llm-requests-per-user",
-        "LLMSIM_REQUESTS_PER_USER",
+        "LOCUST_LLM_REQUESTS_PER_USER",
         "int",
         "Each user stops after this many requests (0: no limit).",
     ),
-    Opt("seed", "--llm-seed", "LLMSIM_SEED", "int", "Seed for prompts and lengths (reproducible)."),
+    Opt(
+        "seed",
+        "--llm-seed",
+        "LOCUST_LLM_SEED",
+        "int",
+        "Seed for prompts and lengths (reproducible).",
+    ),
     Opt(
         "timeout",
         "--llm-timeout",
-        "LLMSIM_TIMEOUT",
+        "LOCUST_LLM_TIMEOUT",
         "float",
         "Seconds to wait for a connection or for the next bytes of a response.",
     ),
@@ -117,7 +128,7 @@ OPTIONS: tuple[Opt, ...] = (
 RESULTS_DIR = Opt(
     "results_dir",
     "--llm-results-dir",
-    "LLMSIM_RESULTS_DIR",
+    "LOCUST_LLM_RESULTS_DIR",
     "str",
     "Write llm_metrics.json and requests.csv here at the end of the run (master/standalone).",
     ui=False,

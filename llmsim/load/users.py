@@ -66,7 +66,7 @@ class OpenAIChatUser(FastHttpUser):
     """Streams chat completions from `host` and records TTFT, ITL, TPOT, E2E and tokens.
 
     Subclass it in a locustfile; every attribute below can also be set with the matching
-    `--llm-...` option or LLMSIM_... environment variable (see llmsim/load/options.py).
+    `--llm-...` option or LOCUST_LLM_... environment variable (see llmsim/load/options.py).
     """
 
     abstract = True
