@@ -3,7 +3,7 @@
     locust -f locustfiles/chat.py --host http://127.0.0.1:8000/v1 -u 50 -r 10 -t 1m --headless
 
 Options (also in the web UI's start form, or as LOCUST_LLM_* environment variables):
-  --llm-model NAME             model sent in each request            ($LOCUST_LLM_MODEL, gpt-4o-mini)
+  --llm-model NAME             model sent in each request                   (gpt-4o-mini)
   --llm-prompt-tokens SPEC     prompt length: 512, normal:mean=512,stddev=64,min=16,max=2048,
                                uniform:min=A,max=B, lognormal:mean=M,stddev=S       (128)
   --llm-max-tokens SPEC        max_tokens, same syntax                                (128)
