@@ -43,11 +43,21 @@ def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
             func = click.option(
                 *names, option.name, default=None, help=f"{option.help} [env {option.env}]"
             )(func)
+        elif option.multiple:
+            func = click.option(
+                option.flag,
+                option.name,
+                multiple=True,
+                metavar=option.metavar,
+                help=f"{option.help} [env {option.env}, comma-separated]",
+            )(func)
         else:
             default = option.default
             shown = f" [default: {default}]" if default not in (None, []) else ""
             if isinstance(default, list):
                 shown = " [default: built-in catalogue]"
+            elif isinstance(default, dict):
+                shown = ""
             func = click.option(
                 option.flag,
                 option.name,
@@ -67,7 +77,11 @@ def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def settings_from_cli(config: str | None, flags: dict[str, Any]):
-    return load_settings(config=config, overrides={k: v for k, v in flags.items() if v is not None})
+    # A repeatable flag that was not given arrives as (): that is "not set", not "empty".
+    given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
+    return load_settings(
+        config=config, overrides={k: v for k, v in given.items() if v not in (None, [])}
+    )
 
 
 @click.group(cls=LlmsimGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,54 @@ def _str_list(value: Any) -> list[str]:
     raise ValueError(f"expected a list of names, got {value!r}")
 
 
+def _optional_int(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+        return None
+    return _int(value)
+
+
+def _faults(value: Any) -> list[str]:
+    from llmsim.engine.faults import parse_fault_rates
+
+    if isinstance(value, dict):  # YAML: {500: 0.1, drop: 2%}
+        items = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        raise ValueError(f"expected KIND=RATE items, got {value!r}")
+    parse_fault_rates(items)  # raises ValueError with the reason
+    return items
+
+
+def _per_model(value: Any) -> dict[str, dict[str, Any]]:
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("expected a JSON object of model: {option: value}") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of model: {option: value}")
+    out: dict[str, dict[str, Any]] = {}
+    for model, overrides in value.items():
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{model}: expected a mapping of option: value")
+        checked = {}
+        for key, v in overrides.items():
+            name = str(key).replace("-", "_")
+            if name not in PER_MODEL_KEYS:
+                raise ValueError(
+                    f"{model}: {key!r} cannot be set per model (allowed: "
+                    f"{', '.join(sorted(PER_MODEL_KEYS))})"
+                )
+            checked[name] = _coerce(_BY_NAME[name], v, f"{model}.{key}")
+        out[str(model)] = checked
+    return out
+
+
 def _at_least(minimum: float) -> Callable[[Any], None]:
     def check(v: Any) -> None:
         if v is not None and v < minimum:
@@ -89,6 +137,16 @@ def _generator(v: str) -> None:
     make_generator(v)
 
 
+def _overflow_status(v: int) -> None:
+    if v not in (429, 503):
+        raise ValueError(f"must be 429 or 503, got {v}")
+
+
+def _fraction(v: float) -> None:
+    if v < 0:
+        raise ValueError(f"must be at least 0, got {v}")
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -98,6 +156,7 @@ class Option:
     check: Callable[[Any], None] | None = None
     metavar: str | None = None
     is_flag: bool = False
+    multiple: bool = False  # a repeatable flag; env and YAML take a comma-separated list
 
     @property
     def flag(self) -> str:
@@ -231,6 +290,108 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _at_least(1024),
         "BYTES",
     ),
+    # Capacity, rate limits and faults: all off by default.
+    Option(
+        "max_concurrency",
+        _optional_int,
+        None,
+        "Requests generating at once; more wait in a queue (their wait adds to TTFT).",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "queue_limit",
+        _optional_int,
+        None,
+        "Requests allowed to wait for a slot; more are refused (default: unbounded).",
+        _at_least(0),
+        "N",
+    ),
+    Option(
+        "queue_overflow_status",
+        _int,
+        429,
+        "Status for requests refused by a full queue: 429 or 503.",
+        _overflow_status,
+        "STATUS",
+    ),
+    Option(
+        "load_factor",
+        _float,
+        0.0,
+        "Time between tokens grows as tbt × (1 + load_factor × running / max_concurrency).",
+        _fraction,
+        "F",
+    ),
+    Option(
+        "prefill_ms_per_1k",
+        _float,
+        0.0,
+        "Extra TTFT per 1,000 prompt tokens, ms.",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
+        "rpm", _optional_int, None, "Requests per minute per API key and model.", _at_least(1), "N"
+    ),
+    Option(
+        "tpm",
+        _optional_int,
+        None,
+        "Tokens per minute (prompt + max_tokens) per API key and model.",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "fault",
+        _faults,
+        [],
+        "Inject a fault at a rate, e.g. 500=0.05 or drop=2% (repeatable; kinds: "
+        "429, 500, 502, 503, 529, timeout, drop, stream-error).",
+        None,
+        "KIND=RATE",
+        multiple=True,
+    ),
+    Option(
+        "timeout_after_ms",
+        _float,
+        10_000.0,
+        "How long a `timeout` fault hangs before it answers 504 (or closes).",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
+        "timeout_action",
+        str,
+        "504",
+        "What a `timeout` fault does after hanging: 504 or close.",
+        _choice(("504", "close")),
+        "ACTION",
+    ),
+    Option(
+        "fault_script",
+        str,
+        None,
+        "YAML file of scripted faults (e.g. fail 3 times with 503, then succeed).",
+        None,
+        "PATH",
+    ),
+    Option(
+        "per_model",
+        _per_model,
+        {},
+        "Per-model overrides, e.g. {gpt-5: {max_concurrency: 4, ttft_ms: 900}} (JSON or YAML).",
+        None,
+        "JSON",
+    ),
+    Option(
+        "stats_max_models",
+        _int,
+        32,
+        "Models tracked by name in /llmsim/stats and /metrics; the rest fold into __other__.",
+        _at_least(1),
+        "N",
+    ),
     Option(
         "grace_period_s",
         _float,
@@ -243,6 +404,26 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_NAME = {o.name: o for o in SERVE_OPTIONS}
+
+# What a model may override: how it behaves, not how the server runs.
+PER_MODEL_KEYS = frozenset(
+    {
+        "profile",
+        "ttft_ms",
+        "ttft_stddev_ms",
+        "tbt_ms",
+        "tbt_stddev_ms",
+        "latency_distribution",
+        "output_tokens",
+        "output_tokens_stddev",
+        "max_concurrency",
+        "queue_limit",
+        "load_factor",
+        "prefill_ms_per_1k",
+        "rpm",
+        "tpm",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -263,8 +444,26 @@ class Settings:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     strict_models: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
+    max_concurrency: int | None = None
+    queue_limit: int | None = None
+    queue_overflow_status: int = 429
+    load_factor: float = 0.0
+    prefill_ms_per_1k: float = 0.0
+    rpm: int | None = None
+    tpm: int | None = None
+    fault: list[str] = field(default_factory=list)
+    timeout_after_ms: float = 10_000.0
+    timeout_action: str = "504"
+    fault_script: str | None = None
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stats_max_models: int = 32
     grace_period_s: float = 10.0
     access_log: bool = False
+
+    def for_model(self, model: str) -> Settings:
+        """These settings with the model's per_model overrides applied."""
+        overrides = self.per_model.get(model)
+        return replace(self, **overrides) if overrides else self
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -333,4 +532,12 @@ def load_settings(
             raise SettingsError(f"unknown option {name!r}")
         if value is not None:
             values[name] = _coerce(_BY_NAME[name], value, _BY_NAME[name].flag)
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.fault_script:
+        from llmsim.engine.faults import load_fault_script
+
+        try:
+            load_fault_script(settings.fault_script)
+        except ValueError as exc:
+            raise SettingsError(f"fault script {settings.fault_script}: {exc}") from None
+    return settings

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
+from llmsim.api.wire import RenderContext
 from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.tokens import count_chat_prompt_tokens, message_text
 
@@ -308,3 +309,27 @@ def stream_events(
         }
         yield last, b"data: " + json.dumps(tail_chunk).encode() + b"\n\n"
     yield last, b"data: [DONE]\n\n"
+
+
+class OpenAIChat:
+    """The chat completions wire format for the server pipeline."""
+
+    name = "openai.chat"
+
+    def parse(self, body: Any) -> tuple[EngineRequest, ChatOptions]:
+        return parse_chat_request(body)
+
+    def render(self, reply: Reply, opts: ChatOptions, ctx: RenderContext) -> dict[str, Any]:
+        return render_completion(reply, ctx.system_fingerprint)
+
+    def stream_events(
+        self, reply: Reply, opts: ChatOptions, ctx: RenderContext
+    ) -> Iterator[tuple[int, bytes]]:
+        return stream_events(reply, ctx.system_fingerprint, opts.include_usage)
+
+    def error_body(self, err: ApiError) -> bytes:
+        return err.json_bytes()
+
+    def stream_error(self, err: ApiError) -> bytes:
+        # What the openai SDK recognises mid-stream: a data event whose object has "error".
+        return b"data: " + err.json_bytes() + b"\n\n"

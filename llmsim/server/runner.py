@@ -15,6 +15,7 @@ from typing import TextIO
 
 from llmsim import __version__
 from llmsim.engine.tokens import preload_encodings
+from llmsim.server.state import Shared
 from llmsim.settings import Settings
 
 
@@ -55,7 +56,7 @@ def _make_handler():
     # starts a hub of its own.
     from gevent.pywsgi import WSGIHandler
 
-    from llmsim.server.app import START_KEY
+    from llmsim.server.pipeline import SOCKET_KEY, START_KEY
 
     class NoDelayHandler(WSGIHandler):
         """Sets TCP_NODELAY: gevent sends headers and body in separate writes, and Nagle plus
@@ -81,6 +82,7 @@ def _make_handler():
         def get_environ(self):
             env = super().get_environ()
             env[START_KEY] = time.monotonic()
+            env[SOCKET_KEY] = self.socket
             return env
 
     return NoDelayHandler
@@ -105,7 +107,9 @@ def drain(server, grace_period_s: float) -> None:
     server.pool.kill(block=True, timeout=1)
 
 
-def serve_on_socket(settings: Settings, sock: socket.socket, worker: int = 0) -> None:
+def serve_on_socket(
+    settings: Settings, sock: socket.socket, worker: int = 0, shared: Shared | None = None
+) -> None:
     """Serve on an already-bound socket until SIGTERM/SIGINT, then drain and return."""
     import gevent
     from gevent.pool import Pool
@@ -115,7 +119,9 @@ def serve_on_socket(settings: Settings, sock: socket.socket, worker: int = 0) ->
 
     if settings.seed is not None and worker:
         settings = replace(settings, seed=settings.seed + worker)
-    app = create_app(settings)
+    if shared is not None:
+        shared.stats.bind_worker(worker)
+    app = create_app(settings, shared=shared)
     server = WSGIServer(
         sock,
         app,
@@ -155,10 +161,11 @@ def serve(settings: Settings, out: TextIO | None = None) -> int:
     # Load the tokenizers before saying we are ready (and before forking, so workers share
     # them): otherwise the first request of each encoding pays ~0.4 s inside its TTFT.
     preload_encodings()
+    shared = Shared.create(settings)  # before forking: the workers share it
     url = base_url(sock)
     if settings.workers == 1:
         print(startup_line(settings, url), file=out, flush=True)
-        serve_on_socket(settings, sock)
+        serve_on_socket(settings, sock, 0, shared)
         return 0
     children: list[int] = []
     for worker in range(settings.workers):
@@ -166,7 +173,7 @@ def serve(settings: Settings, out: TextIO | None = None) -> int:
         if pid == 0:  # child
             code = 0
             try:
-                serve_on_socket(settings, sock, worker)
+                serve_on_socket(settings, sock, worker, shared)
             except BaseException:
                 code = 1
             finally:

@@ -1,0 +1,136 @@
+"""/metrics: Prometheus text format with vLLM's metric names, from the shared stats.
+
+A custom collector reads the numbers every worker wrote, so the figures are whole-server
+whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from llmsim.engine.stats import (
+    E2E_BUCKETS,
+    FINISH_REASONS,
+    TPOT_BUCKETS,
+    TTFT_BUCKETS,
+    Stats,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _histogram(
+    name: str, doc: str, models: list[tuple[str, list[float]]], offset: int, bounds: tuple
+) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(name, doc, labels=["model_name"])
+    for model, v in models:
+        counts = v[offset : offset + len(bounds) + 1]
+        cumulative, buckets = 0.0, []
+        for bound, c in zip((*(str(b) for b in bounds), "+Inf"), counts, strict=True):
+            cumulative += c
+            buckets.append((bound, cumulative))
+        fam.add_metric([model], buckets, sum_value=v[offset + len(bounds) + 1])
+    return fam
+
+
+class LlmsimCollector(Collector):
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        lay = s.layout
+        models = [(name, s.model_values(slot)) for name, slot in s.models()]
+        models = [(n, v) for n, v in models if any(v)]
+        m = lay.m
+
+        running = GaugeMetricFamily(
+            "vllm:num_requests_running", "Requests generating now.", labels=["model_name"]
+        )
+        waiting = GaugeMetricFamily(
+            "vllm:num_requests_waiting", "Requests waiting for a slot.", labels=["model_name"]
+        )
+        prompt = CounterMetricFamily(
+            "vllm:prompt_tokens", "Prompt tokens processed.", labels=["model_name"]
+        )
+        generation = CounterMetricFamily(
+            "vllm:generation_tokens", "Generation tokens sent.", labels=["model_name"]
+        )
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Requests that finished.",
+            labels=["model_name", "finished_reason"],
+        )
+        requests = CounterMetricFamily(
+            "llmsim_requests", "Generating requests received.", labels=["model_name"]
+        )
+        failed = CounterMetricFamily(
+            "llmsim_requests_failed", "Requests that ended in an error.", labels=["model_name"]
+        )
+        for name, v in models:
+            running.add_metric([name], v[m["running"]])
+            waiting.add_metric([name], v[m["waiting"]])
+            prompt.add_metric([name], v[m["prompt_tokens"]])
+            generation.add_metric([name], v[m["completion_tokens"]])
+            requests.add_metric([name], v[m["requests"]])
+            failed.add_metric([name], v[m["failed"]])
+            for i, reason in enumerate(FINISH_REASONS):
+                if v[lay.m_finish + i]:
+                    success.add_metric([name, reason], v[lay.m_finish + i])
+        yield from (running, waiting, prompt, generation, success, requests, failed)
+        yield _histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time to first token.",
+            models,
+            lay.m_ttft,
+            TTFT_BUCKETS,
+        )
+        yield _histogram(
+            "vllm:time_per_output_token_seconds",
+            "Time per output token after the first.",
+            models,
+            lay.m_tpot,
+            TPOT_BUCKETS,
+        )
+        yield _histogram(
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end request latency.",
+            models,
+            lay.m_e2e,
+            E2E_BUCKETS,
+        )
+        errors = s.errors()
+        faults = CounterMetricFamily("llmsim_faults", "Injected faults.", labels=["kind"])
+        other = CounterMetricFamily("llmsim_errors", "Errors by kind.", labels=["kind"])
+        for kind, n in errors.items():
+            if kind.startswith("fault_"):
+                faults.add_metric([kind[6:].replace("_", "-")], n)
+            else:
+                other.add_metric([kind], n)
+        yield faults
+        yield other
+        totals = s.totals()
+        throttled = CounterMetricFamily(
+            "llmsim_throttled", "Requests refused by the rate limiter.", labels=["type"]
+        )
+        throttled.add_metric(["requests"], totals["throttled_requests"])
+        throttled.add_metric(["tokens"], totals["throttled_tokens"])
+        yield throttled
+        yield CounterMetricFamily(
+            "llmsim_queue_overflow", "Requests refused by a full queue.", totals["queue_overflow"]
+        )
+
+
+def render_metrics(stats: Stats) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LlmsimCollector(stats))
+    return generate_latest(registry)

@@ -1,0 +1,321 @@
+"""The one request pipeline under every generating API.
+
+parse → strict model check → rate limit → fault → capacity (queue) → plan → respond, paced;
+stats at every exit. A wire format (llmsim.api.wire.WireFormat) only parses and renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+from flask import Response, request
+
+from llmsim.api import errors
+from llmsim.api.errors import ApiError
+from llmsim.api.wire import RenderContext, WireFormat
+from llmsim.engine.capacity import QueueFull, Slot
+from llmsim.engine.faults import HTTP_FAULTS
+from llmsim.engine.limits import LimitDecision
+from llmsim.engine.request import EngineRequest, Reply
+from llmsim.server.pacing import Pacer
+from llmsim.server.sse import paced
+from llmsim.server.state import ServerState
+
+START_KEY = "llmsim.start"  # environ: when the request was read (monotonic seconds)
+SOCKET_KEY = "llmsim.socket"  # environ: the client socket, for the `drop` fault
+
+_STATUS_KIND = {400: "bad_request", 404: "not_found", 405: "not_found", 413: "too_large"}
+
+
+class CountedError(ApiError):
+    """An ApiError already recorded in the stats."""
+
+
+def error_kind(status: int) -> str:
+    return _STATUS_KIND.get(status, "bad_request" if status < 500 else "server_error")
+
+
+def read_json() -> Any:
+    data = request.get_data(cache=False)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.invalid_json() from None
+
+
+def api_key() -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "") or "anonymous"
+
+
+def _counted(err: ApiError) -> CountedError:
+    return CountedError(err.status, err.message, err.type, err.param, err.code, err.headers)
+
+
+def rate_limit_error(model: str, d: LimitDecision) -> ApiError:
+    unit = "requests" if d.kind == "requests" else "tokens"
+    short = "RPM" if d.kind == "requests" else "TPM"
+    if d.too_large:
+        msg = (
+            f"Request too large for {model} on tokens per min (TPM): Limit {d.limit}, "
+            f"Requested {d.requested}. The input or output tokens must be reduced."
+        )
+    else:
+        msg = (
+            f"Rate limit reached for {model} on {unit} per min ({short}): Limit {d.limit}, "
+            f"Used {d.used}, Requested {d.requested}. "
+            f"Please try again in {max(d.retry_after_s, 0.001):.3g}s."
+        )
+    return ApiError(429, msg, type=unit, code="rate_limit_exceeded", headers=dict(d.headers))
+
+
+_SORRY = "The server had an error while processing your request. Sorry about that!"
+_FAULT_ERRORS = {
+    "429": (429, "Rate limit reached (injected by llmsim).", "requests", "rate_limit_exceeded"),
+    "500": (500, _SORRY, "server_error", None),
+    "502": (502, "Bad gateway.", "server_error", "bad_gateway"),
+    "503": (503, "The engine is currently overloaded, please try again later.", "server_error",
+            "overloaded"),
+    "529": (529, "Overloaded.", "overloaded_error", "overloaded"),
+    "timeout": (504, "Gateway timeout: the model did not answer in time.", "server_error",
+                "timeout"),
+    "stream-error": (500, _SORRY, "server_error", None),
+}  # fmt: skip
+
+
+def fault_error(kind: str, headers: dict[str, str]) -> ApiError:
+    status, msg, typ, code = _FAULT_ERRORS[kind]
+    extra = {"retry-after": "1", "retry-after-ms": "1000"} if status in (429, 503, 529) else {}
+    return ApiError(status, msg, type=typ, code=code, headers={**headers, **extra})
+
+
+def _drop_connection() -> None:
+    sock = request.environ.get(SOCKET_KEY)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class Generation:
+    """One admitted request: its stats slot, capacity slot and how far it got."""
+
+    def __init__(self, state: ServerState, stats_slot: int, cap: Slot | None) -> None:
+        self.state = state
+        self.stats_slot = stats_slot
+        self.cap = cap
+        self.prompt_tokens = 0
+        self.sent_steps = 0
+        self.first_s: float | None = None
+        self.outcome: str | None = None  # None until it ends: "ok" or an error kind
+        self._running = False
+
+    def start_running(self) -> None:
+        if self.cap is not None:
+            self.state.stats.gauge(self.stats_slot, "running", 1)
+            self._running = True
+
+    def finish(self, kind: str, reply: Reply | None = None, start: float = 0.0) -> None:
+        """Record how it ended (once) and give its capacity back."""
+        if self.outcome is not None:
+            return
+        self.outcome = kind
+        stats = self.state.stats
+        if self._running:
+            stats.gauge(self.stats_slot, "running", -1)
+        if self.cap is not None:
+            self.cap.release()
+        if kind == "ok" and reply is not None:
+            now = time.monotonic()
+            first = self.first_s if self.first_s is not None else now
+            finish = reply.choices[0].finish_reason if reply.choices else "stop"
+            stats.request_succeeded(
+                self.stats_slot,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                first - start,
+                now - start,
+                finish,
+            )
+        else:
+            sent = 0
+            if reply is not None:
+                sent = sum(min(len(c.tokens), self.sent_steps) for c in reply.choices)
+            stats.request_failed(self.stats_slot, kind, self.prompt_tokens, sent)
+
+
+def handle(fmt: WireFormat, state: ServerState) -> Response:
+    """Serve one generating request of the given wire format."""
+    start = request.environ.get(START_KEY) or time.monotonic()
+    settings, stats = state.settings, state.stats
+    try:
+        req, opts = fmt.parse(read_json())
+        if settings.strict_models and req.model not in state.known_models:
+            raise errors.model_not_found(req.model)
+    except ApiError as err:
+        stats.request_failed(None, error_kind(err.status))
+        raise _counted(err) from None
+
+    model_settings = settings.for_model(req.model)
+    stats_slot = stats.request_started(req.model, opts.stream)
+    key = api_key()
+    headers: dict[str, str] = {}
+
+    decision = state.limiter.check(
+        key,
+        req.model,
+        req.prompt_tokens + (req.max_tokens or model_settings.output_tokens) * req.n,
+        model_settings.rpm,
+        model_settings.tpm,
+    )
+    headers.update(decision.headers)
+    if not decision.allowed:
+        stats.throttled(decision.kind or "requests")
+        stats.request_failed(stats_slot, "rate_limited")
+        raise _counted(rate_limit_error(req.model, decision))
+
+    fault = None
+    if state.faults.active or "x-llmsim-fault" in request.headers:
+        try:
+            fault = state.faults.decide(req.model, key, request.headers.get("x-llmsim-fault"))
+        except ValueError as exc:
+            stats.request_failed(stats_slot, "bad_request")
+            bad = ApiError(400, f"x-llmsim-fault: {exc}", param="x-llmsim-fault")
+            raise _counted(bad) from None
+    if fault in HTTP_FAULTS:
+        stats.request_failed(stats_slot, f"fault_{fault}")
+        raise _counted(fault_error(fault, headers))
+    if fault == "timeout":
+        gevent.sleep(settings.timeout_after_ms / 1000.0)
+        stats.request_failed(stats_slot, "fault_timeout")
+        if settings.timeout_action == "close":
+            _drop_connection()
+            return Response(b"", status=504)
+        raise _counted(fault_error("timeout", headers))
+
+    pool = state.capacity.pool_for(req.model)
+    cap = None
+    if pool is not None:
+        try:
+            cap = pool.reserve()
+        except QueueFull:
+            stats.request_failed(stats_slot, "queue_full")
+            status = settings.queue_overflow_status
+            raise _counted(
+                ApiError(
+                    status,
+                    f"The server is overloaded: all {pool.limit} slots are busy and the queue "
+                    "is full. Please retry later.",
+                    type="server_error",
+                    code="queue_full",
+                    headers={**headers, "retry-after": "1"},
+                )
+            ) from None
+    gen = Generation(state, stats_slot, cap)
+    gen.prompt_tokens = req.prompt_tokens
+    try:
+        if cap is not None and not cap.running:
+            stats.gauge(stats_slot, "waiting", 1)
+            try:
+                cap.wait()
+            finally:
+                stats.gauge(stats_slot, "waiting", -1)
+        gen.start_running()
+        reply = state.engine.plan(req)
+    except BaseException:
+        gen.finish("client_disconnect")
+        raise
+    return _respond(fmt, state, gen, req, reply, opts, fault, start, headers, pool)
+
+
+def _respond(
+    fmt: WireFormat,
+    state: ServerState,
+    gen: Generation,
+    req: EngineRequest,
+    reply: Reply,
+    opts: Any,
+    fault: str | None,
+    start: float,
+    headers: dict[str, str],
+    pool: Any,
+) -> Response:
+    settings = state.settings.for_model(req.model)
+    # Queue wait and prefill push the first token back; the planned TTFT says so.
+    first_s = (gen.cap.waited_s if gen.cap is not None else 0.0) + reply.ttft_s
+    first_s += settings.prefill_ms_per_1k * req.prompt_tokens / 1_000_000.0
+    pacer = Pacer(first_s, reply.tbt_s, pool)
+    headers.update(
+        {
+            "x-request-id": "req_" + secrets.token_hex(12),
+            "x-llmsim-ttft-ms": f"{first_s * 1000:.3f}",
+            "x-llmsim-tbt-ms": f"{reply.tbt_s * 1000:.3f}",
+            "openai-model": reply.model,
+        }
+    )
+    ctx = RenderContext(state.engine.system_fingerprint)
+    cut = state.faults.cut_point(reply.steps) if fault in ("drop", "stream-error") else reply.steps
+
+    if opts.stream:
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"
+
+        def events() -> Iterator[tuple[int, bytes]]:
+            for step, data in fmt.stream_events(reply, opts, ctx):
+                if step >= cut:
+                    break
+                gen.sent_steps = step + 1
+                yield step, data
+            else:
+                return
+            if fault == "stream-error":
+                yield cut, fmt.stream_error(fault_error("stream-error", {}))
+            else:  # drop: nothing more, once the cut token is due
+                yield cut, b""
+
+        def body() -> Iterator[bytes]:
+            for chunk in paced(start, events(), pacer.due):
+                if gen.first_s is None:
+                    gen.first_s = time.monotonic()
+                yield chunk
+            if fault == "drop":
+                _drop_connection()
+                gen.finish("fault_drop", reply, start)
+            elif fault == "stream-error":
+                gen.finish("fault_stream_error", reply, start)
+            else:
+                gen.finish("ok", reply, start)
+
+        response = Response(body(), headers=headers, mimetype="text/event-stream")
+        # Runs when the server is done with the response, also when the client vanished.
+        response.call_on_close(lambda: gen.finish("client_disconnect", reply, start))
+        return response
+
+    try:
+        last = min(cut, max(reply.steps - 1, 0))
+        for step in range(0, last + 1, 16):  # re-read the load every 16 tokens
+            delay = start + pacer.due(min(step + 15, last)) - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+        gen.first_s = start + first_s
+    except BaseException:
+        gen.finish("client_disconnect", reply, start)
+        raise
+    if fault == "drop":
+        gen.finish("fault_drop", reply, start)
+        _drop_connection()
+        return Response(b"", status=500)
+    if fault == "stream-error":
+        gen.finish("fault_stream_error", reply, start)
+        raise _counted(fault_error("stream-error", headers))
+    gen.finish("ok", reply, start)
+    body = json.dumps(fmt.render(reply, opts, ctx))
+    return Response(body, headers=headers, mimetype="application/json")

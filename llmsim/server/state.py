@@ -1,0 +1,59 @@
+"""Everything one server process holds: engine, capacity, limits, faults, stats."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from llmsim.engine.capacity import Capacity
+from llmsim.engine.faults import FaultInjector, load_fault_script, parse_fault_rates
+from llmsim.engine.limits import RateLimiter
+from llmsim.engine.simulator import Engine
+from llmsim.engine.stats import Stats
+from llmsim.settings import Settings
+
+
+@dataclass
+class Shared:
+    """What the worker processes of one server share; made before they fork."""
+
+    stats: Stats
+    limiter: RateLimiter
+
+    @classmethod
+    def create(cls, settings: Settings) -> Shared:
+        return cls(Stats(settings.workers, settings.stats_max_models), RateLimiter())
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    engine: Engine
+    shared: Shared
+    capacity: Capacity
+    faults: FaultInjector
+    known_models: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def stats(self) -> Stats:
+        return self.shared.stats
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self.shared.limiter
+
+    @classmethod
+    def create(
+        cls, settings: Settings, shared: Shared | None = None, engine: Engine | None = None
+    ) -> ServerState:
+        engine = engine or Engine(settings)
+        rules = load_fault_script(settings.fault_script) if settings.fault_script else []
+        seed = None if settings.seed is None else settings.seed ^ 0x5EED
+        return cls(
+            settings=settings,
+            engine=engine,
+            shared=shared or Shared.create(settings),
+            capacity=Capacity(settings),
+            faults=FaultInjector(parse_fault_rates(settings.fault), rules, random.Random(seed)),
+            known_models=frozenset(settings.models),
+        )
