@@ -46,7 +46,8 @@ class ProgressDisplay:
         self.duration_s = duration_s
         self.tty = bool(getattr(out, "isatty", lambda: False)())
         self.every_s = every_s
-        self._last_print = 0.0
+        # Off a terminal the first line comes after `every_s`, when there is something to show.
+        self._last_print = time.monotonic()
         self._open_line = False
 
     def update(self, sample: dict[str, Any], elapsed: float) -> None:

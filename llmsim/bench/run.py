@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -115,7 +117,24 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
         _say(human, f"llmsim bench: {_describe(cfg, target, server)}")
         swarm = start_swarm(cfg, target, run_dir)
         monitor.watch("locust", swarm.pid)
-        _drive(cfg, swarm, monitor, state, human, run_dir, target)
+        monitor.watch("bench", os.getpid())
+        simulator = _simulator_settings(cfg) if server else None
+        kind = "embedded" if server else "external"
+        reached_target: str = target
+
+        def report(locust_status: int | None) -> dict[str, Any]:
+            return write_reports(
+                run_dir,
+                cfg,
+                target=reached_target,
+                target_kind=kind,
+                state=state,
+                client=monitor.summary(),
+                locust_status=locust_status,
+                simulator=simulator,
+            )
+
+        _drive(cfg, swarm, monitor, state, human, run_dir, report)
     except BenchError:
         _cleanup(swarm, server)
         if state.started is None:
@@ -136,16 +155,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
             return EXIT_OK
         raise BenchError(f"Locust did not start a run: {_locust_failure(run_dir)}")
 
-    summary = write_reports(
-        run_dir,
-        cfg,
-        target=target,
-        target_kind="embedded" if server else "external",
-        state=state,
-        client=monitor.summary(),
-        locust_status=locust_status,
-        simulator=_simulator_settings(cfg) if server else None,
-    )
+    summary = report(locust_status)
     return _finish(cfg, summary, run_dir, out, human)
 
 
@@ -156,7 +166,7 @@ def _drive(
     state: RunState,
     human: TextIO,
     run_dir: Path,
-    target: str,
+    report: Callable[[int | None], dict[str, Any]],
 ) -> None:
     display = ProgressDisplay(human, None if cfg.web else cfg.duration_s) if cfg.progress else None
     last_sample = 0.0
@@ -166,10 +176,10 @@ def _drive(
         deadline: float | None = None
         while True:
             for ev in swarm.events():
-                _on_event(ev, cfg, state, display, human, run_dir, swarm)
+                _on_event(ev, cfg, state, display, human, run_dir, report)
             if swarm.proc.poll() is not None:
                 for ev in swarm.events():
-                    _on_event(ev, cfg, state, display, human, run_dir, swarm)
+                    _on_event(ev, cfg, state, display, human, run_dir, report)
                 break
             now = time.monotonic()
             if interrupts.count > handled:
@@ -230,7 +240,7 @@ def _on_event(
     display: ProgressDisplay | None,
     human: TextIO,
     run_dir: Path,
-    swarm: Swarm,
+    report: Callable[[int | None], dict[str, Any]],
 ) -> None:
     kind = ev.get("event")
     if kind == "sample" or kind == "test_stop":
@@ -249,12 +259,15 @@ def _on_event(
     elif kind == "test_stop":
         state.stopped = ev["time"]
         if cfg.web:
+            # The user stopped the run in the browser: write its reports now, and again (with
+            # Locust's own final files) when bench exits.
             _save_web_files(cfg, run_dir)
+            summary = report(None)
             _note(
                 display,
                 human,
-                f"run stopped; reports are written to {run_dir} when bench exits "
-                "(Ctrl-C), or start another run",
+                f"run stopped ({summary['requests']['total']} requests); report: "
+                f"{run_dir / 'report.html'} (start another run, or Ctrl-C to quit)",
             )
     elif kind == "cpu_warning":
         state.cpu_warnings += 1

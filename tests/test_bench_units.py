@@ -1,0 +1,413 @@
+"""bench's pieces without processes: durations, SLOs, the request log, summary and report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmsim.bench.config import BenchConfig
+from llmsim.bench.durations import format_duration, parse_duration
+from llmsim.bench.embedded import server_args
+from llmsim.bench.preflight import normalize_target
+from llmsim.bench.reports import write_reports
+from llmsim.bench.request_log import Request, fold, load_request_log
+from llmsim.bench.run import RunState, make_run_dir
+from llmsim.bench.slo import SLOError, evaluate_slos, parse_slo
+from llmsim.bench.summary import build_summary
+from llmsim.bench.swarm import locust_command
+from llmsim.cli import cli
+
+# --------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("90", 90), ("1.5m", 90)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5x", "1h30", "-5s", "m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (5, 60, 125, 3600, 5400)] == [
+        "5s",
+        "1m",
+        "2m05s",
+        "1h",
+        "1h30m",
+    ]
+
+
+# --------------------------------------------------------------------------- SLOs
+
+SUMMARY = {
+    "ttft_ms": {"p50": 600.0, "p95": 790.0},
+    "tpot_ms": {"p50": 41.0},
+    "requests": {"total": 200, "failed": 1, "per_s": 3.3},
+    "tokens": {"output_per_s": 1200.0},
+    "fidelity": {"ttft_ms": {"p99": 4.0}},
+}
+
+
+@pytest.mark.parametrize(
+    ("expr", "passed"),
+    [
+        ("ttft_p95<=800ms", True),
+        ("ttft_p95<=0.8s", True),
+        ("ttft_p95<790", False),
+        ("tpot_p50<=40ms", False),
+        ("error_rate<=1%", True),
+        ("error_rate<0.5%", False),
+        ("output_tps>=1000", True),
+        ("rps>5", False),
+        ("fidelity_p99<=10ms", True),
+        ("requests>=200", True),
+    ],
+)
+def test_slo_evaluation(expr: str, passed: bool) -> None:
+    result = parse_slo(expr).evaluate(SUMMARY)
+    assert result["passed"] is passed, result
+
+
+def test_slo_without_data_fails_and_says_why() -> None:
+    verdict = evaluate_slos([parse_slo("itl_p99<=50ms")], SUMMARY)
+    assert verdict["passed"] is False
+    assert verdict["results"][0]["reason"] == "no data for this metric in the run"
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("ttft95<=800ms", "unknown metric 'ttft95'"),
+        ("ttft_p95=800ms", "expected METRIC OP VALUE"),
+        ("ttft_p95<=800%", "unit '%' does not fit ttft_p95"),
+        ("error_rate<=5ms", "unit 'ms' does not fit error_rate"),
+    ],
+)
+def test_slo_parse_errors_are_one_line(expr: str, message: str) -> None:
+    with pytest.raises(SLOError) as err:
+        parse_slo(expr)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- request log
+
+
+def _req(start: float, ttft: float = 50, e2e: float = 145, out: int = 20, **kw) -> Request:
+    return Request(
+        start=start,
+        end=start + e2e / 1000,
+        ok=kw.get("ok", True),
+        error_kind=kw.get("error_kind"),
+        ttft_ms=ttft,
+        tpot_ms=(e2e - ttft) / (out - 1),
+        e2e_ms=e2e,
+        input_tokens=100,
+        output_tokens=out,
+        planned_ttft_ms=kw.get("planned", 48.0),
+    )
+
+
+def test_request_log_series_spreads_tokens_and_counts_in_flight() -> None:
+    t0 = 1000.0
+    # A 2-second stream (first token at 0.5 s) and a short one in second 1; one error.
+    log = fold(
+        [
+            _req(t0 + 0.0, ttft=500, e2e=2500, out=201),
+            _req(t0 + 1.2, out=20),
+            _req(t0 + 1.5, ok=False, error_kind="http_500", out=0),
+        ],
+        t0,
+    )
+    rows = log.series({0: 1, 1: 2})
+    assert [r["second"] for r in rows] == [0, 1, 2]
+    # 201 tokens over [0.5 s, 2.5 s]: 50.25 in second 0, 100.5 in second 1, 50.25 in second 2
+    assert rows[0]["output_tokens_per_s"] == pytest.approx(50.2, abs=0.1)
+    assert rows[1]["output_tokens_per_s"] == pytest.approx(100.5 + 20, abs=0.1)
+    assert rows[2]["output_tokens_per_s"] == pytest.approx(50.2, abs=0.1)
+    assert sum(r["output_tokens_per_s"] for r in rows) == pytest.approx(221, abs=0.2)
+    assert [r["in_flight"] for r in rows] == [1, 1, 0]
+    assert [r["requests_per_s"] for r in rows] == [0, 2, 1]
+    assert [r["errors"] for r in rows] == [0, 1, 0]
+    assert [r["users"] for r in rows] == [1, 2, 2]
+    assert rows[0]["ttft_p50_ms"] == 500.0 and rows[1]["ttft_p50_ms"] == 50.0
+    assert log.errors == {"http_500": 1}
+    assert log.hist["fidelity_ttft_ms"].percentile(50) == pytest.approx(2.0)
+
+
+def _write_requests(path: Path, reqs: list[Request]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "start_time",
+                "end_time",
+                "status",
+                "error_kind",
+                "ttft_ms",
+                "tpot_ms",
+                "e2e_ms",
+                "input_tokens",
+                "output_tokens",
+                "token_source",
+                "output_tokens_per_s",
+                "planned_ttft_ms",
+                "name",
+            ]
+        )
+        for r in reqs:
+            w.writerow(
+                [
+                    r.start,
+                    r.end,
+                    "ok" if r.ok else "error",
+                    r.error_kind or "",
+                    r.ttft_ms,
+                    r.tpot_ms,
+                    r.e2e_ms,
+                    r.input_tokens,
+                    r.output_tokens,
+                    "usage",
+                    "",
+                    r.planned_ttft_ms,
+                    "/v1/chat/completions",
+                ]
+            )
+
+
+def test_load_request_log_finds_the_earliest_start(tmp_path: Path) -> None:
+    # Rows arrive in completion order: the earliest start is not the first row.
+    _write_requests(tmp_path / "r.csv", [_req(1005.5), _req(1003.2), _req(1004.0)])
+    log = load_request_log(tmp_path / "r.csv")
+    assert log.t0 == 1003 and log.total == 3
+
+
+# --------------------------------------------------------------------------- summary and files
+
+
+def _llm_metrics(start: float, end: float) -> dict:
+    def block(p50: float, n: int) -> dict:
+        return {
+            "count": n,
+            "mean": p50,
+            "min": p50 - 1,
+            "p50": p50,
+            "p90": p50 + 1,
+            "p95": p50 + 2,
+            "p99": p50 + 3,
+            "max": p50 + 4,
+        }
+
+    return {
+        "schema": "llmsim.locust.metrics/1",
+        "start_time": start,
+        "end_time": end,
+        "requests": {"total": 40, "ok": 39, "failed": 1},
+        "errors": {"http_500": 1},
+        "tokens": {"input": 3900, "output": 780, "source": "usage"},
+        "users": {"max": 4},
+        "metrics": {
+            "ttft_ms": block(50.5, 39),
+            "itl_ms": block(5.1, 741),
+            "tpot_ms": block(5.0, 39),
+            "e2e_ms": block(146, 40),
+            "fidelity_ttft_ms": block(0.5, 39),
+        },
+        "series": {"t": [int(start) + i for i in range(5)], "users": [1, 2, 3, 4, 4]},
+    }
+
+
+def test_write_reports_from_synthetic_run(tmp_path: Path) -> None:
+    t0 = 1_800_000_000.0
+    reqs = [_req(t0 + i * 0.1, planned=50.0) for i in range(39)]
+    reqs.append(_req(t0 + 3.0, ok=False, error_kind="http_500", out=0))
+    _write_requests(tmp_path / "requests.csv", reqs)
+    (tmp_path / "llm_metrics.json").write_text(json.dumps(_llm_metrics(t0, t0 + 4)))
+    cfg = BenchConfig(users=4, duration_s=4, slos=[parse_slo("ttft_p50<=60ms")], label="x")
+    state = RunState(started=t0, stopped=t0 + 4, users_peak=4)
+    summary = write_reports(
+        tmp_path,
+        cfg,
+        target="http://127.0.0.1:1/v1",
+        target_kind="embedded",
+        state=state,
+        client={"processes": [], "rss_peak_total_mb": 1.0},
+        locust_status=0,
+        simulator={"ttft_ms": 50.0},
+    )
+    for name in ("summary.json", "summary.md", "timeseries.csv", "report.html"):
+        assert (tmp_path / name).is_file(), name
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+        assert set(on_disk[key]) == {"p50", "p90", "p95", "p99", "mean", "min", "max", "count"}
+    assert on_disk["ttft_ms"]["p50"] == 50.5
+    assert on_disk["requests"] == {
+        "total": 40,
+        "ok": 39,
+        "failed": 1,
+        "error_rate": 0.025,
+        "per_s": 10.0,
+    }
+    assert on_disk["tokens"]["output_total"] == 780 and on_disk["tokens"]["output_per_s"] == 195
+    assert on_disk["tokens"]["source"] == "usage"
+    assert on_disk["errors"] == {"http_500": 1}
+    assert on_disk["duration_s"] == 4.0 and on_disk["users"] == 4
+    assert on_disk["fidelity"]["ttft_ms"]["p50"] == 0.5
+    assert on_disk["fidelity"]["planned_ttft_ms"]["p50"] == 50.0
+    assert on_disk["fidelity"]["ttft_p50_error_pct"] == 1.0
+    assert on_disk["slo"]["passed"] is True and on_disk["exit_code"] == 0
+    assert on_disk["config"]["users"] == 4 and on_disk["config"]["simulator"] == {"ttft_ms": 50.0}
+    assert on_disk["started_at"].startswith("2027-01-15T08:00:00")
+
+    with open(tmp_path / "timeseries.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["second"]) for r in rows] == list(range(len(rows)))
+    assert [r["users"] for r in rows[:4]] == ["1", "2", "3", "4"]
+
+    md = (tmp_path / "summary.md").read_text()
+    assert "| TTFT | 50.5 |" in md and "| ttft_p50<=60ms | 50.5 ms | pass |" in md
+
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg") >= 5
+    # Self-contained: nothing is fetched from anywhere when the page opens.
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    assert "url(http" not in page
+
+
+def test_no_successful_request_exits_1(tmp_path: Path) -> None:
+    t0 = 1_800_000_000.0
+    _write_requests(
+        tmp_path / "requests.csv",
+        [_req(t0, ok=False, error_kind="connection_refused", out=0)],
+    )
+    summary = write_reports(
+        tmp_path,
+        BenchConfig(),
+        target="http://127.0.0.1:1/v1",
+        target_kind="external",
+        state=RunState(started=t0, stopped=t0 + 1),
+        client={},
+        locust_status=0,
+        simulator=None,
+    )
+    assert summary["status"] == "no_requests" and summary["exit_code"] == 1
+    assert summary["errors"] == {"connection_refused": 1}
+    assert summary["fidelity"] is None
+
+
+def test_summary_falls_back_to_locust_counts_for_foreign_users(tmp_path: Path) -> None:
+    locust_stats = [
+        {"method": "GET", "name": "/x", "num_requests": 10, "num_failures": 2},
+        {"method": "TTFT", "name": "/x", "num_requests": 10, "num_failures": 0},
+    ]
+    s = build_summary(
+        config={"users": 1},
+        llm=None,
+        log=fold([]),
+        locust_stats=locust_stats,
+        target="t",
+        target_kind="external",
+        started=0.0,
+        ended=5.0,
+        interrupted=False,
+        client={},
+        users_peak=1,
+        model=None,
+        simulator=None,
+        label=None,
+    )
+    assert s["requests"]["total"] == 10 and s["requests"]["failed"] == 2
+    assert s["ttft_ms"]["count"] == 0 and s["ttft_ms"]["p50"] is None
+
+
+# --------------------------------------------------------------------------- commands built
+
+
+def test_server_args_pass_only_given_options() -> None:
+    args = server_args({"ttft_ms": "50", "strict_models": True, "fault": ("a", "b")}, None)
+    assert args[:3] == ["-m", "llmsim", "serve"]
+    assert args[3:] == [
+        "--ttft-ms",
+        "50",
+        "--strict-models",
+        "--fault",
+        "a",
+        "--fault",
+        "b",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+    assert server_args({"port": 9000}, "c.yaml")[3:] == [
+        "--config",
+        "c.yaml",
+        "--port",
+        "9000",
+        "--host",
+        "127.0.0.1",
+    ]
+
+
+def test_locust_command(tmp_path: Path) -> None:
+    cfg = BenchConfig(users=50, duration_s=90, model="gpt-5", max_tokens="64", stream=False)
+    cmd = locust_command(cfg, "http://127.0.0.1:1/v1", tmp_path)
+    text = " ".join(cmd)
+    assert "--headless -t 90s" in text and "-u 50 -r 5" in text
+    assert "--llm-model gpt-5" in text and "--llm-max-tokens 64" in text
+    assert "--llm-no-stream" in text and f"--llm-results-dir {tmp_path}" in text
+    assert "--exit-code-on-error 0" in text
+    web = locust_command(BenchConfig(web=True, web_port=9999), "h", tmp_path)
+    assert "--headless" not in web and "9999" in web
+
+
+def test_normalize_target() -> None:
+    assert normalize_target("http://127.0.0.1:8080") == "http://127.0.0.1:8080/v1"
+    assert normalize_target("http://h/openai/v1/") == "http://h/openai/v1"
+
+
+def test_make_run_dir(tmp_path: Path) -> None:
+    import datetime as dt
+
+    now = dt.datetime(2026, 1, 2, 3, 4, 5)
+    a = make_run_dir(str(tmp_path), "my run/1", now)
+    b = make_run_dir(str(tmp_path), "my run/1", now)
+    assert a.name == "20260102-030405-my-run-1" and b.name == "20260102-030405-my-run-1-2"
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--users", "0"], "--users must be at least 1"),
+        (["--duration", "soon"], "--duration: expected a duration"),
+        (["--slo", "ttft_p95<=800%"], "does not fit ttft_p95"),
+        (["--target", "http://127.0.0.1:1", "--ttft-ms", "5"], "simulator options need"),
+        (["--expect-workers", "2"], "--expect-workers needs --master"),
+        (["--master", "--processes", "2"], "--master and --processes do not mix"),
+        (["--ttft-ms", "-5"], "--ttft-ms"),
+        (["--max-tokens", "normal:mean=5"], "--max-tokens"),
+        (["--processes", "0"], "--processes must be -1"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmsim: error: "), result.output
+    assert message in lines[0]
