@@ -51,7 +51,7 @@ class Engine:
         cached = self._profiles.get(model)
         if cached is not None:
             return cached
-        s = self.settings
+        s = self.settings.for_model(model)
         name = s.profile or profile_name_for_model(model)
         profile = PROFILES[name].with_overrides(
             s.ttft_ms, s.ttft_stddev_ms, s.tbt_ms, s.tbt_stddev_ms
@@ -67,17 +67,17 @@ class Engine:
         with self._lock:
             return random.Random(self._rng.getrandbits(64))
 
-    def _natural_length(self, rng: random.Random, prompt_text: str, encoding) -> int:
-        fixed = self.generator.natural_length(prompt_text, encoding)
+    def _natural_length(self, rng: random.Random, req: EngineRequest, encoding) -> int:
+        fixed = self.generator.natural_length(req.prompt_text, encoding)
         if fixed is not None:
             return fixed
-        s = self.settings
+        s = self.settings.for_model(req.model)
         sd = s.output_tokens / 4 if s.output_tokens_stddev is None else s.output_tokens_stddev
         return max(1, round(sample_ms(rng, s.output_tokens, sd, "lognormal")))
 
     def plan(self, req: EngineRequest) -> Reply:
         profile = self.profile_for(req.model)
-        dist = self.settings.latency_distribution
+        dist = self.settings.for_model(req.model).latency_distribution
         with self._lock:
             # Timing comes from the server's stream so a request's seed fixes its text only.
             ttft = sample_ms(self._rng, profile.ttft_ms, profile.ttft_stddev_ms, dist)
@@ -86,7 +86,7 @@ class Engine:
         encoding = encoding_for_model(req.model)
         choices = []
         for index in range(req.n):
-            natural = self._natural_length(rng, req.prompt_text, encoding)
+            natural = self._natural_length(rng, req, encoding)
             if req.max_tokens is not None and (req.ignore_eos or natural > req.max_tokens):
                 length, finish = req.max_tokens, "length"
             else:
