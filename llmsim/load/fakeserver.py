@@ -14,6 +14,7 @@ import argparse
 import json
 import socket
 import sys
+from functools import lru_cache
 from typing import Any
 
 import gevent
@@ -43,14 +44,15 @@ def _delta(i: int, content: str | None = None, finish: str | None = None) -> dic
     }
 
 
-def stream_events(n: int, usage: bool, prompt_tokens: int = 10) -> list[bytes]:
+@lru_cache(maxsize=64)
+def stream_events(n: int, usage: bool, prompt_tokens: int = 10) -> tuple[bytes, ...]:
     events = [_event(_delta(0))]
     events += [_event(_delta(1, TOKENS[i % len(TOKENS)])) for i in range(n)]
     events.append(_event(_delta(1, None, "length")))
     if usage:
         u = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": n + 10}
         events.append(_event({"id": "chatcmpl-fake", "choices": [], "usage": u}))
-    return events
+    return tuple(events)
 
 
 def _read_request(sock: socket.socket, buf: bytes) -> tuple[dict[str, Any], bytes] | None:
@@ -140,7 +142,7 @@ class FakeServer:
         sock.sendall(
             _head("200 OK", "text/event-stream", "Transfer-Encoding: chunked\r\n") + b"\r\n"
         )
-        events = stream_events(n, usage and mode != "no_usage")
+        events = list(stream_events(n, usage and mode != "no_usage"))
         if mode == "burst":
             sock.sendall(_chunk(b"".join(events) + b"data: [DONE]\n\n") + b"0\r\n\r\n")
             return True

@@ -33,6 +33,7 @@ from llmsim.load.workload import PlannedRequest, Workload, load_dataset, prompt_
 logger = logging.getLogger(__name__)
 
 PLANNED_TTFT_HEADER = "x-llmsim-ttft-ms"
+_JSON = json.JSONDecoder()
 _client_errors_logged: set[str] = set()
 
 
@@ -346,7 +347,7 @@ class _StreamState:
 def _read_stream(resp: Any, st: _StreamState) -> float:
     """Consume an SSE body; returns the perf_counter of its last byte."""
     feed = SSEParser().feed
-    loads = json.loads
+    decode = _JSON.decode  # on str: json.loads(bytes) first sniffs the encoding, every event
     itl = st.itl
     text = st.text
     last = None
@@ -364,8 +365,8 @@ def _read_stream(resp: Any, st: _StreamState) -> float:
             if event == b"error":
                 raise E.LLMError(E.STREAM_ERROR_EVENT, E.error_message(data))
             try:
-                obj = loads(data)
-            except ValueError:
+                obj = decode(data.decode())
+            except ValueError:  # UnicodeDecodeError included
                 raise E.LLMError(E.MALFORMED_CHUNK, f"invalid JSON: {data[:60]!r}") from None
             try:
                 choices = obj.get("choices")
