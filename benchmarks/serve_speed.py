@@ -1,0 +1,614 @@
+"""Speed of `llmsim serve` against baseline servers on the same stack, measured in one run.
+
+    python benchmarks/serve_speed.py            # full run (~5 minutes)
+    python benchmarks/serve_speed.py --quick    # shorter phases (~2 minutes)
+
+Everything runs on 127.0.0.1. The server under test is pinned to core 0 and the load generator
+to core 1 (taskset); with --workers 2 the server has both cores and the load generator shares
+them, so those figures are for scaling, not for the ratios. Phases:
+
+  nonstream  wrk POSTs a 16-token request (`--profile instant`, max_tokens 16, ignore_eos) to
+             llmsim and to a minimal Flask-on-gevent endpoint answering a fixed completion.
+  stream     wrk POSTs a 100-token streamed request to llmsim and to a bare gevent WSGI loop that
+             json.dumps each chunk; events/s = responses/s x SSE events per response (counted on
+             a sample response, checked against wrk's bytes per response).
+  timing     serve_timing.py (raw sockets, epoll, its own core) holds 500 and 1,000 concurrent
+             streams of a server with TTFT 200 ms and 20 ms per token, stddev 0.
+  rss        2,000 open slow streams: server RSS growth / streams.
+
+Prints a table and, last, one JSON line (`SERVE_SPEED {...}`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+BOTH = "0,1"
+URL_RE = re.compile(r"http://127\.0\.0\.1:\d+")
+MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
+
+GOALS = {
+    "nonstream_ratio": 0.8,
+    "stream_ratio": 1.0,
+    "ttft_p99_ms": 205.0,
+    "gap_p50_ms": (19.5, 20.5),
+    "gap_p99_ms": 23.0,
+    "rss_kb_per_stream": 64.0,
+}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def pids(self) -> list[int]:
+        try:
+            p = psutil.Process(self.proc.pid)
+            return [p.pid] + [c.pid for c in p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def workers(self) -> list[psutil.Process]:
+        """The processes that serve: the children when there are any, else the process."""
+        p = psutil.Process(self.proc.pid)
+        return p.children(recursive=True) or [p]
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss(self) -> int:
+        return sum(w.memory_info().rss for w in self.workers())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+RUNNING: list[Server] = []
+
+
+def start_server(name: str, cmd: list[str], cpus: str, tmp: Path) -> Server:
+    log = tmp / f"{name}.log"
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpus, *cmd],
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        cwd=ROOT,
+        start_new_session=True,  # its own process group: stop() ends it and its workers
+        text=True,
+    )
+    server = Server(name, proc, "", log)
+    RUNNING.append(server)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = URL_RE.search(line)
+        if m:
+            server.url = m.group(0)
+            break
+    if not server.url:
+        server.stop()
+        raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+    # gevent's server logs nothing at this level; drain stdout so it can never block.
+    return server
+
+
+def llmsim_cmd(*extra: str, workers: int = 1) -> list[str]:
+    return [PY, "-m", "llmsim", "serve", "--port", "0", "--workers", str(workers), *extra]
+
+
+def baseline_cmd(kind: str) -> list[str]:
+    return [PY, str(HERE / "serve_baselines.py"), kind]
+
+
+def stop_all() -> None:
+    while RUNNING:
+        RUNNING.pop().stop()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def post(url: str, body: dict, timeout: float = 30) -> tuple[int, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps(body),
+            {"Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def count_events(data: bytes) -> tuple[int, int]:
+    """(SSE events, content chunks) in a streamed body."""
+    events = [e for e in data.split(b"\n\n") if e.startswith(b"data: ")]
+    content = sum(1 for e in events if b'"delta":{"content":' in e or b'"delta": {"content":' in e)
+    return len(events), content
+
+
+def warm(url: str, stream: bool, max_tokens: int, n: int = 8) -> None:
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": max_tokens, "ignore_eos": True}
+    if stream:
+        body["stream"] = True
+    for _ in range(n):
+        status, _ = post(url, body)
+        if status != 200:
+            raise RuntimeError(f"warm-up request to {url} answered {status}")
+
+
+def lua_script(tmp: Path, body: dict) -> Path:
+    payload = json.dumps(body)
+    assert "'" not in payload and "\\" not in payload
+    path = tmp / f"post_{abs(hash(payload))}.lua"
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{payload}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return path
+
+
+def _size(text: str) -> float:
+    m = re.match(r"([\d.]+)([KMGT]?B)", text)
+    if not m:
+        return 0.0
+    mult = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}[m.group(2)]
+    return float(m.group(1)) * mult
+
+
+def run_wrk(url: str, lua: Path, conns: int, duration: float, cpus: str | None) -> dict:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{duration:g}s",
+        "-s",
+        str(lua),
+        url + "/v1/chat/completions",
+    ]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    proc.stdout.close()
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed: {out}")
+    reqs = re.search(r"(\d+) requests in ([\d.]+)(m?s), ([\d.]+[KMGT]?B) read", out)
+    lat = re.search(r"Latency\s+([\d.]+)(us|ms|s)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    n = int(reqs.group(1)) if reqs else 0
+    wall = float(reqs.group(2)) / (1000 if reqs and reqs.group(3) == "ms" else 1) if reqs else 1
+    lat_ms = None
+    if lat:
+        lat_ms = float(lat.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[lat.group(2)]
+    return {
+        "rps": float(m.group(1)),
+        "requests": n,
+        "bytes_per_request": round(_size(reqs.group(4)) / n) if reqs and n else None,
+        "latency_mean_ms": lat_ms,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(map(int, sock_err.groups())) if sock_err else 0,
+        "client_cpu_pct": round(100 * (ru.ru_utime + ru.ru_stime) / wall, 1),
+    }
+
+
+def core_busy() -> list[float]:
+    return [t.user + t.nice + t.system + t.irq + t.softirq for t in psutil.cpu_times(percpu=True)]
+
+
+def measure_wrk(server: Server, lua: Path, conns: int, duration: float, cpus: str | None) -> dict:
+    run_wrk(server.url, lua, conns, min(2.0, duration / 2), cpus)  # warm-up
+    c0, b0, t0 = server.cpu_s(), core_busy(), time.monotonic()
+    result = run_wrk(server.url, lua, conns, duration, cpus)
+    cpu, busy, wall = server.cpu_s() - c0, core_busy(), time.monotonic() - t0
+    result["server_cpu_pct"] = round(100 * cpu / wall, 1)
+    # CPU time per request does not depend on what else the machine is doing; req/s does.
+    result["server_cpu_us_per_request"] = round(1e6 * cpu / max(1, result["requests"]), 1)
+    result["core_busy_pct"] = [
+        round(100 * (b - a) / wall, 1) for a, b in zip(b0, busy, strict=True)
+    ]
+    return result
+
+
+def run_client(args: list[str], cpus: str | None, timeout: float) -> dict:
+    cmd = [PY, str(HERE / "serve_timing.py"), *args]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"timing client failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Results:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def row(self, what: str, value: str, goal: str = "") -> None:
+        self.rows.append((what, value, goal))
+        print(f"  {what:<58} {value:>22}  {goal}", flush=True)
+
+
+def phase_nonstream(res: Results, tmp: Path, duration: float, conns: int, workers2: bool) -> None:
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 16, "ignore_eos": True}
+    lua = lua_script(tmp, body)
+    out: dict = {}
+    base = start_server("flask-baseline", baseline_cmd("flask"), SERVER_CPU, tmp)
+    try:
+        warm(base.url, False, 16)
+        out["baseline"] = measure_wrk(base, lua, conns, duration, CLIENT_CPU)
+    finally:
+        base.stop()
+    sim = start_server("llmsim", llmsim_cmd("--profile", "instant"), SERVER_CPU, tmp)
+    try:
+        warm(sim.url, False, 16)
+        status, data = post(sim.url, body)
+        reply = json.loads(data)
+        assert status == 200 and reply["usage"]["completion_tokens"] == 16, data
+        out["llmsim"] = measure_wrk(sim, lua, conns, duration, CLIENT_CPU)
+    finally:
+        sim.stop()
+    ratio = out["llmsim"]["rps"] / out["baseline"]["rps"]
+    out["ratio"] = round(ratio, 3)
+    res.row("non-stream req/s, minimal Flask on gevent (1 core)", f"{out['baseline']['rps']:,.0f}")
+    res.row("non-stream req/s, llmsim 1 worker (1 core)", f"{out['llmsim']['rps']:,.0f}")
+    res.row(
+        "  server CPU us per request, Flask / llmsim",
+        f"{out['baseline']['server_cpu_us_per_request']:.0f} / "
+        f"{out['llmsim']['server_cpu_us_per_request']:.0f}",
+    )
+    res.row("  ratio llmsim / Flask", f"{ratio:.2f}x", f"goal >= {GOALS['nonstream_ratio']}x")
+    if workers2:
+        sim = start_server("llmsim-w2", llmsim_cmd("--profile", "instant", workers=2), BOTH, tmp)
+        try:
+            warm(sim.url, False, 16)
+            out["llmsim_workers2"] = measure_wrk(sim, lua, conns, duration, None)
+        finally:
+            sim.stop()
+        w2 = out["llmsim_workers2"]["rps"]
+        res.row(
+            "non-stream req/s, llmsim --workers 2 (2 cores, wrk shares)",
+            f"{w2:,.0f}",
+            f"{w2 / out['llmsim']['rps']:.2f}x 1 worker",
+        )
+    res.data["nonstream"] = out
+
+
+def phase_stream(res: Results, tmp: Path, duration: float, conns: int, workers2: bool) -> None:
+    tokens = 100
+    body = {
+        "model": "gpt-4o",
+        "messages": MESSAGES,
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    lua = lua_script(tmp, body)
+    out: dict = {}
+
+    def one(server: Server, cpus: str | None) -> dict:
+        warm(server.url, True, tokens)
+        status, data = post(server.url, body)
+        events, content = count_events(data)
+        if status != 200 or content != tokens:
+            raise RuntimeError(f"{server.name}: {content} content chunks, expected {tokens}")
+        r = measure_wrk(server, lua, conns, duration, cpus)
+        r["events_per_response"] = events
+        r["sample_body_bytes"] = len(data)
+        r["events_per_s"] = round(r["rps"] * events)
+        return r
+
+    base = start_server("sse-baseline", baseline_cmd("sse"), SERVER_CPU, tmp)
+    try:
+        out["baseline"] = one(base, CLIENT_CPU)
+    finally:
+        base.stop()
+    sim = start_server("llmsim", llmsim_cmd("--profile", "instant"), SERVER_CPU, tmp)
+    try:
+        out["llmsim"] = one(sim, CLIENT_CPU)
+    finally:
+        sim.stop()
+    ratio = out["llmsim"]["events_per_s"] / out["baseline"]["events_per_s"]
+    out["ratio"] = round(ratio, 3)
+    b, s = out["baseline"], out["llmsim"]
+    res.row(
+        "stream SSE events/s, bare gevent loop (1 core)",
+        f"{b['events_per_s']:,} ({b['rps']:,.0f} r/s)",
+    )
+    res.row(
+        "stream SSE events/s, llmsim 1 worker (1 core)",
+        f"{s['events_per_s']:,} ({s['rps']:,.0f} r/s)",
+    )
+    res.row("  ratio llmsim / bare loop", f"{ratio:.2f}x", f"goal >= {GOALS['stream_ratio']}x")
+    if workers2:
+        sim = start_server("llmsim-w2", llmsim_cmd("--profile", "instant", workers=2), BOTH, tmp)
+        try:
+            out["llmsim_workers2"] = one(sim, None)
+        finally:
+            sim.stop()
+        w2 = out["llmsim_workers2"]
+        res.row(
+            "stream SSE events/s, llmsim --workers 2 (2 cores, wrk shares)",
+            f"{w2['events_per_s']:,} ({w2['rps']:,.0f} r/s)",
+            f"{w2['events_per_s'] / s['events_per_s']:.2f}x 1 worker",
+        )
+    res.data["stream"] = out
+
+
+TIMING_FLAGS = (
+    "--ttft-ms",
+    "200",
+    "--ttft-stddev-ms",
+    "0",
+    "--tbt-ms",
+    "20",
+    "--tbt-stddev-ms",
+    "0",
+)
+
+
+def phase_timing(
+    res: Results, tmp: Path, streams_list: list[int], duration: float, workers: int
+) -> None:
+    out = res.data.setdefault("timing", {})
+    cpus, client_cpus = (SERVER_CPU, CLIENT_CPU) if workers == 1 else (BOTH, None)
+    for streams in streams_list:
+        sim = start_server(
+            f"llmsim-timing-{streams}-w{workers}",
+            llmsim_cmd(*TIMING_FLAGS, workers=workers),
+            cpus,
+            tmp,
+        )
+        try:
+            warm(sim.url, True, 2, n=4)
+            c0, t0 = sim.cpu_s(), time.monotonic()
+            r = run_client(
+                [
+                    "timing",
+                    "--url",
+                    sim.url,
+                    "--streams",
+                    str(streams),
+                    "--tokens",
+                    "100",
+                    "--ramp-s",
+                    "2.2",
+                    "--duration-s",
+                    f"{duration:g}",
+                ],
+                client_cpus,
+                timeout=duration + 60,
+            )
+            r["server_cpu_pct"] = round(100 * (sim.cpu_s() - c0) / (time.monotonic() - t0), 1)
+        finally:
+            sim.stop()
+        key = f"{streams}_streams_workers{workers}"
+        out[key] = r
+        t, g = r["ttft_ms"], r["gap_ms"]
+        label = f"{streams} streams, {workers} worker{'s' if workers > 1 else ''}"
+        res.row(
+            f"TTFT ms p50/p90/p99/max, {label}",
+            f"{t['p50']:.1f}/{t['p90']:.1f}/{t['p99']:.1f}/{t['max']:.1f}",
+            f"goal p99 <= {GOALS['ttft_p99_ms']:g}" if streams == 500 else "",
+        )
+        res.row(
+            f"gap ms p50/p90/p99/max, {label}",
+            f"{g['p50']:.2f}/{g['p90']:.2f}/{g['p99']:.2f}/{g['max']:.1f}",
+            "goal p50 20+-0.5, p99 <= 23" if streams == 500 else "",
+        )
+        res.row(
+            f"  streams done / errors / client CPU / server CPU, {label}",
+            f"{r['streams_done']}/{r['errors']}/{r['client_cpu_pct']:.0f}%/{r['server_cpu_pct']:.0f}%",
+        )
+
+
+def phase_rss(res: Results, tmp: Path, streams: int, workers: int) -> None:
+    out = res.data.setdefault("rss", {})
+    cpus, client_cpus = (SERVER_CPU, CLIENT_CPU) if workers == 1 else (BOTH, None)
+    flags = ("--ttft-ms", "50", "--ttft-stddev-ms", "0", "--tbt-ms", "1000", "--tbt-stddev-ms", "0")
+    sim = start_server(f"llmsim-rss-w{workers}", llmsim_cmd(*flags, workers=workers), cpus, tmp)
+    client = None
+    try:
+        # Warm every worker: a few full streams and some concurrency, so first-use allocations
+        # (encodings, imports, greenlet pool growth) are not counted as per-stream cost.
+        run_client(
+            [
+                "timing",
+                "--url",
+                sim.url,
+                "--streams",
+                "50",
+                "--tokens",
+                "3",
+                "--ramp-s",
+                "0.2",
+                "--duration-s",
+                "1",
+            ],
+            client_cpus,
+            timeout=60,
+        )
+        time.sleep(0.5)
+        rss0 = sim.rss()
+        cmd = [
+            PY,
+            str(HERE / "serve_timing.py"),
+            "hold",
+            "--url",
+            sim.url,
+            "--streams",
+            str(streams),
+            "--tokens",
+            "1000",
+            "--hold-s",
+            "60",
+        ]
+        if client_cpus:
+            cmd = ["taskset", "-c", client_cpus, *cmd]
+        client = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = client.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"hold client: {line!r}")
+        live = int(line.split()[1])
+        time.sleep(1.0)  # a tick or so of every stream
+        rss1 = sim.rss()
+        client.stdin.write("stop\n")
+        client.stdin.flush()
+        client.wait(timeout=30)
+        client.stdout.close()
+        client.stdin.close()
+        client = None
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        sim.stop()
+    per = (rss1 - rss0) / max(1, live) / 1024
+    out[f"workers{workers}"] = {
+        "streams": live,
+        "rss_before_mb": round(rss0 / 2**20, 1),
+        "rss_open_mb": round(rss1 / 2**20, 1),
+        "kb_per_stream": round(per, 1),
+    }
+    res.row(
+        f"RSS per open stream, {live} streams, {workers} worker{'s' if workers > 1 else ''}",
+        f"{per:.1f} KB",
+        f"goal <= {GOALS['rss_kb_per_stream']:g} KB ({rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MB)",
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="shorter phases (~2 minutes)")
+    p.add_argument(
+        "--only",
+        default="nonstream,stream,timing,rss",
+        help="comma-separated phases to run (nonstream, stream, timing, rss)",
+    )
+    p.add_argument("--no-workers2", action="store_true", help="skip the --workers 2 figures")
+    p.add_argument("--wrk-s", type=float, default=None, help="seconds per wrk phase")
+    p.add_argument("--timing-s", type=float, default=None, help="measured seconds per timing run")
+    args = p.parse_args(argv)
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            print(f"serve_speed: {tool} is not installed", file=sys.stderr)
+            return 2
+    if (os.cpu_count() or 1) < 2:
+        print(
+            "serve_speed: needs 2 cores (server on one, load generator on the other)",
+            file=sys.stderr,
+        )
+        return 2
+    wrk_s = args.wrk_s or (4.0 if args.quick else 10.0)
+    timing_s = args.timing_s or (4.0 if args.quick else 10.0)
+    phases = set(args.only.split(","))
+    workers2 = not args.no_workers2
+    res = Results()
+    res.data["date"] = datetime.date.today().isoformat()
+    res.data["command"] = "python benchmarks/serve_speed.py" + (" --quick" if args.quick else "")
+    started = time.monotonic()
+
+    def on_signal(signum, _frame):
+        stop_all()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with tempfile.TemporaryDirectory(prefix="serve_speed_") as d:
+        tmp = Path(d)
+        try:
+            if "nonstream" in phases:
+                print("non-streaming (wrk, 64 connections)", flush=True)
+                phase_nonstream(res, tmp, wrk_s, 64, workers2)
+            if "stream" in phases:
+                print("streaming (wrk, 32 connections)", flush=True)
+                phase_stream(res, tmp, wrk_s, 32, workers2)
+            if "timing" in phases:
+                print("timing under load (TTFT 200 ms, 20 ms/token, 100 tokens)", flush=True)
+                phase_timing(res, tmp, [500, 1000], timing_s, 1)
+                if workers2:
+                    phase_timing(res, tmp, [500, 1000], timing_s, 2)
+            if "rss" in phases:
+                print("memory per open stream", flush=True)
+                n = 2000
+                phase_rss(res, tmp, n, 1)
+                if workers2:
+                    phase_rss(res, tmp, n, 2)
+        finally:
+            stop_all()
+    res.data["elapsed_s"] = round(time.monotonic() - started, 1)
+    print()
+    print(f"llmsim serve speed, {res.data['date']}, {res.data['command']}")
+    print(f"| {'figure':<62} | {'value':>24} | goal / note |")
+    print(f"|{'-' * 64}|{'-' * 26}|------|")
+    for what, value, goal in res.rows:
+        print(f"| {what:<62} | {value:>24} | {goal} |")
+    print("SERVE_SPEED " + json.dumps(res.data, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

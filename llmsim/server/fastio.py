@@ -1,0 +1,88 @@
+"""Cheaper versions of three steps gevent's WSGIHandler takes for every request.
+
+Profiled on a 16-token reply, these were a fifth of the server's time per request:
+
+- request headers: gevent parses them with the `email` package (FeedParser, ~10 %). Plain
+  `Name: value` lines are split here instead; anything unusual (folded lines, malformed
+  names, stray CR) goes to the email parser exactly as gevent does, so the result is the
+  same object with the same contents either way.
+- response headers and the first body bytes are sent with one send() instead of two (one
+  syscall and one packet fewer).
+- gevent's socket.sendall() asks the kernel for SO_SNDBUF (a getsockopt syscall) on every
+  call; one send() almost always takes the whole write, and sendall finishes the rest.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import re
+from http import client as http_client
+
+from gevent.pywsgi import OldMessage
+
+_MAXLINE = 65536  # http.client's limits, which gevent's parser applies
+_MAXHEADERS = 100
+# A header line the email parser (compat32 policy) reads as name, ':', value with leading
+# blanks dropped and the line end removed; nothing else takes the fast path.
+_SIMPLE = re.compile(r"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n\Z")
+_END = (b"\r\n", b"\n", b"")
+
+
+def read_headers(fp) -> OldMessage:
+    """What gevent.pywsgi.headers_factory(fp) returns, without the email parser when possible."""
+    lines: list[bytes] = []
+    readline = fp.readline
+    while True:
+        line = readline(_MAXLINE + 1)
+        if len(line) > _MAXLINE:
+            msg = OldMessage()
+            msg.status = "Line too long"
+            return msg
+        lines.append(line)
+        if len(lines) > _MAXHEADERS:
+            raise http_client.HTTPException(f"got more than {_MAXHEADERS} headers")
+        if line in _END:
+            break
+    msg = OldMessage()
+    items = msg._headers
+    match = _SIMPLE.match
+    for line in lines[:-1]:
+        m = match(line.decode("latin-1"))
+        if m is None:
+            # The general case, as http.client.parse_headers does it.
+            text = b"".join(lines).decode("iso-8859-1")
+            return email.parser.Parser(_class=OldMessage).parsestr(text)
+        items.append((m.group(1), m.group(2)))
+    return msg
+
+
+def head_and_body(handler, data: bytes) -> bytearray:
+    """The status line, headers and first body bytes of a response, as one buffer.
+
+    gevent's WSGIHandler._write_with_headers, except that the body is appended instead of
+    sent separately. `handler.finalize_headers()` must have been called.
+    """
+    out = bytearray(b"HTTP/1.1 ")
+    out += handler.status
+    out += b"\r\n"
+    for header, value in handler.response_headers:
+        out += header
+        out += b": "
+        out += value
+        out += b"\r\n"
+    out += b"\r\n"
+    if data:
+        if handler.response_use_chunked:
+            out += b"%x\r\n" % len(data)
+            out += data
+            out += b"\r\n"
+        else:
+            out += data
+    return out
+
+
+def send_all(sock, data) -> None:
+    """sock.sendall(data) for a gevent socket, without its per-call getsockopt."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
