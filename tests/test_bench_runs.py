@@ -156,6 +156,10 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     assert summary["exit_code"] == 0
     assert summary["config"]["simulator"]["ttft_ms"] == 50
     assert summary["config"]["locust_args"] == ["--llm-ignore-eos"]
+    # What the user class actually sent, as resolved inside Locust.
+    workload = summary["config"]["workload"]["ChatUser"]
+    assert workload["max_tokens"] == "20" and workload["ignore_eos"] is True
+    assert summary["model"] == workload["model"]
     roles = {p["role"] for p in summary["client"]["processes"]}
     assert {"simulator", "locust", "bench"} <= roles
 

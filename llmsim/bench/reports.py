@@ -106,11 +106,11 @@ def write_reports(
         "worker_cpu_max": state.worker_cpu_max or None,
         "locust_exit_code": locust_status,
     }
-    model = cfg.model
-    if model is None:
-        model = _model_from_log(run_dir)
+    models = sorted({w["model"] for w in state.workload.values() if w.get("model")})
+    model = cfg.model or (", ".join(models) if models else None)
+    config = {**cfg.to_dict(), "workload": state.workload or None}
     summary = build_summary(
-        config=cfg.to_dict(),
+        config=config,
         llm=llm,
         log=log,
         locust_stats=locust_stats,
@@ -148,9 +148,3 @@ def write_reports(
     (run_dir / "report.html").write_text(page, "utf-8")
     report_files.write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def _model_from_log(run_dir: Path) -> str | None:
-    """The model the requests named, when bench left it to the user class's default."""
-    llm = _read_json(run_dir / LLM_METRICS) or {}
-    return llm.get("model") if isinstance(llm, dict) else None

@@ -65,6 +65,7 @@ class RunState:
     master_cpu_max: float = 0.0
     runs: int = 0
     interrupted: bool = False
+    workload: dict[str, Any] = field(default_factory=dict)  # user class -> resolved options
 
 
 class _Interrupts:
@@ -252,6 +253,7 @@ def _on_event(
     if kind == "test_start":
         state.started = ev["time"]
         state.stopped = None
+        state.workload = ev.get("workload") or {}
         state.runs += 1
         state.users_peak = 0
         if cfg.web and state.runs > 1:

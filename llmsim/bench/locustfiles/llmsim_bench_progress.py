@@ -94,6 +94,35 @@ class _Progress:
                 self.send("plugin_error", error=repr(exc))
 
 
+def _workload(environment: Any) -> dict[str, Any]:
+    """The resolved workload of each llmsim user class (model, lengths, streaming), key left out:
+    what the run actually asked for, whether it came from bench's flags, the class or the UI."""
+    try:
+        from llmsim.load.options import resolve_config
+        from llmsim.load.users import OpenAIChatUser
+    except ImportError:
+        return {}
+    out: dict[str, Any] = {}
+    for cls in environment.user_classes or []:
+        if not issubclass(cls, OpenAIChatUser):
+            continue
+        try:
+            cfg = resolve_config(cls, environment.parsed_options)
+        except (ValueError, TypeError):
+            continue
+        out[cls.__name__] = {
+            "model": cfg.model,
+            "prompt_tokens": str(cfg.prompt_tokens),
+            "max_tokens": str(cfg.max_tokens),
+            "stream": cfg.stream,
+            "ignore_eos": cfg.ignore_eos,
+            "include_usage": cfg.include_usage,
+            "dataset": cfg.dataset,
+            "turns": cfg.turns,
+        }
+    return out
+
+
 def _llm_metrics(environment: Any) -> Any:
     # Looked up softly: a change on the Locust side costs the live tokens/s figure, not the run.
     try:
@@ -117,7 +146,7 @@ def _on_init(environment: Any, **_kw: Any) -> None:
     @environment.events.test_start.add_listener
     def _on_start(**_: Any) -> None:
         progress.started = time.time()
-        progress.send("test_start")
+        progress.send("test_start", workload=_workload(environment))
 
     @environment.events.test_stop.add_listener
     def _on_stop(**_: Any) -> None:
