@@ -147,6 +147,11 @@ def _fraction(v: float) -> None:
         raise ValueError(f"must be at least 0, got {v}")
 
 
+def _rate_check(v: float) -> None:
+    if not 0 <= v <= 1:
+        raise ValueError(f"must be between 0 and 1, got {v:g}")
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -184,6 +189,10 @@ DEFAULT_MODELS = [
     "gemini-2.5-flash",
     "deepseek-chat",
     "deepseek-reasoner",
+    "gpt-3.5-turbo-instruct",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "text-embedding-ada-002",
 ]
 
 SERVE_OPTIONS: tuple[Option, ...] = (
@@ -263,6 +272,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "Reply text: lorem, echo, random, sequence or fixed:TEXT.",
         _generator,
         "KIND",
+    ),
+    Option(
+        "tool_call_rate",
+        _float,
+        1.0,
+        "With tools and tool_choice auto, the share of replies that call a tool (a reply to a "
+        "tool result is always text).",
+        _rate_check,
+        "F",
     ),
     Option("seed", _int, None, "Seed for a repeatable run (timing, lengths and text).", None, "N"),
     Option(
@@ -440,6 +458,7 @@ class Settings:
     output_tokens: int = 256
     output_tokens_stddev: float | None = None
     generator: str = "lorem"
+    tool_call_rate: float = 1.0
     seed: int | None = None
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     strict_models: bool = False

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from llmsim.api import tools
 from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
 from llmsim.api.wire import RenderContext
 from llmsim.engine.request import EngineRequest, Reply
@@ -175,9 +176,10 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
     else:
         fingerprint = ""
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])
+    output, tool_tokens = tools.chat_output_spec(body, messages, model)
     req = EngineRequest(
         model=model,
-        prompt_tokens=count_chat_prompt_tokens(messages, model),
+        prompt_tokens=count_chat_prompt_tokens(messages, model) + tool_tokens,
         max_tokens=min(caps) if caps else None,
         n=n,
         stop=_stop(body),
@@ -186,6 +188,7 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
         stream=stream,
         prompt_text=message_text(last_user.get("content")),
         fingerprint=fingerprint,
+        output=output,
     )
     return req, ChatOptions(stream=stream, include_usage=include_usage)
 
@@ -214,7 +217,9 @@ def render_completion(reply: Reply, system_fingerprint: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": c.index,
-                "message": {
+                "message": tools.chat_message(c)
+                if c.tool_calls is not None
+                else {
                     "role": "assistant",
                     "content": c.text,
                     "refusal": None,
@@ -255,6 +260,9 @@ def stream_events(
     Chunks are pre-rendered around the one field that changes, so each token costs a dict
     lookup and a join instead of a json.dumps of the whole chunk.
     """
+    if any(c.tool_calls is not None for c in reply.choices):
+        yield from tools.chat_stream_events(reply, system_fingerprint, include_usage, usage(reply))
+        return
     head = (
         '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,'
         '"service_tier":"default","system_fingerprint":%s,"choices":['

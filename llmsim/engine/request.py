@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmsim.engine.structured import OutputSpec
 
 
 @dataclass
@@ -18,13 +22,28 @@ class EngineRequest:
     # Text the echo generator repeats, and what makes "the same request" for seeded replies.
     prompt_text: str = ""
     fingerprint: str = ""
+    # Tools and response formats (llmsim.engine.structured); None: plain text.
+    output: OutputSpec | None = None
+    reasoning_effort: str | None = None  # for reasoning models: how much of the TTFT is thinking
+
+
+@dataclass
+class ToolCall:
+    """One tool call of a choice: its arguments are the choice's tokens[start:end]."""
+
+    id: str  # a unique suffix; each API adds its own prefix (call_, toolu_, fc_)
+    name: str
+    start: int
+    end: int
 
 
 @dataclass
 class Choice:
     index: int
     tokens: list[str]
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length" or "tool_calls"
+    tool_calls: list[ToolCall] | None = None  # set when the reply is tool calls, not text
+    stop_sequence: str | None = None  # the stop sequence that ended it, if one did
 
     @property
     def text(self) -> str:
@@ -46,6 +65,7 @@ class Reply:
     ttft_s: float
     tbt_s: float
     choices: list[Choice] = field(default_factory=list)
+    reasoning_tokens: int = 0  # hidden thinking of reasoning models, spent within the TTFT
 
     @property
     def completion_tokens(self) -> int:

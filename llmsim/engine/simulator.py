@@ -10,7 +10,9 @@ import zlib
 
 from llmsim.engine.generators import make_generator
 from llmsim.engine.profiles import PROFILES, LatencyProfile, profile_name_for_model, sample_ms
+from llmsim.engine.reasoning import reasoning_tokens
 from llmsim.engine.request import Choice, EngineRequest, Reply
+from llmsim.engine.structured import plan_choice
 from llmsim.engine.tokens import encoding_for_model
 from llmsim.settings import Settings
 
@@ -33,6 +35,15 @@ def apply_stop(tokens: list[str], stops: tuple[str, ...]) -> tuple[list[str], bo
             return tokens[:i], True
         pos += len(tok)
     return tokens, True
+
+
+def first_stop(tokens: list[str], stops: tuple[str, ...]) -> str | None:
+    """Which stop sequence apply_stop will cut at (the earliest in the text), if any."""
+    if not stops:
+        return None
+    text = "".join(tokens)
+    found = [(i, s) for s in stops if (i := text.find(s)) >= 0]
+    return min(found)[1] if found else None
 
 
 class Engine:
@@ -87,15 +98,24 @@ class Engine:
         choices = []
         for index in range(req.n):
             natural = self._natural_length(rng, req, encoding)
+            if req.output is not None:  # tools or a response format
+                rate = self.settings.tool_call_rate
+                shaped = plan_choice(
+                    req.output, index, natural, req.max_tokens, rng, encoding, rate
+                )
+                if shaped is not None:
+                    choices.append(shaped)
+                    continue
             if req.max_tokens is not None and (req.ignore_eos or natural > req.max_tokens):
                 length, finish = req.max_tokens, "length"
             else:
                 length, finish = natural, "stop"
             tokens = self.generator.tokens(length, rng, req.prompt_text, encoding)
+            matched = first_stop(tokens, req.stop)
             tokens, stopped = apply_stop(tokens, req.stop)
             if stopped:
                 finish = "stop"
-            choices.append(Choice(index, tokens, finish))
+            choices.append(Choice(index, tokens, finish, stop_sequence=matched))
         return Reply(
             id="chatcmpl-" + secrets.token_hex(12),
             created=int(time.time()),
@@ -104,4 +124,7 @@ class Engine:
             ttft_s=ttft / 1000.0,
             tbt_s=tbt / 1000.0,
             choices=choices,
+            reasoning_tokens=reasoning_tokens(
+                req.model, ttft / 1e3, tbt / 1e3, req.reasoning_effort
+            ),
         )

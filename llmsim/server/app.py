@@ -10,10 +10,14 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from llmsim import __version__
-from llmsim.api import errors
+from llmsim.api import anthropic_messages, errors
+from llmsim.api.anthropic_messages import AnthropicMessages
 from llmsim.api.errors import ApiError
 from llmsim.api.openai_chat import OpenAIChat
+from llmsim.api.openai_completions import OpenAICompletions
+from llmsim.api.openai_embeddings import OpenAIEmbeddings
 from llmsim.api.openai_models import model_object, models_list
+from llmsim.api.openai_responses import OpenAIResponses
 from llmsim.api.wire import WireFormat
 from llmsim.engine.simulator import Engine
 from llmsim.server import pipeline
@@ -25,6 +29,14 @@ from llmsim.settings import Settings
 log = logging.getLogger("llmsim.server")
 
 CHAT = OpenAIChat()
+ANTHROPIC = AnthropicMessages()
+RESPONSES = OpenAIResponses()
+COMPLETIONS = OpenAICompletions()
+EMBEDDINGS = OpenAIEmbeddings()
+
+
+def _anthropic_request() -> bool:
+    return request.path.startswith("/anthropic/") or "anthropic-version" in request.headers
 
 
 def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None):
@@ -45,7 +57,8 @@ def create_app(
 
     # The wire format of the route being served, so errors come out in that API's shape.
     def wire() -> WireFormat:
-        return getattr(request, "llmsim_wire", CHAT)
+        fmt = getattr(request, "llmsim_wire", None)
+        return fmt or (ANTHROPIC if _anthropic_request() else CHAT)
 
     def route(fmt: WireFormat):
         def view() -> Response:
@@ -55,15 +68,36 @@ def create_app(
         return view
 
     app.add_url_rule("/v1/chat/completions", "chat_completions", route(CHAT), methods=["POST"])
+    app.add_url_rule("/v1/responses", "responses", route(RESPONSES), methods=["POST"])
+    app.add_url_rule("/v1/completions", "completions", route(COMPLETIONS), methods=["POST"])
+    app.add_url_rule("/v1/embeddings", "embeddings", route(EMBEDDINGS), methods=["POST"])
+
+    def count_tokens() -> Response:
+        request.llmsim_wire = ANTHROPIC  # type: ignore[attr-defined]
+        return _json_response(anthropic_messages.count_tokens_response(pipeline.read_json()))
+
+    # Anthropic's SDK works with base_url http://host:port or http://host:port/anthropic.
+    for prefix in ("", "/anthropic"):
+        path = f"{prefix}/v1/messages"
+        app.add_url_rule(path, f"messages{prefix}", route(ANTHROPIC), methods=["POST"])
+        app.add_url_rule(
+            path + "/count_tokens", f"count_tokens{prefix}", count_tokens, methods=["POST"]
+        )
 
     @app.get("/v1/models")
+    @app.get("/anthropic/v1/models")
     def list_models() -> Response:
+        if _anthropic_request():
+            return _json_response(anthropic_messages.models_page(catalogue, request.args))
         return _json_response(models_list(catalogue))
 
     @app.get("/v1/models/<path:model_id>")
+    @app.get("/anthropic/v1/models/<path:model_id>")
     def get_model(model_id: str) -> Response:
         if settings.strict_models and model_id not in state.known_models:
             raise errors.model_not_found(model_id)
+        if _anthropic_request():
+            return _json_response(anthropic_messages.model_info(model_id))
         return _json_response(model_object(model_id))
 
     @app.get("/health")

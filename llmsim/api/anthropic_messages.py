@@ -1,0 +1,513 @@
+"""Anthropic Messages wire format: POST /v1/messages, its SSE events, errors and model list.
+
+Request validation follows the API's rules (max_tokens required, roles user/assistant, content as
+a string or blocks, stop_sequences, tools with input_schema, tool_choice auto/any/tool/none,
+output_config.format json_schema); messages of errors read like Anthropic's
+("max_tokens: Field required"). Claude's tokenizer is not public: prompts are counted with
+o200k_base, plus the documented tool-use system prompt when tools are given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from llmsim.api.errors import ApiError
+from llmsim.api.tools import TOOL_NAME
+from llmsim.api.wire import RenderContext
+from llmsim.engine.request import Choice, EngineRequest, Reply
+from llmsim.engine.structured import OutputSpec, ToolSpec
+from llmsim.engine.tokens import count_tokens
+
+ROLES = ("user", "assistant")
+# Anthropic's documented tool-use system prompt (Claude 4 family): tool_choice auto/none, any/tool.
+TOOL_SYSTEM_TOKENS = {"auto": 346, "none": 346, "any": 313, "tool": 313}
+TOKENS_PER_MESSAGE = 3
+ANTHROPIC_VERSION_HEADER = "anthropic-version"
+
+# Anthropic's error type for each status.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class MessagesOptions:
+    stream: bool = False
+    tool_choice: str = "auto"
+
+
+def bad(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def _required(body: dict[str, Any], name: str) -> Any:
+    if body.get(name) is None:
+        raise bad(f"{name}: Field required")
+    return body[name]
+
+
+def _int(body: dict[str, Any], name: str, lo: int | None = None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise bad(f"{name}: Input should be a valid integer")
+    if lo is not None and v < lo:
+        raise bad(f"{name}: Input should be greater than or equal to {lo}")
+    return v
+
+
+def _num(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    v = body.get(name)
+    if v is None:
+        return
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise bad(f"{name}: Input should be a valid number")
+    if not lo <= v <= hi:
+        raise bad(f"{name}: Input should be between {lo:g} and {hi:g}")
+
+
+def _bool(body: dict[str, Any], name: str) -> bool:
+    v = body.get(name, False)
+    if not isinstance(v, bool):
+        raise bad(f"{name}: Input should be a valid boolean")
+    return v
+
+
+def block_text(content: Any) -> str:
+    """The text a message's content carries, for counting and for the echo generator."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or ():
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            parts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            parts.append(json.dumps(block.get("input", {})))
+        elif kind == "tool_result":
+            parts.append(block_text(block.get("content")))
+        elif kind == "thinking":
+            parts.append(str(block.get("thinking", "")))
+    return "".join(parts)
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = _required(body, "messages")
+    if not isinstance(messages, list):
+        raise bad("messages: Input should be a valid list")
+    if not messages:
+        raise bad("messages: at least one message is required")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad(f"messages.{i}: Input should be a valid dictionary")
+        role = m.get("role")
+        if role is None:
+            raise bad(f"messages.{i}.role: Field required")
+        if role not in ROLES:
+            raise bad(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        content = m.get("content")
+        if content is None:
+            raise bad(f"messages.{i}.content: Field required")
+        if isinstance(content, list):
+            for j, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    raise bad(f"messages.{i}.content.{j}: Input should be a valid dictionary")
+        elif not isinstance(content, str):
+            raise bad(f"messages.{i}.content: Input should be a valid string or list")
+    return messages
+
+
+def _system(body: dict[str, Any]) -> str:
+    system = body.get("system")
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        return block_text(system)
+    raise bad("system: Input should be a valid string or list")
+
+
+def _tools(body: dict[str, Any]) -> list[ToolSpec]:
+    raw = body.get("tools")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise bad("tools: Input should be a valid list")
+    tools = []
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict):
+            raise bad(f"tools.{i}: Input should be a valid dictionary")
+        if t.get("type") not in (None, "custom"):
+            continue  # server tools (web search, bash, …) are accepted but never called
+        name = t.get("name")
+        if not isinstance(name, str):
+            raise bad(f"tools.{i}.custom.name: Field required")
+        if not TOOL_NAME.match(name):
+            raise bad(
+                f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+            )
+        schema = t.get("input_schema")
+        if schema is None:
+            raise bad(f"tools.{i}.custom.input_schema: Field required")
+        if not isinstance(schema, dict):
+            raise bad(f"tools.{i}.custom.input_schema: Input should be a valid dictionary")
+        tools.append(ToolSpec(name, schema))
+    return tools
+
+
+def _tool_choice(body: dict[str, Any], names: list[str]) -> tuple[str, str | None, bool]:
+    """(mode, forced name, parallel) from tool_choice."""
+    tc = body.get("tool_choice")
+    if tc is None:
+        return "auto", None, True
+    if not isinstance(tc, dict):
+        raise bad("tool_choice: Input should be a valid dictionary")
+    kind = tc.get("type")
+    parallel = not tc.get("disable_parallel_tool_use", False)
+    if kind in ("auto", "any", "none"):
+        if kind != "none" and not names and not body.get("tools"):
+            raise bad("tool_choice may only be specified while providing tools.")
+        return kind, None, parallel
+    if kind == "tool":
+        name = tc.get("name")
+        if not isinstance(name, str):
+            raise bad("tool_choice.tool.name: Field required")
+        if name not in names:
+            raise bad(f"Tool '{name}' not found in provided tools")
+        return "tool", name, parallel
+    raise bad(
+        "tool_choice: Input tag '%s' found using 'type' does not match any of the expected tags: "
+        "'auto', 'any', 'tool', 'none'" % kind
+    )
+
+
+def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    fmt = None
+    config = body.get("output_config")
+    if isinstance(config, dict) and config.get("format") is not None:
+        fmt = config["format"]
+    elif body.get("output_format") is not None:  # the structured-outputs beta's spelling
+        fmt = body["output_format"]
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise bad("output_config.format.type: Input should be 'json_schema'")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise bad("output_config.format.schema: Field required")
+    return schema
+
+
+def prompt_tokens(
+    body: dict[str, Any], messages: list[dict[str, Any]], model: str, tool_mode: str | None
+) -> int:
+    total = count_tokens(_system(body), model)
+    for m in messages:
+        total += TOKENS_PER_MESSAGE + count_tokens(block_text(m.get("content")), model)
+    if body.get("tools"):
+        total += count_tokens(json.dumps(body["tools"], separators=(",", ":")), model)
+        total += TOOL_SYSTEM_TOKENS.get(tool_mode or "auto", 346)
+    return total + 1
+
+
+def parse_messages_request(body: Any) -> tuple[EngineRequest, MessagesOptions]:
+    if not isinstance(body, dict):
+        raise bad("The request body must be a JSON object.")
+    model = _required(body, "model")
+    if not isinstance(model, str) or not model:
+        raise bad("model: Input should be a valid string")
+    _required(body, "max_tokens")
+    max_tokens = _int(body, "max_tokens", 1)
+    messages = _messages(body)
+    _num(body, "temperature", 0, 1)
+    _num(body, "top_p", 0, 1)
+    _int(body, "top_k", 0)
+    stream = _bool(body, "stream")
+    ignore_eos = _bool(body, "ignore_eos")  # llmsim's extension, as for chat completions
+    stops = body.get("stop_sequences")
+    if stops is None:
+        stops = []
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise bad("stop_sequences: Input should be a valid list of strings")
+    if any(not s.strip() for s in stops):
+        raise bad("stop_sequences: each stop sequence must contain non-whitespace")
+
+    tools = _tools(body)
+    mode, forced, parallel = _tool_choice(body, [t.name for t in tools])
+    schema = _output_schema(body)
+    output = None
+    last = messages[-1]
+    after_result = last["role"] == "user" and any(
+        isinstance(b, dict) and b.get("type") == "tool_result"
+        for b in (last["content"] if isinstance(last["content"], list) else ())
+    )
+    if tools or schema is not None:
+        output = OutputSpec(
+            tools=tuple(tools),
+            tool_choice={"any": "required"}.get(mode, mode),
+            forced_tool=forced,
+            parallel=parallel,
+            after_tool_result=after_result,
+            json_schema=schema,
+        )
+    last_user = next((m for m in reversed(messages) if m["role"] == "user"), last)
+    req = EngineRequest(
+        model=model,
+        prompt_tokens=prompt_tokens(body, messages, model, mode if body.get("tools") else None),
+        max_tokens=max_tokens,
+        stop=tuple(stops),
+        ignore_eos=ignore_eos,
+        stream=stream,
+        prompt_text=block_text(last_user["content"]),
+        output=output,
+    )
+    return req, MessagesOptions(stream=stream, tool_choice=mode)
+
+
+def count_tokens_response(body: Any) -> dict[str, Any]:
+    """POST /v1/messages/count_tokens: the input_tokens a Messages request would bill."""
+    if not isinstance(body, dict):
+        raise bad("The request body must be a JSON object.")
+    model = _required(body, "model")
+    if not isinstance(model, str) or not model:
+        raise bad("model: Input should be a valid string")
+    messages = _messages(body)
+    tools = _tools(body)
+    mode, _, _ = _tool_choice(body, [t.name for t in tools])
+    return {"input_tokens": prompt_tokens(body, messages, model, mode if tools else None)}
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def message_id(reply: Reply) -> str:
+    return "msg_01" + reply.id.rsplit("-", 1)[-1]
+
+
+def stop_reason(c: Choice) -> str:
+    if c.finish_reason == "length":
+        return "max_tokens"
+    if c.finish_reason == "tool_calls":
+        return "tool_use"
+    return "stop_sequence" if c.stop_sequence is not None else "end_turn"
+
+
+def _tool_input(c: Choice, start: int, end: int) -> Any:
+    try:
+        return json.loads("".join(c.tokens[start:end]))
+    except ValueError:  # cut short by max_tokens
+        return {}
+
+
+def content_blocks(c: Choice) -> list[dict[str, Any]]:
+    if c.tool_calls is not None:
+        return [
+            {
+                "type": "tool_use",
+                "id": "toolu_01" + tc.id,
+                "name": tc.name,
+                "input": _tool_input(c, tc.start, tc.end),
+            }
+            for tc in c.tool_calls
+        ]
+    return [{"type": "text", "text": c.text}] if c.tokens else []
+
+
+def usage(reply: Reply, output_tokens: int | None = None) -> dict[str, Any]:
+    return {
+        "input_tokens": reply.prompt_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": reply.completion_tokens if output_tokens is None else output_tokens,
+        "service_tier": "standard",
+    }
+
+
+def render_message(reply: Reply) -> dict[str, Any]:
+    c = reply.choices[0]
+    return {
+        "id": message_id(reply),
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model,
+        "content": content_blocks(c),
+        "stop_reason": stop_reason(c),
+        "stop_sequence": c.stop_sequence,
+        "usage": usage(reply),
+    }
+
+
+def _event(name: str, obj: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _delta(index: int, delta: dict[str, Any]) -> bytes:
+    return _event(
+        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+    )
+
+
+def stream_events(reply: Reply) -> Iterator[tuple[int, bytes]]:
+    """message_start, content_block_start, ping, content_block_delta…, content_block_stop,
+    message_delta (stop_reason, usage), message_stop: step i is due with token i."""
+    c = reply.choices[0]
+    start = {
+        "type": "message_start",
+        "message": {
+            **render_message(reply),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage(reply, output_tokens=1),
+        },
+    }
+    # (block start step, end step, start event) for each content block.
+    blocks: list[tuple[int, int, dict[str, Any]]] = []
+    if c.tool_calls is not None:
+        for tc in c.tool_calls:
+            block = {"type": "tool_use", "id": "toolu_01" + tc.id, "name": tc.name, "input": {}}
+            blocks.append((tc.start, tc.end, block))
+    elif c.tokens:
+        blocks.append((0, len(c.tokens), {"type": "text", "text": ""}))
+    starts = {b[0]: (i, b) for i, b in enumerate(blocks)}
+    is_tool = c.tool_calls is not None
+    steps = max(len(c.tokens), 1)
+    current = -1
+    for step in range(steps):
+        parts: list[bytes] = []
+        if step == 0:
+            parts.append(_event("message_start", start))
+        if step in starts:
+            i, (_, _, block) = starts[step]
+            if current >= 0:
+                stop = {"type": "content_block_stop", "index": current}
+                parts.append(_event("content_block_stop", stop))
+            current = i
+            parts.append(
+                _event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": i, "content_block": block},
+                )
+            )
+            if step == 0:
+                parts.append(b'event: ping\ndata: {"type": "ping"}\n\n')
+            if is_tool:
+                parts.append(_delta(i, {"type": "input_json_delta", "partial_json": ""}))
+        elif step == 0:
+            parts.append(b'event: ping\ndata: {"type": "ping"}\n\n')
+        if step < len(c.tokens):
+            tok = c.tokens[step]
+            if is_tool:
+                parts.append(_delta(current, {"type": "input_json_delta", "partial_json": tok}))
+            else:
+                parts.append(_delta(current, {"type": "text_delta", "text": tok}))
+        if step == steps - 1:
+            if current >= 0:
+                parts.append(
+                    _event("content_block_stop", {"type": "content_block_stop", "index": current})
+                )
+            parts.append(
+                _event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": stop_reason(c), "stop_sequence": c.stop_sequence},
+                        "usage": {
+                            "input_tokens": reply.prompt_tokens,
+                            "cache_creation_input_tokens": 0,
+                            "cache_read_input_tokens": 0,
+                            "output_tokens": reply.completion_tokens,
+                        },
+                    },
+                )
+            )
+            parts.append(_event("message_stop", {"type": "message_stop"}))
+        yield step, b"".join(parts)
+
+
+def error_object(err: ApiError) -> dict[str, Any]:
+    typ = ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": typ, "message": err.message}}
+
+
+class AnthropicMessages:
+    """The Messages wire format for the server pipeline."""
+
+    name = "anthropic.messages"
+
+    def parse(self, body: Any) -> tuple[EngineRequest, MessagesOptions]:
+        return parse_messages_request(body)
+
+    def render(self, reply: Reply, opts: MessagesOptions, ctx: RenderContext) -> dict[str, Any]:
+        return render_message(reply)
+
+    def stream_events(
+        self, reply: Reply, opts: MessagesOptions, ctx: RenderContext
+    ) -> Iterator[tuple[int, bytes]]:
+        return stream_events(reply)
+
+    def error_body(self, err: ApiError) -> bytes:
+        return json.dumps(error_object(err)).encode()
+
+    def stream_error(self, err: ApiError) -> bytes:
+        return _event("error", error_object(err))
+
+
+# --------------------------------------------------------------------------- models
+
+_CREATED = datetime.fromtimestamp(1_700_000_000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def model_info(model_id: str) -> dict[str, Any]:
+    words = model_id.split("-")
+    display = " ".join(w if any(ch.isdigit() for ch in w) else w.capitalize() for w in words)
+    return {"type": "model", "id": model_id, "display_name": display, "created_at": _CREATED}
+
+
+def models_page(model_ids: list[str], args: Any) -> dict[str, Any]:
+    """GET /v1/models in Anthropic's shape, with its limit/after_id/before_id paging."""
+    try:
+        limit = int(args.get("limit", 20))
+    except (TypeError, ValueError):
+        raise bad("limit: Input should be a valid integer") from None
+    if not 1 <= limit <= 1000:
+        raise bad("limit: Input should be between 1 and 1000")
+    ids = list(model_ids)
+    after, before = args.get("after_id"), args.get("before_id")
+    if after:
+        ids = ids[ids.index(after) + 1 :] if after in ids else []
+        page = ids[:limit]
+        more = len(ids) > limit
+    elif before:
+        ids = ids[: ids.index(before)] if before in ids else []
+        page = ids[-limit:]
+        more = len(ids) > limit
+    else:
+        page = ids[:limit]
+        more = len(ids) > limit
+    return {
+        "data": [model_info(m) for m in page],
+        "has_more": more,
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+    }

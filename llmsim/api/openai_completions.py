@@ -1,0 +1,237 @@
+"""OpenAI legacy completions wire format: POST /v1/completions.
+
+`prompt` is a string, a list of strings, a list of token ids or a list of such lists; each prompt
+gets `n` choices (index = prompt × n + j, as OpenAI numbers them). `max_tokens` defaults to 16,
+as OpenAI's does. `echo` puts the prompt before the completion; `suffix` and `logprobs` are
+accepted (logprobs come back null). Streaming sends one chunk per token, a chunk with the
+finish_reason, the usage chunk with `stream_options.include_usage`, and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
+from llmsim.api.openai_chat import MAX_N, _bool_param, _int_param, _num_param, _stop
+from llmsim.api.wire import RenderContext
+from llmsim.engine.request import EngineRequest, Reply
+from llmsim.engine.tokens import encoding_for_model
+
+DEFAULT_MAX_TOKENS = 16
+
+
+@dataclass
+class CompletionOptions:
+    stream: bool = False
+    include_usage: bool = False
+    echo_texts: list[str] = field(default_factory=list)  # per prompt, when echo is on
+    n: int = 1
+
+
+def _prompts(body: dict[str, Any], model: str) -> tuple[list[str], int]:
+    """The prompts as text, and their token count."""
+    raw = body.get("prompt")
+    if raw is None:
+        raise missing("prompt")
+    enc = encoding_for_model(model)
+
+    def ids_text(ids: list[Any], where: str) -> str:
+        if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise invalid_type(where, "an array of integers", ids)
+        try:
+            return enc.decode(ids)
+        except Exception:
+            raise ApiError(400, f"Invalid token id in '{where}'.", param=where) from None
+
+    if isinstance(raw, str):
+        return [raw], len(enc.encode(raw, disallowed_special=()))
+    if not isinstance(raw, list) or not raw:
+        raise invalid_type("prompt", "a string or a non-empty array", raw)
+    if all(isinstance(p, str) for p in raw):
+        return list(raw), sum(len(enc.encode(p, disallowed_special=())) for p in raw)
+    if all(isinstance(p, int) and not isinstance(p, bool) for p in raw):
+        return [ids_text(raw, "prompt")], len(raw)
+    if all(isinstance(p, list) for p in raw):
+        texts = [ids_text(p, f"prompt[{i}]") for i, p in enumerate(raw)]
+        return texts, sum(len(p) for p in raw)
+    raise invalid_type("prompt", "a string, an array of strings or of token arrays", raw)
+
+
+def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOptions]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
+    model = body.get("model")
+    if model is None:
+        raise missing("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_type("model", "a string", model)
+    prompts, prompt_tokens = _prompts(body, model)
+    max_tokens = _int_param(body, "max_tokens", 0, None)
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    n = _int_param(body, "n", 1, MAX_N) or 1
+    best_of = _int_param(body, "best_of", 1, 20)
+    if best_of is not None and best_of < n:
+        raise ApiError(400, "best_of must be greater than or equal to n.", param="best_of")
+    logprobs = _int_param(body, "logprobs", 0, 5)
+    del logprobs  # accepted; logprobs come back null
+    seed = _int_param(body, "seed", None, None)
+    _num_param(body, "temperature", 0, 2)
+    _num_param(body, "top_p", 0, 1)
+    _num_param(body, "presence_penalty", -2, 2)
+    _num_param(body, "frequency_penalty", -2, 2)
+    stream = _bool_param(body, "stream")
+    echo = _bool_param(body, "echo")
+    ignore_eos = _bool_param(body, "ignore_eos")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise invalid_type("suffix", "a string", suffix)
+    include_usage = False
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise invalid_type("stream_options", "an object", stream_options)
+        if not stream:
+            raise ApiError(
+                400,
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+                code="invalid_value",
+            )
+        include_usage = _bool_param(stream_options, "include_usage")
+    if len(prompts) * n > MAX_N:
+        raise above_max("n", MAX_N // len(prompts), n, integer=True)
+    if max_tokens == 0 and not echo:
+        raise below_min("max_tokens", 1, 0, integer=True)
+    req = EngineRequest(
+        model=model,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens if max_tokens > 0 else None,
+        n=len(prompts) * n if max_tokens > 0 else 0,
+        stop=_stop(body),
+        seed=seed,
+        ignore_eos=ignore_eos,
+        stream=stream,
+        prompt_text=prompts[0],
+        fingerprint=json.dumps(prompts) if seed is not None else "",
+    )
+    opts = CompletionOptions(
+        stream=stream, include_usage=include_usage, echo_texts=prompts if echo else [], n=n
+    )
+    return req, opts
+
+
+def usage(reply: Reply) -> dict[str, Any]:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+
+
+def _echo(opts: CompletionOptions, index: int) -> str:
+    return opts.echo_texts[index // opts.n] if opts.echo_texts else ""
+
+
+def render(reply: Reply, opts: CompletionOptions, system_fingerprint: str) -> dict[str, Any]:
+    if reply.choices:
+        choices = [
+            {
+                "text": _echo(opts, c.index) + c.text,
+                "index": c.index,
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+            for c in reply.choices
+        ]
+    else:  # max_tokens 0 with echo: the prompts alone
+        choices = [
+            {"text": t, "index": i, "logprobs": None, "finish_reason": "length"}
+            for i, t in enumerate(opts.echo_texts)
+        ]
+    return {
+        "id": "cmpl-" + reply.id.rsplit("-", 1)[-1],
+        "object": "text_completion",
+        "created": reply.created,
+        "model": reply.model,
+        "system_fingerprint": system_fingerprint,
+        "choices": choices,
+        "usage": usage(reply),
+    }
+
+
+def stream_events(
+    reply: Reply, opts: CompletionOptions, system_fingerprint: str
+) -> Iterator[tuple[int, bytes]]:
+    head = (
+        'data: {"id":%s,"object":"text_completion","created":%d,"model":%s,'
+        '"system_fingerprint":%s,"choices":['
+        % (
+            json.dumps("cmpl-" + reply.id.rsplit("-", 1)[-1]),
+            reply.created,
+            json.dumps(reply.model),
+            json.dumps(system_fingerprint),
+        )
+    ).encode()
+
+    def chunk(index: int, text: str, finish: str | None) -> bytes:
+        fin = b"null" if finish is None else json.dumps(finish).encode()
+        return head + b'{"text":%s,"index":%d,"logprobs":null,"finish_reason":%s}]}\n\n' % (
+            json.dumps(text).encode(),
+            index,
+            fin,
+        )
+
+    for step in range(max(reply.steps, 1)):
+        parts: list[bytes] = []
+        for c in reply.choices:
+            if step < len(c.tokens):
+                text = c.tokens[step]
+                if step == 0:
+                    text = _echo(opts, c.index) + text
+                parts.append(chunk(c.index, text, None))
+            if step == len(c.tokens) - 1 or (step == 0 and not c.tokens):
+                parts.append(chunk(c.index, "", c.finish_reason))
+        if not reply.choices and step == 0:
+            for i, t in enumerate(opts.echo_texts):
+                parts.append(chunk(i, t, "length"))
+        yield step, b"".join(parts)
+    last = max(reply.steps - 1, 0)
+    if opts.include_usage:
+        tail = {
+            "id": "cmpl-" + reply.id.rsplit("-", 1)[-1],
+            "object": "text_completion",
+            "created": reply.created,
+            "model": reply.model,
+            "system_fingerprint": system_fingerprint,
+            "choices": [],
+            "usage": usage(reply),
+        }
+        yield last, b"data: " + json.dumps(tail).encode() + b"\n\n"
+    yield last, b"data: [DONE]\n\n"
+
+
+class OpenAICompletions:
+    """The legacy completions wire format for the server pipeline."""
+
+    name = "openai.completions"
+
+    def parse(self, body: Any) -> tuple[EngineRequest, CompletionOptions]:
+        return parse_completion_request(body)
+
+    def render(self, reply: Reply, opts: CompletionOptions, ctx: RenderContext) -> dict[str, Any]:
+        return render(reply, opts, ctx.system_fingerprint)
+
+    def stream_events(
+        self, reply: Reply, opts: CompletionOptions, ctx: RenderContext
+    ) -> Iterator[tuple[int, bytes]]:
+        return stream_events(reply, opts, ctx.system_fingerprint)
+
+    def error_body(self, err: ApiError) -> bytes:
+        return err.json_bytes()
+
+    def stream_error(self, err: ApiError) -> bytes:
+        return b"data: " + err.json_bytes() + b"\n\n"
