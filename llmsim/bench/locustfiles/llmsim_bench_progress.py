@@ -135,6 +135,10 @@ def _llm_metrics(environment: Any) -> Any:
 
 @events.init.add_listener
 def _on_init(environment: Any, **_kw: Any) -> None:
+    # libev caches the loop's clock: after a blocking init (encodings loaded, datasets read),
+    # the --run-time timer Locust sets next would start from a stale "now" and cut the run
+    # short by as long as init blocked.
+    gevent.get_hub().loop.update_now()
     if isinstance(environment.runner, WorkerRunner):
         return
     progress = _Progress(environment)
