@@ -411,3 +411,26 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("llmsim: error: "), result.output
     assert message in lines[0]
+
+
+def test_progress_line() -> None:
+    from llmsim.bench.progress import progress_line
+
+    line = progress_line(
+        {
+            "users": 500,
+            "in_flight": 498,
+            "requests_per_s": 88.7,
+            "ttft_p50": 594.2,
+            "ttft_p95": 914,
+            "output_tokens_per_s": 11350.4,
+            "llm_failed": 3,
+        },
+        32,
+        60,
+    )
+    assert line == (
+        "32s/1m (28s left) | users 500 | in flight 498 | 88.7 req/s | "
+        "TTFT p50 594 ms p95 914 ms | 11,350 out tok/s | errors 3"
+    )
+    assert progress_line({}, 5, None).startswith("5s | users 0 | 0.0 req/s | TTFT p50 - ms")
