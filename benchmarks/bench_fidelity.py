@@ -32,8 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"wall_margin_s": 15.0, "ttft_p50_error_pct": 2.0, "fidelity_p99_ms": 10.0}
 CPU_LIMIT, RSS_LIMIT_MB = 80.0, 600.0
@@ -67,23 +65,15 @@ def run_once(users: int, duration: int, extra: list[str]) -> dict[str, Any]:
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    cpu_before = psutil.cpu_times()
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     wall = time.monotonic() - start
-    cpu_after = psutil.cpu_times()
     if proc.returncode not in (0, 1):
         raise SystemExit(f"bench failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     summary = json.loads(proc.stdout)
     run_dir = next(p for p in reports.iterdir() if p.is_dir())
 
-    busy = sum(
-        getattr(cpu_after, f) - getattr(cpu_before, f)
-        for f in ("user", "system", "nice", "irq", "softirq", "steal")
-        if hasattr(cpu_after, f)
-    )
     procs = summary["client"]["processes"]
-    ours = sum((p["cpu_percent_mean"] or 0) / 100 * wall for p in procs)
     fid = summary.get("fidelity") or {}
     spawn_rate = summary["config"]["spawn_rate"]
     ramp_end = summary_start(summary) + users / spawn_rate
@@ -107,7 +97,7 @@ def run_once(users: int, duration: int, extra: list[str]) -> dict[str, Any]:
         ],
         "rss_peak_total_mb": summary["client"]["rss_peak_total_mb"],
         "locust_cpu_warnings": summary["client"]["cpu_warnings"],
-        "other_cpu_cores": round(max(0.0, busy - ours) / wall, 2),
+        "other_cpu_cores": summary["client"].get("other_busy_cores"),
         "warnings": summary.get("warnings", []),
         "report": str(run_dir / "report.html"),
     }
@@ -155,7 +145,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {_f(r['fidelity_p50_ms'])} / {_f(r['fidelity_p99_ms'])} "
             f"| {_f(r['steady_fidelity']['p99'])} "
             f"| {_f(cpu.get('simulator'))} / {_f(cpu.get('locust'))} "
-            f"| {_f(r['rss_peak_total_mb'], 0)} | {r['other_cpu_cores']:.2f} "
+            f"| {_f(r['rss_peak_total_mb'], 0)} | {_f(r['other_cpu_cores'], 2)} "
             f"| {'all met' if not missed else 'missed: ' + ', '.join(missed)} |"
         )
     return "\n".join(lines)

@@ -32,6 +32,8 @@ class ProcessMonitor:
         self.tracks: dict[int, _Track] = {}
         self._roots: list[tuple[str, int]] = []
         self.total_rss_peak = 0
+        # Machine-wide busy CPU over the same span: what else ran skews every figure.
+        self._machine: list[tuple[float, float]] = []
 
     def watch(self, role: str, pid: int) -> None:
         self._roots.append((role, pid))
@@ -69,6 +71,14 @@ class ProcessMonitor:
             track.rss_peak = max(track.rss_peak, rss)
             total += rss
         self.total_rss_peak = max(self.total_rss_peak, total)
+        times = psutil.cpu_times()
+        busy = sum(
+            getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
+        )
+        if len(self._machine) < 2:
+            self._machine.append((now, busy))
+        else:
+            self._machine[1] = (now, busy)
 
     def summary(self) -> dict[str, Any]:
         """Per process: mean and peak CPU (% of one core) over the run, peak RSS in MB."""
@@ -87,4 +97,17 @@ class ProcessMonitor:
                     "rss_peak_mb": round(t.rss_peak / 2**20, 1),
                 }
             )
-        return {"processes": procs, "rss_peak_total_mb": round(self.total_rss_peak / 2**20, 1)}
+        out: dict[str, Any] = {
+            "processes": procs,
+            "rss_peak_total_mb": round(self.total_rss_peak / 2**20, 1),
+            "machine_cores": psutil.cpu_count(),
+            "machine_busy_cores": None,
+            "other_busy_cores": None,
+        }
+        if len(self._machine) == 2 and self._machine[1][0] > self._machine[0][0]:
+            (t0, b0), (t1, b1) = self._machine
+            busy = (b1 - b0) / (t1 - t0)
+            ours = sum((p["cpu_percent_mean"] or 0) / 100 for p in procs)
+            out["machine_busy_cores"] = round(busy, 2)
+            out["other_busy_cores"] = round(max(0.0, busy - ours), 2)
+        return out

@@ -47,7 +47,7 @@ def users_by_second(llm: Any, t0: float | None) -> dict[int, int] | None:
 def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | None) -> list[str]:
     out = []
     client = summary.get("client") or {}
-    if state.cpu_warnings or client.get("locust_cpu_max", 0) > CPU_WARN_PERCENT:
+    if state.cpu_warnings or (client.get("locust_cpu_max") or 0) > CPU_WARN_PERCENT:
         out.append(
             "Locust's CPU passed 90 % during the run: the load generator was saturated and its "
             "latency figures include its own queueing. Use --processes, or fewer users."
@@ -61,8 +61,15 @@ def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | 
     p99 = fid.get("p99")
     if p99 is not None and abs(p99) > FIDELITY_P99_WARN_MS:
         out.append(
-            f"Fidelity p99 is {p99:.1f} ms: the measured TTFT exceeds the simulator's plan by more "
-            f"than {FIDELITY_P99_WARN_MS:g} ms, so the client (or the simulator) is short of CPU."
+            f"Fidelity p99 is {p99:.1f} ms: some first tokens were seen more than "
+            f"{FIDELITY_P99_WARN_MS:g} ms later than the simulator planned, so the client or the "
+            f"simulator was short of CPU at times ({_cpu_story(client)})."
+        )
+    other = client.get("other_busy_cores")
+    if other is not None and other >= 0.5:
+        out.append(
+            f"Other processes kept {other:.1f} of the machine's {client.get('machine_cores')} "
+            "cores busy during the run: the figures include their interference."
         )
     if summary.get("interrupted"):
         out.append("The run was interrupted (Ctrl-C): the figures cover what ran until then.")
@@ -72,6 +79,21 @@ def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | 
     if req.get("total") and req.get("failed") and req["failed"] / req["total"] > 0.05:
         out.append(f"{req['failed']} of {req['total']} requests failed; see Errors.")
     return out
+
+
+def _cpu_story(client: dict[str, Any]) -> str:
+    """Mean and peak CPU of the simulator and Locust processes, as one phrase."""
+    parts = []
+    for p in client.get("processes") or []:
+        if p["role"] == "bench":
+            continue
+        parts.append(
+            f"{p['role']} {p.get('cpu_percent_mean') or 0:.0f} % mean, "
+            f"{p.get('cpu_percent_max') or 0:.0f} % peak"
+        )
+    if client.get("other_busy_cores") is not None:
+        parts.append(f"other processes {client['other_busy_cores']:.1f} cores")
+    return "; ".join(parts) or "no CPU figures"
 
 
 def distributions(log: RequestLog) -> dict[str, dict[float, int]]:

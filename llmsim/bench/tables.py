@@ -134,6 +134,9 @@ def client_table(s: Mapping[str, Any]) -> Table | None:
         ]
         for p in procs
     ]
+    other = client.get("other_busy_cores")
+    if other is not None:
+        rows.append(["everything else on the machine", "", fmt_num(100 * other), "", ""])
     return ["process", "pid", "CPU % mean", "CPU % max", "peak RSS MB"], rows
 
 
