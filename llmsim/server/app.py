@@ -21,6 +21,7 @@ from llmsim.api.openai_responses import OpenAIResponses
 from llmsim.api.wire import WireFormat
 from llmsim.engine.simulator import Engine
 from llmsim.server import pipeline
+from llmsim.server.fastpath import FastRoutes
 from llmsim.server.metrics import CONTENT_TYPE, render_metrics
 from llmsim.server.pipeline import START_KEY  # noqa: F401  (re-exported for the runner)
 from llmsim.server.state import ServerState, Shared
@@ -65,6 +66,7 @@ def create_app(
             request.llmsim_wire = fmt  # type: ignore[attr-defined]
             return pipeline.handle(fmt, state)
 
+        view.llmsim_wire = fmt  # type: ignore[attr-defined]  (FastRoutes serves it without Flask)
         return view
 
     app.add_url_rule("/v1/chat/completions", "chat_completions", route(CHAT), methods=["POST"])
@@ -146,4 +148,6 @@ def create_app(
         state.stats.request_failed(None, "server_error")
         return error_response(errors.server_error())
 
+    # POST routes made by route() skip Flask's per-request machinery (see fastpath.py).
+    app.wsgi_app = FastRoutes(app, lambda fmt, environ: pipeline.handle(fmt, state, environ))
     return app

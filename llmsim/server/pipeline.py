@@ -16,6 +16,8 @@ from typing import Any
 
 import gevent
 from flask import Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from llmsim.api import errors
 from llmsim.api.errors import ApiError
@@ -42,19 +44,38 @@ def error_kind(status: int) -> str:
     return _STATUS_KIND.get(status, "bad_request" if status < 500 else "server_error")
 
 
-def read_json() -> Any:
-    data = request.get_data(cache=False)
+def read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
+    """The request body, at most max_bytes (else 413), as Flask's request.get_data() reads it.
+
+    A plain Content-Length body is read straight from the server's input: werkzeug's stream
+    wrappers cost more than parsing the JSON. Anything else goes through werkzeug.
+    """
+    length = environ.get("CONTENT_LENGTH")
+    if length and length.isdigit() and "HTTP_TRANSFER_ENCODING" not in environ:
+        n = int(length)
+        if max_bytes is not None and n > max_bytes:
+            raise RequestEntityTooLarge()
+        return environ["wsgi.input"].read(n)
+    return get_input_stream(environ, max_content_length=max_bytes).read()
+
+
+def read_json(environ: dict[str, Any] | None = None, max_bytes: int | None = None) -> Any:
+    if environ is None:
+        data = request.get_data(cache=False)
+    else:
+        data = read_body(environ, max_bytes)
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise errors.invalid_json() from None
 
 
-def api_key() -> str:
-    auth = request.headers.get("Authorization", "")
+def api_key(environ: dict[str, Any] | None = None) -> str:
+    env = request.environ if environ is None else environ
+    auth = env.get("HTTP_AUTHORIZATION", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.headers.get("x-api-key", "") or "anonymous"
+    return env.get("HTTP_X_API_KEY", "") or "anonymous"
 
 
 def _counted(err: ApiError) -> CountedError:
@@ -98,8 +119,8 @@ def fault_error(kind: str, headers: dict[str, str]) -> ApiError:
     return ApiError(status, msg, type=typ, code=code, headers={**headers, **extra})
 
 
-def _drop_connection() -> None:
-    sock = request.environ.get(SOCKET_KEY)
+def _drop_connection(environ: dict[str, Any]) -> None:
+    sock = environ.get(SOCKET_KEY)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
@@ -152,12 +173,18 @@ class Generation:
             stats.request_failed(self.stats_slot, kind, self.prompt_tokens, sent)
 
 
-def handle(fmt: WireFormat, state: ServerState) -> Response:
-    """Serve one generating request of the given wire format."""
-    start = request.environ.get(START_KEY) or time.monotonic()
+def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None = None) -> Response:
+    """Serve one generating request of the given wire format.
+
+    Needs no Flask request context: everything comes from the WSGI environ (Flask's request's
+    when none is given), so the server can call it without Flask's per-request cost.
+    """
+    if environ is None:
+        environ = request.environ
+    start = environ.get(START_KEY) or time.monotonic()
     settings, stats = state.settings, state.stats
     try:
-        req, opts = fmt.parse(read_json())
+        req, opts = fmt.parse(read_json(environ, settings.max_body_bytes))
         if settings.strict_models and req.model not in state.known_models:
             raise errors.model_not_found(req.model)
     except ApiError as err:
@@ -166,7 +193,7 @@ def handle(fmt: WireFormat, state: ServerState) -> Response:
 
     model_settings = settings.for_model(req.model)
     stats_slot = stats.request_started(req.model, opts.stream)
-    key = api_key()
+    key = api_key(environ)
     headers: dict[str, str] = {}
 
     decision = state.limiter.check(
@@ -183,9 +210,10 @@ def handle(fmt: WireFormat, state: ServerState) -> Response:
         raise _counted(rate_limit_error(req.model, decision))
 
     fault = None
-    if state.faults.active or "x-llmsim-fault" in request.headers:
+    fault_header = environ.get("HTTP_X_LLMSIM_FAULT")
+    if state.faults.active or fault_header is not None:
         try:
-            fault = state.faults.decide(req.model, key, request.headers.get("x-llmsim-fault"))
+            fault = state.faults.decide(req.model, key, fault_header)
         except ValueError as exc:
             stats.request_failed(stats_slot, "bad_request")
             bad = ApiError(400, f"x-llmsim-fault: {exc}", param="x-llmsim-fault")
@@ -197,7 +225,7 @@ def handle(fmt: WireFormat, state: ServerState) -> Response:
         gevent.sleep(settings.timeout_after_ms / 1000.0)
         stats.request_failed(stats_slot, "fault_timeout")
         if settings.timeout_action == "close":
-            _drop_connection()
+            _drop_connection(environ)
             return Response(b"", status=504)
         raise _counted(fault_error("timeout", headers))
 
@@ -233,7 +261,7 @@ def handle(fmt: WireFormat, state: ServerState) -> Response:
     except BaseException:
         gen.finish("client_disconnect")
         raise
-    return _respond(fmt, state, gen, req, reply, opts, fault, start, headers, pool)
+    return _respond(fmt, state, gen, req, reply, opts, fault, start, headers, pool, environ)
 
 
 def _respond(
@@ -247,6 +275,7 @@ def _respond(
     start: float,
     headers: dict[str, str],
     pool: Any,
+    environ: dict[str, Any],
 ) -> Response:
     settings = state.settings.for_model(req.model)
     # Queue wait and prefill push the first token back; the planned TTFT says so.
@@ -287,7 +316,7 @@ def _respond(
                     gen.first_s = time.monotonic()
                 yield chunk
             if fault == "drop":
-                _drop_connection()
+                _drop_connection(environ)
                 gen.finish("fault_drop", reply, start)
             elif fault == "stream-error":
                 gen.finish("fault_stream_error", reply, start)
@@ -311,7 +340,7 @@ def _respond(
         raise
     if fault == "drop":
         gen.finish("fault_drop", reply, start)
-        _drop_connection()
+        _drop_connection(environ)
         return Response(b"", status=500)
     if fault == "stream-error":
         gen.finish("fault_stream_error", reply, start)

@@ -187,6 +187,10 @@ def serve(settings: Settings, out: TextIO | None = None) -> int:
     # Load the tokenizers before saying we are ready (and before forking, so workers share
     # them): otherwise the first request of each encoding pays ~0.4 s inside its TTFT.
     preload_encodings()
+    # Likewise the app's modules (Flask and every API, ~0.2 s): imported after the start-up
+    # line, they held the first request that long in the listen queue.
+    import llmsim.server.app  # noqa: F401
+
     shared = Shared.create(settings)  # before forking: the workers share it
     url = base_url(sock)
     if settings.workers == 1:
