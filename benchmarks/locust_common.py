@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,9 @@ class Procs:
 
     def start_locust(self, locustfile: Path, host: str, out: Path, *args: str) -> subprocess.Popen:
         out.mkdir(parents=True, exist_ok=True)
+        if "--processes" in args:  # never share Locust's default master port 5557
+            port = str(free_port())
+            args = (*args, "--master-bind-port", port, "--master-port", port)
         cmd = [
             sys.executable,
             "-m",
@@ -93,6 +97,12 @@ class Procs:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

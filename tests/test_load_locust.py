@@ -53,11 +53,22 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_locust(
     locustfile: Path, host: str, out: Path, *args: str, timeout: float = 90
 ) -> LocustRun:
     """Run `python -m locust --headless` to completion and collect everything it wrote."""
     out.mkdir(parents=True, exist_ok=True)
+    if "--processes" in args:
+        # Locust's master port defaults to 5557 for everyone: another run on the machine would
+        # take our workers (or we theirs).
+        port = str(free_port())
+        args = (*args, "--master-bind-port", port, "--master-port", port)
     cmd = [
         sys.executable,
         "-m",
@@ -103,11 +114,13 @@ def test_exact_timing_tokens_and_rows(llmsim_server, tmp_path):
         server.base_url,
         tmp_path,
         "-u",
-        "20",
+        "10",
         "-r",
-        "20",
+        "10",
         "-t",
-        "5s",
+        "60s",  # a cap: the run ends when every user has made its 8 requests
+        "--llm-requests-per-user",
+        "8",
         "--llm-max-tokens",
         "16",
         "--llm-prompt-tokens",
@@ -116,18 +129,21 @@ def test_exact_timing_tokens_and_rows(llmsim_server, tmp_path):
     )
     s = run.summary
     assert run.returncode == 0, run.output[-2000:]
-    assert s["requests"]["failed"] == 0 and s["requests"]["total"] >= 60
+    assert s["requests"] == {"total": 80, "ok": 80, "failed": 0}
+    assert s["duration_s"] < 30
     assert s["tokens"]["source"] == "usage"
-    assert len(run.rows) == s["requests"]["total"]
+    assert len(run.rows) == 80
     for row in run.rows:
         assert (row["status"], row["output_tokens"], row["input_tokens"]) == ("ok", "16", "64")
     m = s["metrics"]
-    assert 123 <= m["ttft_ms"]["p50"] <= 126, m["ttft_ms"]
+    # Bounds leave room for a busy shared 2-core machine; benchmarks/locust_accuracy.py
+    # measures the real error (about +1 ms, most of it the server's own).
+    assert m["ttft_ms"]["min"] >= 123 and m["ttft_ms"]["p50"] <= 129, m["ttft_ms"]
     assert 16.5 <= m["tpot_ms"]["p50"] <= 17.5, m["tpot_ms"]
     assert 16.0 <= m["itl_ms"]["p50"] <= 18.0, m["itl_ms"]
-    assert m["itl_ms"]["count"] == s["requests"]["total"] * 15
-    assert -0.5 <= m["fidelity_ttft_ms"]["p50"] <= 3.0, m["fidelity_ttft_ms"]
-    assert s["tokens"]["output"] == 16 * s["requests"]["total"]
+    assert m["itl_ms"]["count"] == 80 * 15
+    assert 0 <= m["fidelity_ttft_ms"]["p50"] <= 6, m["fidelity_ttft_ms"]
+    assert s["tokens"]["output"] == 16 * 80 and s["tokens"]["input"] == 64 * 80
 
     # Locust's own rows: E2E request row, TTFT/TPOT rows with our finer percentiles (not ints),
     # and an Aggregated row that counts requests only.
@@ -135,12 +151,10 @@ def test_exact_timing_tokens_and_rows(llmsim_server, tmp_path):
     ttft = run.stats[("TTFT", "/v1/chat/completions")]
     tpot = run.stats[("TPOT", "/v1/chat/completions")]
     agg = run.stats[("", "Aggregated")]
-    assert agg["Request Count"] == post["Request Count"]
-    assert 123 <= float(ttft["50%"]) <= 126
+    assert agg["Request Count"] == post["Request Count"] == ttft["Request Count"] == "80"
+    assert 123 <= float(ttft["50%"]) <= 129
     assert 16.5 <= float(tpot["50%"]) <= 17.5
     assert float(post["Median Response Time"]) >= 123 + 15 * 17
-    # the CSV is written once a second, so it may trail the final count by a second's worth
-    assert 0 < int(ttft["Request Count"]) <= s["requests"]["total"]
 
 
 def test_counted_tokens_without_usage_and_non_streaming(llmsim_server, tmp_path):
@@ -167,7 +181,7 @@ def test_processes_2_merge_matches_a_single_process(llmsim_server, tmp_path):
         "-r",
         "100",
         "-t",
-        "4s",
+        "60s",  # a cap: the run ends when every user has made its 5 requests
         "--llm-requests-per-user",
         "5",
         "--llm-max-tokens",
@@ -186,9 +200,10 @@ def test_processes_2_merge_matches_a_single_process(llmsim_server, tmp_path):
     for name in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "fidelity_ttft_ms"):
         assert a["metrics"][name]["count"] == b["metrics"][name]["count"], name
     assert b["metrics"]["itl_ms"]["count"] == 30 * 9
-    for pct in ("p50", "p90"):
-        assert abs(a["metrics"]["ttft_ms"][pct] - b["metrics"]["ttft_ms"][pct]) <= 3
-        assert abs(a["metrics"]["tpot_ms"][pct] - b["metrics"]["tpot_ms"][pct]) <= 0.5
+    # Two separate runs on a shared machine differ by their timing noise, not by the merge
+    # (which is checked exactly below): loose bounds here.
+    assert abs(a["metrics"]["ttft_ms"]["p50"] - b["metrics"]["ttft_ms"]["p50"]) <= 6
+    assert abs(a["metrics"]["tpot_ms"]["p50"] - b["metrics"]["tpot_ms"]["p50"]) <= 0.5
 
     # The master's merged percentiles equal the exact ones over every worker's requests.
     assert len(multi.rows) == 30
@@ -207,12 +222,6 @@ def test_processes_2_merge_matches_a_single_process(llmsim_server, tmp_path):
     assert b["series"]["users"] and max(b["series"]["users"]) == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read()
@@ -220,7 +229,7 @@ def _get(url: str) -> bytes:
 
 def test_web_ui_llm_tab_csv_and_results_on_sigterm(llmsim_server, tmp_path):
     server = llmsim_server("--profile", "fast", "--ttft-stddev-ms", "0", "--tbt-stddev-ms", "0")
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import gevent
 import locust.stats
 from locust import events
+from locust.runners import STATE_RUNNING, MasterRunner
 from locust.stats import StatsCSV
 
 from llmsim.load.histogram import install_bucketing
@@ -18,6 +20,7 @@ from llmsim.load.metrics import PAYLOAD_KEY
 from llmsim.load.options import add_arguments, resolve_config, results_dir
 from llmsim.load.runtime import get_runtime
 from llmsim.load.webui import install_web_ui
+from llmsim.load.workload import warm_up
 
 logger = logging.getLogger(__name__)
 _installed = False
@@ -50,26 +53,65 @@ def install() -> None:
     events.init.add_listener(_on_init)
 
 
-def _validate(environment: Any) -> None:
+def _validate_and_warm_up(environment: Any) -> None:
+    """Fail fast on bad settings, and load encodings and datasets before any request is timed:
+    loading o200k takes about 0.5 s, during which every greenlet of the process would stall."""
     from llmsim.load.users import OpenAIChatUser
 
     for cls in environment.user_classes or []:
         if issubclass(cls, OpenAIChatUser):
             try:
-                resolve_config(cls, environment.parsed_options)
-            except ValueError as e:
+                cfg = resolve_config(cls, environment.parsed_options)
+                warm_up(cfg.model, cfg.system_prompt, cfg.dataset)
+            except (ValueError, OSError) as e:
                 raise SystemExit(f"llmsim: invalid setting for {cls.__name__}: {e}") from None
+
+
+def _finite(environment: Any) -> bool:
+    """Every user class is ours and stops after --llm-requests-per-user requests."""
+    from llmsim.load.users import OpenAIChatUser
+
+    classes = environment.user_classes or []
+    return bool(classes) and all(
+        issubclass(cls, OpenAIChatUser)
+        and resolve_config(cls, environment.parsed_options).requests_per_user > 0
+        for cls in classes
+    )
+
+
+def _end_when_all_users_are_done(environment: Any) -> None:
+    # Locust keeps a run going after every user has stopped; a run of N requests per user
+    # should end when the last one is done (workers report their user counts every 3 s).
+    runner = environment.runner
+    while not (runner.state == STATE_RUNNING and runner.user_count == 0):
+        gevent.sleep(0.5)
+    logger.info("llmsim: every user made its --llm-requests-per-user requests, stopping")
+    runner.stop()
+    if environment.parsed_options is None or not environment.parsed_options.headless:
+        return
+    # Linger before quitting: Locust writes its --csv files once a second and workers report
+    # every 3 s; quitting at once would leave the last requests out of Locust's own CSV.
+    gevent.sleep(4.0 if isinstance(runner, MasterRunner) else 1.5)
+    runner.quit()
 
 
 def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any) -> None:
     rt = get_runtime(environment)
-    _validate(environment)
+    _validate_and_warm_up(environment)
     ev = environment.events
+
+    watcher: list[gevent.Greenlet] = []
 
     def on_test_start(**_: Any) -> None:
         rt.on_test_start(results_dir(environment.parsed_options))
+        if not rt.is_worker and _finite(environment):
+            watcher.append(gevent.spawn(_end_when_all_users_are_done, environment))
 
     def on_test_stop(**_: Any) -> None:
+        while watcher:
+            g = watcher.pop()
+            if g is not gevent.getcurrent():  # the watcher stops the run itself, then lingers
+                g.kill(block=False)
         rt.on_test_stop()
 
     def on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:

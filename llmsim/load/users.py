@@ -33,7 +33,17 @@ from llmsim.load.workload import PlannedRequest, Workload, load_dataset, prompt_
 logger = logging.getLogger(__name__)
 
 PLANNED_TTFT_HEADER = "x-llmsim-ttft-ms"
-_JSON = json.JSONDecoder()
+
+try:  # optional: about 3x faster per SSE event than the standard library (2.2 us saved)
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _decode = json.JSONDecoder().decode
+
+    def _loads(data: bytes) -> Any:
+        # from str: json.loads(bytes) sniffs the encoding of every event first
+        return _decode(data.decode())
+
+
 _client_errors_logged: set[str] = set()
 
 
@@ -203,9 +213,9 @@ class OpenAIChatUser(FastHttpUser):
                 if "text/event-stream" not in ctype.lower():
                     raw = _read_body(resp)
                     raise E.LLMError(E.NOT_SSE, f"{ctype or 'no content-type'}: {raw[:60]!r}")
-                end = _read_stream(resp, st)
+                end = self.read_stream(resp, st)
             else:
-                end = _read_whole(resp, st)
+                end = self.read_whole(resp, st)
         except E.LLMError as e:
             error, end = e, time.perf_counter()
         except (StopUser, StopTest):
@@ -220,6 +230,15 @@ class OpenAIChatUser(FastHttpUser):
             if resp is not None and not resp.message_complete:
                 resp.release()  # closes the socket: the rest of the body is unread
         return self._record(name, messages, planned, start_wall, t0, end, st, error)
+
+    def read_stream(self, resp: Any, st: _StreamState) -> float:
+        """Consume a streamed reply into `st`; the perf_counter of its last byte. Users of other
+        APIs (llmsim/load/apis.py) read their own event shapes here."""
+        return _read_stream(resp, st)
+
+    def read_whole(self, resp: Any, st: _StreamState) -> float:
+        """Read a non-streamed reply into `st`; the perf_counter of its end."""
+        return _read_whole(resp, st)
 
     def _post(self, payload: bytes) -> Any:
         try:
@@ -347,7 +366,7 @@ class _StreamState:
 def _read_stream(resp: Any, st: _StreamState) -> float:
     """Consume an SSE body; returns the perf_counter of its last byte."""
     feed = SSEParser().feed
-    decode = _JSON.decode  # on str: json.loads(bytes) first sniffs the encoding, every event
+    loads = _loads
     itl = st.itl
     text = st.text
     last = None
@@ -365,8 +384,8 @@ def _read_stream(resp: Any, st: _StreamState) -> float:
             if event == b"error":
                 raise E.LLMError(E.STREAM_ERROR_EVENT, E.error_message(data))
             try:
-                obj = decode(data.decode())
-            except ValueError:  # UnicodeDecodeError included
+                obj = loads(data)
+            except ValueError:  # JSON and Unicode errors alike
                 raise E.LLMError(E.MALFORMED_CHUNK, f"invalid JSON: {data[:60]!r}") from None
             try:
                 choices = obj.get("choices")

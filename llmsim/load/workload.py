@@ -186,6 +186,14 @@ def synthetic_messages(
     return messages, overhead + n
 
 
+def warm_up(model: str, system_prompt: str | None, dataset: str | None) -> None:
+    """Load what the first request would otherwise load (encoding, word pool, dataset)."""
+    word_pool(model)
+    _framing(model, system_prompt)
+    if dataset:
+        load_dataset(dataset)
+
+
 # --------------------------------------------------------------------------- datasets
 
 
