@@ -289,3 +289,49 @@ def test_web_ui_llm_tab_csv_and_results_on_sigterm(llmsim_server, tmp_path):
     summary = json.loads((tmp_path / "llm_metrics.json").read_text())
     rows_written = _read_csv(tmp_path / "requests.csv")
     assert summary["requests"]["total"] == len(rows_written) > 20
+
+
+def test_mixed_and_multiturn_locustfiles(llmsim_server, tmp_path):
+    server = llmsim_server("--profile", "fast", "--ttft-stddev-ms", "0", "--tbt-stddev-ms", "0")
+    finite = ("-t", "60s", "--llm-max-tokens", "5", "--llm-ignore-eos", "--llm-seed", "1")
+    mixed = run_locust(
+        REPO / "locustfiles" / "mixed.py",
+        server.base_url,
+        tmp_path / "mixed",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "--llm-requests-per-user",
+        "3",
+        *finite,
+    )
+    assert mixed.summary["requests"] == {"total": 12, "ok": 12, "failed": 0}
+    by_name: dict[str, list[int]] = {}
+    for row in mixed.rows:
+        by_name.setdefault(row["name"], []).append(int(row["input_tokens"]))
+    assert len(by_name["short"]) == 9 and len(by_name["long"]) == 3  # weights 3:1
+    assert max(by_name["short"]) <= 600 and min(by_name["long"]) >= 1000
+    assert ("TTFT", "long") in mixed.stats and ("TTFT", "short") in mixed.stats
+
+    conv = run_locust(
+        REPO / "locustfiles" / "multiturn.py",
+        server.base_url,
+        tmp_path / "multiturn",
+        "-u",
+        "1",
+        "-r",
+        "1",
+        "--llm-requests-per-user",
+        "6",
+        "--llm-turns",
+        "3",
+        *finite,
+    )
+    inputs = [int(r["input_tokens"]) for r in sorted(conv.rows, key=lambda r: r["start_time"])]
+    assert inputs[0] == inputs[3] == 300  # turn 1 of each conversation: exactly the prompt
+    for start in (0, 3):
+        a, b, c = inputs[start : start + 3]
+        # each turn adds the reply (about 5 tokens once re-encoded), its framing and a new
+        # 300-token user turn
+        assert 300 + 5 <= b - a <= 300 + 20 and 300 + 5 <= c - b <= 300 + 20
