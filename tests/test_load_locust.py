@@ -160,7 +160,8 @@ def test_exact_timing_tokens_and_rows(llmsim_server, tmp_path):
 def test_counted_tokens_without_usage_and_non_streaming(llmsim_server, tmp_path):
     server = llmsim_server("--profile", "fast", "--ttft-stddev-ms", "0", "--tbt-stddev-ms", "0")
     common = ("-u", "4", "-r", "4", "-t", "2s", "--llm-max-tokens", "12", "--llm-ignore-eos")
-    counted = run_locust(CHAT, server.base_url, tmp_path / "counted", *common, "--llm-no-usage")
+    # the bare host: /v1 is added
+    counted = run_locust(CHAT, server.url, tmp_path / "counted", *common, "--llm-no-usage")
     assert counted.summary["tokens"]["source"] == "counted"
     assert {r["output_tokens"] for r in counted.rows} == {"12"}
     assert {r["input_tokens"] for r in counted.rows} == {"128"}  # known from the prompt built

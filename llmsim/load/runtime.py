@@ -48,6 +48,7 @@ class LLMRuntime:
     def on_test_start(self, results_dir: str | None) -> None:
         self.results_dir = results_dir
         self.metrics.reset()
+        self.metrics.remote_in_flight.clear()
         self.metrics.keep_rows = bool(results_dir)
         self.samples = {}
         self.start_time = time.time()

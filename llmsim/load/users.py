@@ -130,7 +130,11 @@ class OpenAIChatUser(FastHttpUser):
         headers.update({k: str(v) for k, v in self.llm.extra_headers.items()})
         self._headers = headers
         OpenAIChatUser._user_seq += 1
-        seed = None if self.llm.seed is None else self.llm.seed * 1_000_003 + self._user_seq
+        seed = None
+        if self.llm.seed is not None:
+            # distinct per user and per worker process, reproducible run to run
+            worker = getattr(environment.runner, "worker_index", 0) or 0
+            seed = (self.llm.seed * 1_000_003 + worker) * 1_000_003 + self._user_seq
         self.workload = Workload(
             model=self.llm.model,
             prompt_tokens=self.llm.prompt_tokens,
