@@ -147,6 +147,13 @@ def serve(config: str | None, **flags: Any) -> int:
     metavar="PATH",
     help="Your own locustfile instead of llmsim's chat user.",
 )
+@click.option(
+    "--api",
+    type=click.Choice(["chat", "responses", "anthropic", "completions", "embeddings"]),
+    default="chat",
+    help="Which API llmsim's user calls: chat completions, Responses, Anthropic Messages, "
+    "legacy completions or embeddings.",
+)
 @click.option("--reports-dir", default="reports", metavar="DIR", help="Where run reports go.")
 @click.option("--label", default=None, help="Appended to the report directory's name.")
 @click.option(

@@ -1,4 +1,5 @@
-"""Public import point for Locust: ``from llmsim.locust import OpenAIChatUser``.
+"""Public import point for Locust: ``from llmsim.locust import OpenAIChatUser`` (and
+AnthropicMessagesUser, OpenAIResponsesUser, OpenAICompletionsUser, OpenAIEmbeddingsUser).
 
 Importing this module installs llmsim's Locust plugin in the process: the ``--llm-...``
 options, finer percentile buckets, the TTFT/TPOT rows, the LLM web UI tab, distributed merging
@@ -9,7 +10,22 @@ from llmsim.load.plugin import install
 
 install()
 
+from llmsim.load.apis import (  # noqa: E402
+    AnthropicMessagesUser,
+    OpenAICompletionsUser,
+    OpenAIEmbeddingsUser,
+    OpenAIResponsesUser,
+)
 from llmsim.load.users import ChatResult, OpenAIChatUser  # noqa: E402
 from llmsim.load.workload import Distribution, parse_distribution  # noqa: E402
 
-__all__ = ["ChatResult", "Distribution", "OpenAIChatUser", "parse_distribution"]
+__all__ = [
+    "AnthropicMessagesUser",
+    "ChatResult",
+    "Distribution",
+    "OpenAIChatUser",
+    "OpenAICompletionsUser",
+    "OpenAIEmbeddingsUser",
+    "OpenAIResponsesUser",
+    "parse_distribution",
+]

@@ -204,6 +204,7 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
     temperature = _num(body, "temperature", 0, 2)
     top_p = _num(body, "top_p", 0, 1)
     stream = _bool(body, "stream", False)
+    _bool(body, "store", True)  # accepted; nothing is stored (and OpenAI does not echo it)
     ignore_eos = _bool(body, "ignore_eos", False)  # llmsim's extension
     parallel = _bool(body, "parallel_tool_calls", True)
 
@@ -270,14 +271,12 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
         "parallel_tool_calls": parallel,
         "previous_response_id": body.get("previous_response_id"),
         "reasoning": reasoning_echo,
-        "store": _bool(body, "store", True),
         "temperature": 1.0 if temperature is None else temperature,
         "text": {"format": fmt, "verbosity": (body.get("text") or {}).get("verbosity", "medium")},
         "tool_choice": choice_echo,
         "tools": echoed_tools,
         "top_p": 1.0 if top_p is None else top_p,
         "truncation": body.get("truncation") or "disabled",
-        "user": body.get("user"),
         "metadata": body.get("metadata") or {},
         "background": _bool(body, "background", False),
         "service_tier": "default",
@@ -286,6 +285,8 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
         "prompt_cache_key": body.get("prompt_cache_key"),
         "safety_identifier": body.get("safety_identifier"),
     }
+    if isinstance(body.get("user"), str):
+        echo["user"] = body["user"]
     req = EngineRequest(
         model=model,
         prompt_tokens=prompt,
@@ -378,7 +379,7 @@ def response_object(
         "model": reply.model,
         "output": output if output is not None else [],
         **opts.echo,
-        "usage": usage(reply) if done else None,
+        **({"usage": usage(reply)} if done else {}),
     }
 
 

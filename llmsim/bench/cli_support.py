@@ -68,6 +68,11 @@ def build_config(
         for k, v in simulator_flags.items()
         if v is not None and v != ()
     }
+    api = opts.get("api") or "chat"
+    if opts["locustfile"] and api != "chat":
+        raise click.UsageError(
+            f"--api {api} picks one of llmsim's users; with --locustfile your file has its own"
+        )
     if opts["target"] and (sim_given or opts["config"]):
         names = ", ".join("--" + k.replace("_", "-") for k in sim_given) or "--config"
         raise click.UsageError(
@@ -93,6 +98,7 @@ def build_config(
         stream=opts["stream"],
         processes=processes,
         locustfile=opts["locustfile"],
+        api=api,
         reports_dir=opts["reports_dir"],
         label=opts["label"],
         slos=slos,

@@ -20,7 +20,8 @@ class BenchConfig:
     max_tokens: int | None = None
     stream: bool | None = None
     processes: int | None = None  # Locust worker processes on this machine (-1: one per core)
-    locustfile: str | None = None  # None: llmsim's OpenAIChatUser
+    locustfile: str | None = None  # None: llmsim's user for `api`
+    api: str = "chat"  # chat, responses, anthropic, completions or embeddings
     reports_dir: str = "reports"
     label: str | None = None
     slos: list[SLO] = field(default_factory=list)
@@ -63,6 +64,7 @@ class BenchConfig:
             "stream": self.stream,
             "processes": self.processes,
             "locustfile": self.locustfile,
+            "api": self.api,
             "reports_dir": self.reports_dir,
             "label": self.label,
             "slo": [s.expr for s in self.slos],

@@ -21,6 +21,14 @@ from llmsim.bench.processes import child_env, kill_group, spawn
 
 PLUGIN = Path(__file__).resolve().parent / "locustfiles" / "llmsim_bench_progress.py"
 DEFAULT_USERS = Path(__file__).resolve().parent / "locustfiles" / "llmsim_bench_users.py"
+# `--api` → the user class of DEFAULT_USERS that speaks it (named to Locust on its command line).
+API_USERS = {
+    "chat": "ChatUser",
+    "responses": "ResponsesUser",
+    "anthropic": "AnthropicUser",
+    "completions": "CompletionsUser",
+    "embeddings": "EmbeddingsUser",
+}
 
 # Names of the files Locust writes into the run directory.
 LOCUST_CSV_PREFIX = "locust"
@@ -46,6 +54,8 @@ def workload_args(cfg: BenchConfig) -> list[str]:
         args += ["--llm-max-tokens", str(cfg.max_tokens)]
     if cfg.stream is False:
         args.append("--llm-no-stream")
+    if not cfg.locustfile:
+        args.append(API_USERS[cfg.api])  # a user class name: run only that one
     return args
 
 

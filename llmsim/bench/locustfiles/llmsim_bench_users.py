@@ -1,10 +1,33 @@
-"""Bench's default user: llmsim's streaming OpenAI chat user, configured by `--llm-…` options.
+"""Bench's users: llmsim's streaming user for each API, configured by `--llm-…` options.
 
-A file of its own because Locust loads locustfiles by path and refuses one named `locust.py`.
+Bench names one class on Locust's command line (`--api`, see swarm.API_USERS), so only that
+one runs. A file of its own because Locust loads locustfiles by path and refuses `locust.py`.
 """
 
-from llmsim.locust import OpenAIChatUser
+from llmsim.locust import (
+    AnthropicMessagesUser,
+    OpenAIChatUser,
+    OpenAICompletionsUser,
+    OpenAIEmbeddingsUser,
+    OpenAIResponsesUser,
+)
 
 
 class ChatUser(OpenAIChatUser):
     """Streams chat completions back to back; the workload comes from bench's options."""
+
+
+class ResponsesUser(OpenAIResponsesUser):
+    """Streams OpenAI Responses back to back (--api responses)."""
+
+
+class AnthropicUser(AnthropicMessagesUser):
+    """Streams Anthropic Messages back to back (--api anthropic)."""
+
+
+class CompletionsUser(OpenAICompletionsUser):
+    """Streams legacy completions back to back (--api completions)."""
+
+
+class EmbeddingsUser(OpenAIEmbeddingsUser):
+    """Embeds prompts back to back (--api embeddings)."""
