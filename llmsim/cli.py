@@ -183,9 +183,9 @@ def serve(config: str | None, **flags: Any) -> int:
 @click.option("--web-port", type=int, default=8089, metavar="PORT", help="Web UI port.")
 @click.option(
     "--stop-timeout",
-    default="10s",
+    default="5s",
     metavar="TIME",
-    help="At the end, how long requests in flight may finish.",
+    help="At the end, how long requests in flight may finish; later ones are cut, uncounted.",
 )
 @click.option(
     "--progress/--no-progress",

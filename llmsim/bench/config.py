@@ -34,7 +34,10 @@ class BenchConfig:
     web: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = 8089
-    stop_timeout_s: float = 10.0
+    # Requests in flight at the end get this long to finish. Longer is less biased against slow
+    # requests but adds to the wall time: with ~6 s streams, 5 s keeps a run within its
+    # duration plus 15 s while most of them still complete.
+    stop_timeout_s: float = 5.0
     # Simulator options exactly as given on the command line (None = not given), and --config.
     simulator_flags: dict[str, Any] = field(default_factory=dict)
     simulator_config: str | None = None
