@@ -361,6 +361,20 @@ def _event(name: str, obj: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + json.dumps(obj).encode() + b"\n\n"
 
 
+# json.dumps of a token's text, cached: generated replies reuse a small vocabulary.
+_TOKEN_JSON: dict[str, bytes] = {}
+
+
+def token_json(tok: str) -> bytes:
+    b = _TOKEN_JSON.get(tok)
+    if b is None:
+        b = json.dumps(tok).encode()
+        if len(_TOKEN_JSON) >= 100_000:
+            _TOKEN_JSON.clear()
+        _TOKEN_JSON[tok] = b
+    return b
+
+
 def _delta(index: int, delta: dict[str, Any]) -> bytes:
     return _event(
         "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
@@ -390,6 +404,11 @@ def stream_events(reply: Reply) -> Iterator[tuple[int, bytes]]:
     elif c.tokens:
         blocks.append((0, len(c.tokens), {"type": "text", "text": ""}))
     starts = {b[0]: (i, b) for i, b in enumerate(blocks)}
+    # Text deltas are rendered around the token: a lookup and a join, not a json.dumps.
+    text_head = (
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+        b'"delta": {"type": "text_delta", "text": '
+    )
     is_tool = c.tool_calls is not None
     steps = max(len(c.tokens), 1)
     current = -1
@@ -420,7 +439,7 @@ def stream_events(reply: Reply) -> Iterator[tuple[int, bytes]]:
             if is_tool:
                 parts.append(_delta(current, {"type": "input_json_delta", "partial_json": tok}))
             else:
-                parts.append(_delta(current, {"type": "text_delta", "text": tok}))
+                parts.append(text_head + token_json(tok) + b"}}\n\n")
         if step == steps - 1:
             if current >= 0:
                 parts.append(

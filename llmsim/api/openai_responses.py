@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmsim.api.anthropic_messages import token_json
 from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
 from llmsim.api.tools import (
     check_schema,
@@ -413,6 +414,12 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
     calls = {tc.start: k for k, tc in enumerate(c.tool_calls or ())}
     msg_id = "msg_" + _suffix(reply)
     current_call: int | None = None
+    delta_head = (
+        b'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", '
+        b'"item_id": %s, "output_index": %d, "content_index": 0, "delta": '
+        % (json.dumps(msg_id).encode(), 1 if reply.reasoning_tokens else 0)
+    )
+    delta_tail = b', "logprobs": [], "sequence_number": '
 
     def close_call(k: int) -> list[bytes]:
         tc = (c.tool_calls or [])[k]
@@ -508,18 +515,9 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
         if step < len(c.tokens):
             tok = c.tokens[step]
             if c.tool_calls is None:
-                parts.append(
-                    ev(
-                        {
-                            "type": "response.output_text.delta",
-                            "item_id": msg_id,
-                            "output_index": out_index,
-                            "content_index": 0,
-                            "delta": tok,
-                            "logprobs": [],
-                        }
-                    )
-                )
+                # Rendered around the token and the sequence number: no json.dumps per token.
+                parts.append(delta_head + token_json(tok) + b"%s%d}\n\n" % (delta_tail, seq.n))
+                seq.n += 1
             else:
                 tc = c.tool_calls[current_call or 0]
                 parts.append(
