@@ -112,6 +112,31 @@ def test_non_streaming_anthropic_and_a_fault(llmsim_server, tmp_path):
     assert {r["output_tokens"] for r in ok} == {"16"} and {r["ttft_ms"] for r in ok} == {""}
 
 
+@pytest.mark.parametrize("user", ["ResponsesUser", "CompletionsUser"])
+def test_non_streaming_users(llmsim_server, tmp_path, user):
+    server = llmsim_server("--profile", "fast")
+    model = "gpt-4o" if user == "ResponsesUser" else "gpt-3.5-turbo-instruct"
+    s, rows, output = run_locust(
+        user, server.base_url, tmp_path, *WORKLOAD, "--llm-no-stream", "--llm-model", model
+    )
+    assert s["requests"] == {"total": 16, "ok": 16, "failed": 0}, output[-2000:]
+    assert {r["output_tokens"] for r in rows} == {"16"}
+
+
+@pytest.mark.parametrize("user", ["AnthropicUser", "ResponsesUser", "CompletionsUser"])
+def test_stream_faults_are_classified(llmsim_server, tmp_path, user):
+    server = llmsim_server(
+        "--profile", "fast", "--fault", "stream-error=0.5", "--fault", "drop=0.5"
+    )
+    model = {"AnthropicUser": "claude-sonnet-4", "ResponsesUser": "gpt-4o"}.get(
+        user, "gpt-3.5-turbo-instruct"
+    )
+    s, _, output = run_locust(user, server.base_url, tmp_path, *WORKLOAD, "--llm-model", model)
+    assert s["requests"]["failed"] == 16, output[-2000:]
+    assert set(s["errors"]) <= {"stream_error_event", "connection", "incomplete_stream"}
+    assert s["errors"].get("stream_error_event", 0) > 0
+
+
 def test_embeddings_user(llmsim_server, tmp_path):
     server = llmsim_server("--ttft-ms", "50", "--ttft-stddev-ms", "0")
     s, rows, output = run_locust(

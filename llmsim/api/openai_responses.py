@@ -319,7 +319,7 @@ def usage(reply: Reply) -> dict[str, Any]:
     }
 
 
-def _message_item(reply: Reply, c: Choice, status: str, text: str | None = None) -> dict:
+def _message_item(reply: Reply, status: str, text: str | None = None) -> dict[str, Any]:
     content = []
     if text is not None:
         content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
@@ -361,7 +361,7 @@ def output_items(reply: Reply) -> list[dict[str, Any]]:
             status = _final_status(c) if k == len(c.tool_calls) - 1 else "completed"
             items.append(_call_item(c, k, status, args))
     else:
-        items.append(_message_item(reply, c, _final_status(c), c.text))
+        items.append(_message_item(reply, _final_status(c), c.text))
     return items
 
 
@@ -478,7 +478,7 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
                         {
                             "type": "response.output_item.added",
                             "output_index": out_index,
-                            "item": _message_item(reply, c, "in_progress"),
+                            "item": _message_item(reply, "in_progress"),
                         }
                     )
                 )
@@ -557,7 +557,7 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
                         }
                     )
                 )
-                item = _message_item(reply, c, _final_status(c), text)
+                item = _message_item(reply, _final_status(c), text)
                 done_items.append(item)
                 parts.append(
                     ev(
