@@ -226,7 +226,7 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
     specs, echoed_tools = _tools(body)
     names = [t.name for t in specs]
     raw_choice = body.get("tool_choice")
-    if raw_choice is not None and raw_choice != "none" and not body.get("tools"):
+    if raw_choice not in (None, "none", "auto") and not body.get("tools"):
         raise invalid_value(
             "tool_choice", "Tool choice is only allowed when 'tools' are specified."
         )
