@@ -35,9 +35,29 @@ class LlmsimGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """One click option per entry of SERVE_OPTIONS; values are parsed and checked by settings."""
+# Where bench's embedded simulator differs from `llmsim serve`'s defaults.
+_EMBEDDED_HELP = {"port": "Port for the embedded simulator [default: a free one]."}
+
+
+def simulator_options(
+    func: Callable[..., Any] | None = None, *, embedded: bool = False
+) -> Callable[..., Any]:
+    """One click option per entry of SERVE_OPTIONS; values are parsed and checked by settings.
+
+    `embedded=True` words the help for bench's embedded simulator.
+    """
+    if func is None:
+        return lambda f: simulator_options(f, embedded=embedded)
     for option in reversed(SERVE_OPTIONS):
+        if embedded and option.name in _EMBEDDED_HELP:
+            func = click.option(
+                option.flag,
+                option.name,
+                default=None,
+                metavar=option.metavar,
+                help=f"{_EMBEDDED_HELP[option.name]} [env {option.env}]",
+            )(func)
+            continue
         if option.is_flag:
             names = [f"{option.flag}/--no-{option.flag[2:]}"]
             func = click.option(
@@ -193,7 +213,7 @@ def serve(config: str | None, **flags: Any) -> int:
     help="Show the live progress line.",
     show_default=False,
 )
-@simulator_options
+@simulator_options(embedded=True)
 @click.argument("locust_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- LOCUST ARGS…]")
 def bench(config: str | None, locust_args: tuple[str, ...], **options: Any) -> int:
     """Run a load test and write reports: starts an embedded simulator unless --target is given.
