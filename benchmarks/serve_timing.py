@@ -120,6 +120,7 @@ def run_timing(args) -> dict:
     ttfts: list[float] = []
     gaps: list[float] = []
     streams = errors = short = 0
+    events_total = 0  # every SSE event received, measured or not
     opened = 0
     cpu0 = None
     cpu_at_measure = 0.0
@@ -165,7 +166,10 @@ def run_timing(args) -> dict:
                 c.sock.close()
                 del conns[fd]
                 continue
-            if c.feed(data, t):
+            before = c.events
+            done = c.feed(data, t)
+            events_total += c.events - before
+            if done:
                 if c.sent >= measure_from:
                     if not c.ok or not c.times:
                         errors += 1
@@ -195,6 +199,7 @@ def run_timing(args) -> dict:
         "streams_target": n,
         "streams_done": streams,
         "errors": errors,
+        "events_total": events_total,
         "unfinished": unfinished,
         "wrong_token_count": short,
         "mean_inflight": round(sum(inflight_samples) / len(inflight_samples), 1)
