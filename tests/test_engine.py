@@ -100,6 +100,8 @@ def test_stop_cuts_at_a_token_boundary():
         ("deepseek-chat", "deepseek"),
         ("deepseek-reasoner", "deepseek-reasoner"),
         ("fast", "fast"),
+        ("text-embedding-3-small", "embedding"),
+        ("nomic-embed-text", "embedding"),
         ("some-local-model", "gpt-4o"),
     ],
 )
@@ -146,7 +148,8 @@ def test_every_profile_from_the_issue_is_there():
     assert PROFILES["gpt-5"].ttft_ms == 600 and PROFILES["gpt-5"].tbt_stddev_ms == 12
     assert PROFILES["deepseek-reasoner"].ttft_ms == 1500
     assert PROFILES["instant"].ttft_ms == 0 and PROFILES["instant"].tbt_ms == 0
-    assert len(PROFILES) == 14
+    assert PROFILES["embedding"].tbt_ms == 0
+    assert len(PROFILES) == 15
 
 
 def test_due_times_follow_ttft_then_tbt():

@@ -41,9 +41,12 @@ def test_streaming_ttft_and_token_pacing(timed_server):
         assert float(r.headers["x-llmsim-ttft-ms"]) == 150
         assert float(r.headers["x-llmsim-tbt-ms"]) == 15
         assert len(r.content_times) == 20
-        assert 0.149 <= r.ttft_s < 0.25
+        # Never early; late only by what a loaded machine adds (the tight figures are in
+        # benchmarks/).
+        assert 0.149 <= r.ttft_s < 0.5
         # The last token is due at TTFT + 19 × TBT after the request arrived.
-        assert 0.149 + 19 * 0.015 <= r.content_times[-1] < 0.149 + 19 * 0.015 + 0.15
+        assert 0.149 + 19 * 0.015 <= r.content_times[-1] < 0.149 + 19 * 0.015 + 0.35
+    assert statistics.median(r.ttft_s for r in results) < 0.25
     gaps = [g for r in results for g in r.gaps_s]
     assert statistics.median(gaps) == pytest.approx(0.015, abs=0.004)
 

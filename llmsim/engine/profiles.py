@@ -61,6 +61,7 @@ PROFILES: dict[str, LatencyProfile] = {
         _p("gemini-flash", 200, 50, 15, 5),
         _p("deepseek", 500, 120, 30, 10),
         _p("deepseek-reasoner", 1500, 400, 25, 8),
+        _p("embedding", 60, 15, 0, 0),
         _p("fast", 10, 2, 1, 0),
         _p("instant", 0, 0, 0, 0),
     )
@@ -70,6 +71,7 @@ DEFAULT_PROFILE = "gpt-4o"
 
 # Family matches on the model name, most specific first.
 _FAMILY_RULES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("text-embedding", "embed"), "embedding"),
     (("gpt-5-mini", "gpt-5-nano", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o-mini"), "gpt-5-mini"),
     (("gpt-5",), "gpt-5"),
     (("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5"), "gpt-4o"),
