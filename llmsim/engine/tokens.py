@@ -120,8 +120,31 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
     return get_encoding(encoding_name_for_model(model))
 
 
+# Token counts of recent texts: benchmark tools send the same prompts (and always the same
+# roles) again and again, and encoding is the costliest part of reading a request.
+_COUNTS: dict[tuple[str, str], int] = {}
+_COUNTS_CHARS = 0
+_COUNTS_MAX_CHARS = 4_000_000  # ~4-16 MB of keys at most; the cache starts over past that
+
+
+def encoded_len(enc: tiktoken.Encoding, text: str) -> int:
+    """len(enc.encode(text, disallowed_special=())), remembered for texts seen before."""
+    global _COUNTS_CHARS
+    key = (enc.name, text)
+    n = _COUNTS.get(key)
+    if n is None:
+        n = len(enc.encode(text, disallowed_special=()))
+        if _COUNTS_CHARS + len(text) > _COUNTS_MAX_CHARS:
+            _COUNTS.clear()
+            _COUNTS_CHARS = 0
+        if len(text) <= _COUNTS_MAX_CHARS // 16:
+            _COUNTS[key] = n
+            _COUNTS_CHARS += len(text) + 16
+    return n
+
+
 def count_tokens(text: str, model: str) -> int:
-    return len(encoding_for_model(model).encode(text, disallowed_special=()))
+    return encoded_len(encoding_for_model(model), text)
 
 
 # OpenAI's documented accounting for chat prompts: each message costs 3 tokens of framing
@@ -153,8 +176,8 @@ def count_chat_prompt_tokens(messages: list[dict[str, Any]], model: str) -> int:
     total = REPLY_PRIMING_TOKENS
     for message in messages:
         total += TOKENS_PER_MESSAGE
-        total += len(enc.encode(message.get("role", ""), disallowed_special=()))
-        total += len(enc.encode(message_text(message.get("content")), disallowed_special=()))
+        total += encoded_len(enc, message.get("role", ""))
+        total += encoded_len(enc, message_text(message.get("content")))
         if message.get("name"):
             total += TOKENS_PER_NAME
             total += len(enc.encode(str(message["name"]), disallowed_special=()))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from llmsim.api.errors import ApiError
 from llmsim.api.wire import RenderContext, WireFormat
 from llmsim.engine.capacity import QueueFull, Slot
 from llmsim.engine.faults import HTTP_FAULTS
+from llmsim.engine.ids import hex_id
 from llmsim.engine.limits import LimitDecision
 from llmsim.engine.request import EngineRequest, Reply
 from llmsim.server.pacing import Pacer
@@ -284,7 +284,7 @@ def _respond(
     pacer = Pacer(first_s, reply.tbt_s, pool)
     headers.update(
         {
-            "x-request-id": "req_" + secrets.token_hex(12),
+            "x-request-id": "req_" + hex_id(12),
             "x-llmsim-ttft-ms": f"{first_s * 1000:.3f}",
             "x-llmsim-tbt-ms": f"{reply.tbt_s * 1000:.3f}",
             "openai-model": reply.model,
