@@ -13,7 +13,7 @@ hooks or anyone listens to Flask's request signals, which it would otherwise ski
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flask
@@ -30,6 +30,51 @@ _SIGNALS = (
     flask.appcontext_popped,
     flask.appcontext_tearing_down,
 )
+
+
+class _Body:
+    """A response's own iterable, handed to the server as is; close() is the response's.
+
+    werkzeug wraps every body in two per-chunk layers (one encodes str chunks, one exists only
+    to call close()); for a stream that is a tenth of the server's time per event.
+    """
+
+    __slots__ = ("_iterable", "close")
+
+    def __init__(self, response: Response) -> None:
+        self._iterable = response.response
+        self.close = response.close  # closes the iterable, then the call_on_close callbacks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
+
+
+def send(response: Response, environ: Environ, start_response: Callable[..., Any]) -> Any:
+    """response(environ, start_response), minus what an ordinary POST answer never needs.
+
+    Falls back to werkzeug for anything its get_wsgi_headers/get_app_iter would change:
+    statuses without a body, Location headers, bodies of str, passthrough responses.
+    """
+    status = response.status_code
+    headers = response.headers
+    if (
+        status < 200
+        or status in (204, 304)
+        or response.direct_passthrough
+        or "Location" in headers
+        or "Content-Location" in headers
+        or isinstance(response.response, (str, bytes))
+        or (
+            response.is_sequence
+            and (
+                "Content-Length" not in headers
+                or not all(isinstance(chunk, bytes) for chunk in response.response)
+            )
+        )
+    ):
+        return response(environ, start_response)
+    start_response(response.status, headers.to_wsgi_list())
+    return _Body(response)
 
 
 class FastRoutes:
@@ -89,7 +134,7 @@ class FastRoutes:
                     response = self.serve(value, environ)
                 except Exception as exc:
                     response = self._error_response(environ, exc, value)
-                return response(environ, start_response)
+                return send(response, environ, start_response)
         return self.flask_wsgi(environ, start_response)
 
     def _error_response(self, environ: Environ, exc: Exception, value: Any) -> Response:
