@@ -194,7 +194,12 @@ def serve(config: str | None, **flags: Any) -> int:
 @click.option(
     "--expect-workers", type=int, default=None, metavar="N", help="Workers to wait for [1]."
 )
-@click.option("--master-bind-host", default="*", metavar="ADDR", help="Address for workers.")
+@click.option(
+    "--master-bind-host",
+    default="127.0.0.1",
+    metavar="ADDR",
+    help="Address the master listens on for workers (0.0.0.0 for other machines).",
+)
 @click.option(
     "--master-bind-port", type=int, default=5557, metavar="PORT", help="Port for workers."
 )

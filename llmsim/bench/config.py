@@ -29,7 +29,7 @@ class BenchConfig:
     target: str | None = None  # None: start an embedded simulator
     master: bool = False
     expect_workers: int | None = None
-    master_bind_host: str = "*"
+    master_bind_host: str = "127.0.0.1"
     master_bind_port: int = 5557
     web: bool = False
     web_host: str = "127.0.0.1"
