@@ -184,6 +184,10 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     page = (run_dir / "report.html").read_text()
     assert page.count("<svg") >= 5 and "<script" not in page
     assert "all SLOs met" in page
+    # ITL is drawn as a histogram from llm_metrics.json's bucket counts, not a percentile ladder.
+    assert "ITL distribution" in page and "ITL distribution (percentiles)" not in page
+    llm = json.loads((run_dir / "llm_metrics.json").read_text())
+    assert sum(c for _, c in llm["histograms"]["itl_ms"]) == llm["metrics"]["itl_ms"]["count"]
 
 
 def test_slo_failure_exits_1_against_a_separate_target(bench: Bench, llmsim_server) -> None:

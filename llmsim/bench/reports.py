@@ -96,8 +96,14 @@ def _cpu_story(client: dict[str, Any]) -> str:
     return "; ".join(parts) or "no CPU figures"
 
 
-def distributions(log: RequestLog) -> dict[str, dict[float, int]]:
-    return {name: dict(h.counts) for name, h in log.hist.items()}
+def distributions(log: RequestLog, llm: Any = None) -> dict[str, dict[float, int]]:
+    """Bucket counts per metric: from requests.csv, plus ITL from llm_metrics.json."""
+    out = {name: dict(h.counts) for name, h in log.hist.items()}
+    histograms = (llm or {}).get("histograms") if isinstance(llm, dict) else None
+    itl = (histograms or {}).get("itl_ms")
+    if itl and not out.get("itl_ms"):
+        out["itl_ms"] = {float(k): int(c) for k, c in itl}
+    return out
 
 
 def write_reports(
@@ -166,7 +172,7 @@ def write_reports(
 
     report_files.write_timeseries(run_dir / "timeseries.csv", series)
     (run_dir / "summary.md").write_text(report_files.markdown(summary), "utf-8")
-    page = report_html.render(summary, series, distributions(log), summary["files"])
+    page = report_html.render(summary, series, distributions(log, llm), summary["files"])
     (run_dir / "report.html").write_text(page, "utf-8")
     report_files.write_json(run_dir / "summary.json", summary)
     return summary

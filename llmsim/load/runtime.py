@@ -134,6 +134,9 @@ class LLMRuntime:
             "throughput": m.run_rates(start, end),
             "users": {"max": max((u for u, _ in self.samples.values()), default=0)},
             "metrics": {name: m.hist[name].summary() for name in HISTOGRAMS},
+            # ITL has no per-request column in requests.csv: its bucket counts travel here so
+            # reports can draw the whole distribution.
+            "histograms": {"itl_ms": sorted(m.hist["itl_ms"].counts.items())},
             "series": self.series(start, end),
             "definitions": DEFINITIONS,
         }
