@@ -1,7 +1,7 @@
 """Speed of `llmsim serve` against baseline servers on the same stack, measured in one run.
 
-    python benchmarks/serve_speed.py            # full run (~5 minutes)
-    python benchmarks/serve_speed.py --quick    # shorter phases (~2 minutes)
+    python benchmarks/serve_speed.py            # full run (~3 minutes on a quiet machine)
+    python benchmarks/serve_speed.py --quick    # shorter phases (~100 s)
 
 Everything runs on 127.0.0.1. The server under test is pinned to core 0 and the load generator
 to core 1 (taskset); with --workers 2 the server has both cores and the load generator shares
@@ -412,6 +412,13 @@ def phase_stream(res: Results, tmp: Path, duration: float, conns: int, workers2:
         r = measure_wrk(server, lua, conns, duration, cpus)
         r["events_per_response"] = events
         r["sample_body_bytes"] = len(data)
+        # wrk counts whole responses; they are the sample's size (give or take the random text,
+        # headers and chunk framing) only if every response carried all its events.
+        bpr = r["bytes_per_request"] or 0
+        if not 0.8 * len(data) <= bpr <= 1.25 * len(data) + 2048:
+            raise RuntimeError(
+                f"{server.name}: wrk read {bpr} bytes per response, a full one has {len(data)}"
+            )
         r["events_per_s"] = round(r["rps"] * events)
         return r
 
@@ -619,6 +626,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-workers2", action="store_true", help="skip the --workers 2 figures")
     p.add_argument("--wrk-s", type=float, default=None, help="seconds per wrk phase")
     p.add_argument("--timing-s", type=float, default=None, help="measured seconds per timing run")
+    p.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=None,
+        help="wait up to this long before each phase for other processes to go quiet "
+        "(default 30, 5 with --quick)",
+    )
     args = p.parse_args(argv)
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
@@ -632,6 +646,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wrk_s = args.wrk_s or (4.0 if args.quick else 10.0)
     timing_s = args.timing_s or (4.0 if args.quick else 10.0)
+    global QUIET_WAIT_S
+    if args.quiet_wait_s is not None:
+        QUIET_WAIT_S = args.quiet_wait_s
+    elif args.quick:
+        QUIET_WAIT_S = 5.0
     phases = set(args.only.split(","))
     workers2 = not args.no_workers2
     res = Results()
