@@ -11,14 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmsim.api import tools
-from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
+from llmsim.api.errors import ApiError, invalid_type, missing
+from llmsim.api.params import (
+    MAX_N,
+    body_and_model,
+    bool_param,
+    int_param,
+    sampling_params,
+    stop_param,
+)
 from llmsim.api.wire import RenderContext
 from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.tokens import count_chat_prompt_tokens, message_text
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-MAX_N = 128
-MAX_STOP = 4
 
 
 @dataclass
@@ -27,48 +33,6 @@ class ChatOptions:
 
     stream: bool = False
     include_usage: bool = False
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _int_param(body: dict[str, Any], name: str, lo: int | None, hi: int | None) -> int | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if not _is_int(v):
-        raise invalid_type(name, "an integer", v)
-    if lo is not None and v < lo:
-        raise below_min(name, lo, v, integer=True)
-    if hi is not None and v > hi:
-        raise above_max(name, hi, v, integer=True)
-    return v
-
-
-def _num_param(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
-    v = body.get(name)
-    if v is None:
-        return
-    if not _is_num(v):
-        raise invalid_type(name, "a number", v)
-    if v < lo:
-        raise below_min(name, lo, v, integer=False)
-    if v > hi:
-        raise above_max(name, hi, v, integer=False)
-
-
-def _bool_param(body: dict[str, Any], name: str) -> bool:
-    v = body.get(name)
-    if v is None:
-        return False
-    if not isinstance(v, bool):
-        raise invalid_type(name, "a boolean", v)
-    return v
 
 
 def _validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -112,49 +76,19 @@ def _validate_messages(messages: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _stop(body: dict[str, Any]) -> tuple[str, ...]:
-    v = body.get("stop")
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        return (v,) if v else ()
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise invalid_type("stop", "a string or an array of strings", v)
-    if len(v) > MAX_STOP:
-        raise ApiError(
-            400,
-            f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOP}, "
-            f"but got an array with length {len(v)} instead.",
-            param="stop",
-            code="array_above_max_length",
-        )
-    return tuple(s for s in v if s)
-
-
 def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
     """Validate a decoded JSON body the way OpenAI does and build the engine's request."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str):
-        raise invalid_type("model", "a string", model)
-    if not model:
-        raise ApiError(400, "Invalid 'model': empty string.", param="model", code="empty_string")
+    body, model = body_and_model(body)
     messages = _validate_messages(body.get("messages"))
 
-    max_tokens = _int_param(body, "max_tokens", 1, None)
-    max_completion = _int_param(body, "max_completion_tokens", 1, None)
+    max_tokens = int_param(body, "max_tokens", 1, None)
+    max_completion = int_param(body, "max_completion_tokens", 1, None)
     caps = [c for c in (max_tokens, max_completion) if c is not None]
-    n = _int_param(body, "n", 1, MAX_N) or 1
-    seed = _int_param(body, "seed", None, None)
-    _num_param(body, "temperature", 0, 2)
-    _num_param(body, "top_p", 0, 1)
-    _num_param(body, "presence_penalty", -2, 2)
-    _num_param(body, "frequency_penalty", -2, 2)
-    stream = _bool_param(body, "stream")
-    ignore_eos = _bool_param(body, "ignore_eos")
+    n = int_param(body, "n", 1, MAX_N) or 1
+    seed = int_param(body, "seed", None, None)
+    sampling_params(body)
+    stream = bool_param(body, "stream")
+    ignore_eos = bool_param(body, "ignore_eos")
 
     include_usage = False
     stream_options = body.get("stream_options")
@@ -168,7 +102,7 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
                 param="stream_options",
                 code="invalid_value",
             )
-        include_usage = _bool_param(stream_options, "include_usage")
+        include_usage = bool_param(stream_options, "include_usage")
 
     if seed is not None:
         # Only the conversation: a cap or a stop sequence then cuts the same text short.
@@ -182,7 +116,7 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
         prompt_tokens=count_chat_prompt_tokens(messages, model) + tool_tokens,
         max_tokens=min(caps) if caps else None,
         n=n,
-        stop=_stop(body),
+        stop=stop_param(body),
         seed=seed,
         ignore_eos=ignore_eos,
         stream=stream,

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
-from llmsim.api.openai_chat import MAX_N, _bool_param, _int_param, _num_param, _stop
+from llmsim.api.params import (
+    MAX_N,
+    body_and_model,
+    bool_param,
+    int_param,
+    sampling_params,
+    stop_param,
+)
 from llmsim.api.wire import RenderContext
 from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.tokens import encoding_for_model
@@ -61,31 +68,22 @@ def _prompts(body: dict[str, Any], model: str) -> tuple[list[str], int]:
 
 
 def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOptions]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_type("model", "a string", model)
+    body, model = body_and_model(body)
     prompts, prompt_tokens = _prompts(body, model)
-    max_tokens = _int_param(body, "max_tokens", 0, None)
+    max_tokens = int_param(body, "max_tokens", 0, None)
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
-    n = _int_param(body, "n", 1, MAX_N) or 1
-    best_of = _int_param(body, "best_of", 1, 20)
+    n = int_param(body, "n", 1, MAX_N) or 1
+    best_of = int_param(body, "best_of", 1, 20)
     if best_of is not None and best_of < n:
         raise ApiError(400, "best_of must be greater than or equal to n.", param="best_of")
-    logprobs = _int_param(body, "logprobs", 0, 5)
+    logprobs = int_param(body, "logprobs", 0, 5)
     del logprobs  # accepted; logprobs come back null
-    seed = _int_param(body, "seed", None, None)
-    _num_param(body, "temperature", 0, 2)
-    _num_param(body, "top_p", 0, 1)
-    _num_param(body, "presence_penalty", -2, 2)
-    _num_param(body, "frequency_penalty", -2, 2)
-    stream = _bool_param(body, "stream")
-    echo = _bool_param(body, "echo")
-    ignore_eos = _bool_param(body, "ignore_eos")
+    seed = int_param(body, "seed", None, None)
+    sampling_params(body)
+    stream = bool_param(body, "stream")
+    echo = bool_param(body, "echo")
+    ignore_eos = bool_param(body, "ignore_eos")
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise invalid_type("suffix", "a string", suffix)
@@ -101,7 +99,7 @@ def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOption
                 param="stream_options",
                 code="invalid_value",
             )
-        include_usage = _bool_param(stream_options, "include_usage")
+        include_usage = bool_param(stream_options, "include_usage")
     if len(prompts) * n > MAX_N:
         raise above_max("n", MAX_N // len(prompts), n, integer=True)
     if max_tokens == 0 and not echo:
@@ -111,7 +109,7 @@ def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOption
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens if max_tokens > 0 else None,
         n=len(prompts) * n if max_tokens > 0 else 0,
-        stop=_stop(body),
+        stop=stop_param(body),
         seed=seed,
         ignore_eos=ignore_eos,
         stream=stream,

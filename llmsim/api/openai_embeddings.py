@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmsim.api.errors import ApiError, below_min, invalid_type, missing
+from llmsim.api.params import body_and_model
 from llmsim.api.tools import invalid_value
 from llmsim.api.wire import RenderContext
 from llmsim.engine.request import EngineRequest, Reply
@@ -117,13 +118,7 @@ def _inputs(body: dict[str, Any], model: str) -> tuple[list[str], list[int]]:
 
 
 def parse_embeddings_request(body: Any) -> tuple[EngineRequest, EmbeddingOptions]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_type("model", "a string", model)
+    body, model = body_and_model(body)
     texts, counts = _inputs(body, model)
     fmt = body.get("encoding_format", "float")
     if fmt is None:

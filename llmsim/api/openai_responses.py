@@ -18,6 +18,7 @@ from typing import Any
 
 from llmsim.api.anthropic_messages import token_json
 from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
+from llmsim.api.params import body_and_model
 from llmsim.api.tools import (
     check_schema,
     check_tool_name,
@@ -185,13 +186,7 @@ def _tools(body: dict[str, Any]) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
 
 
 def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_type("model", "a string", model)
+    body, model = body_and_model(body)
     items = _input_items(body)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
