@@ -276,14 +276,7 @@ class AnthropicMessagesUser(OpenAIChatUser):
         }
         if system:
             body["system"] = "\n\n".join(system)
-        if cfg.stream:
-            body["stream"] = True
-        if cfg.ignore_eos:
-            body["ignore_eos"] = True
-        if cfg.temperature is not None:
-            body["temperature"] = cfg.temperature
-        body.update(cfg.extra_body)
-        return body
+        return self.common_fields(body, stream_options=False)
 
     def read_stream(self, resp: Any, st: _StreamState) -> float:
         return read_anthropic_stream(resp, st)
@@ -303,14 +296,7 @@ class OpenAIResponsesUser(OpenAIChatUser):
         body: dict[str, Any] = {"model": cfg.model, "input": messages}
         if max_tokens is not None:
             body["max_output_tokens"] = max_tokens
-        if cfg.stream:
-            body["stream"] = True
-        if cfg.ignore_eos:
-            body["ignore_eos"] = True
-        if cfg.temperature is not None:
-            body["temperature"] = cfg.temperature
-        body.update(cfg.extra_body)
-        return body
+        return self.common_fields(body, stream_options=False)
 
     def read_stream(self, resp: Any, st: _StreamState) -> float:
         return read_responses_stream(resp, st)
@@ -331,16 +317,7 @@ class OpenAICompletionsUser(OpenAIChatUser):
         body: dict[str, Any] = {"model": cfg.model, "prompt": _prompt_text(messages)}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
-        if cfg.stream:
-            body["stream"] = True
-            if cfg.include_usage:
-                body["stream_options"] = {"include_usage": True}
-        if cfg.ignore_eos:
-            body["ignore_eos"] = True
-        if cfg.temperature is not None:
-            body["temperature"] = cfg.temperature
-        body.update(cfg.extra_body)
-        return body
+        return self.common_fields(body, stream_options=True)
 
     def read_stream(self, resp: Any, st: _StreamState) -> float:
         return read_completions_stream(resp, st)

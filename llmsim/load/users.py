@@ -169,9 +169,17 @@ class OpenAIChatUser(FastHttpUser):
         body: dict[str, Any] = {"model": cfg.model, "messages": messages}
         if max_tokens is not None:
             body[self.max_tokens_param] = max_tokens
+        return self.common_fields(body, stream_options=True)
+
+    def common_fields(self, body: dict[str, Any], stream_options: bool) -> dict[str, Any]:
+        """Add what every API's body shares: streaming, ignore_eos, temperature, extra fields.
+
+        `stream_options`: whether the API takes OpenAI's stream_options.include_usage.
+        """
+        cfg = self.llm
         if cfg.stream:
             body["stream"] = True
-            if cfg.include_usage:
+            if stream_options and cfg.include_usage:
                 body["stream_options"] = {"include_usage": True}
         if cfg.ignore_eos:
             body["ignore_eos"] = True  # only when asked: OpenAI rejects unknown fields
