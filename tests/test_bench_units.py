@@ -374,6 +374,15 @@ def test_locust_command(tmp_path: Path) -> None:
     assert "--headless" not in web and "9999" in web
 
 
+def test_local_processes_get_a_loopback_master_on_a_free_port(tmp_path: Path) -> None:
+    cmd = locust_command(BenchConfig(processes=2), "h", tmp_path)
+    bind = cmd[cmd.index("--master-bind-port") + 1]
+    assert cmd[cmd.index("--master-bind-host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--master-port") + 1] == bind and bind != "5557"
+    master = locust_command(BenchConfig(master=True, expect_workers=2), "h", tmp_path)
+    assert master[master.index("--master-bind-host") + 1] == "127.0.0.1"
+
+
 def test_normalize_target() -> None:
     assert normalize_target("http://127.0.0.1:8080") == "http://127.0.0.1:8080/v1"
     assert normalize_target("http://h/openai/v1/") == "http://h/openai/v1"

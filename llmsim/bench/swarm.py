@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmsim.bench.config import BenchConfig
+from llmsim.bench.preflight import free_port
 from llmsim.bench.processes import child_env, kill_group, spawn
 
 PLUGIN = Path(__file__).resolve().parent / "locustfiles" / "llmsim_bench_progress.py"
@@ -81,7 +82,15 @@ def locust_command(cfg: BenchConfig, host: str, run_dir: Path) -> list[str]:
         "--llm-results-dir",
         str(run_dir),
     ]
-    if cfg.processes:
+    if cfg.processes and not cfg.master:
+        # Locust's local master listens on *:5557 by default: every interface, and a port that
+        # another run on this machine would share (its workers would join ours). Loopback and
+        # a free port instead.
+        port = str(free_port())
+        args += ["--processes", str(cfg.processes)]
+        args += ["--master-bind-host", "127.0.0.1", "--master-bind-port", port]
+        args += ["--master-host", "127.0.0.1", "--master-port", port]
+    elif cfg.processes:
         args += ["--processes", str(cfg.processes)]
     if cfg.master:
         args += ["--master", "--expect-workers", str(cfg.expect_workers or 1)]
