@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 EXACT = ["--ttft-ms", "50", "--ttft-stddev-ms", "0", "--tbt-ms", "5", "--tbt-stddev-ms", "0"]
 WORKLOAD = ["--max-tokens", "20", "--prompt-tokens", "64"]
@@ -33,12 +35,6 @@ def _env() -> dict[str, str]:
     env.pop("OPENAI_API_KEY", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Bench:

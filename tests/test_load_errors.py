@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from test_load_locust import REPO, locust_env, run_locust
+
+from conftest import free_port
 
 EXPECTED = {
     "http_500": "http_500",
@@ -48,16 +49,10 @@ def fake_server() -> Iterator[str]:
         proc.wait(10)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
 def test_each_fault_kind_is_classified(fake_server, tmp_path):
     classes = []
     for mode in [*EXPECTED, "ok", "no_usage"]:
-        host = f"http://127.0.0.1:{_closed_port()}/v1" if mode == "refused" else fake_server
+        host = f"http://127.0.0.1:{free_port()}/v1" if mode == "refused" else fake_server
         classes.append(
             f"""
             class U_{mode}(OpenAIChatUser):

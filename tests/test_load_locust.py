@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT = REPO / "locustfiles" / "chat.py"
@@ -51,12 +52,6 @@ def _read_csv(path: Path) -> list[dict]:
         return []
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_locust(
