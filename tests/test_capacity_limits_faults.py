@@ -299,3 +299,21 @@ def test_stats_and_prometheus_metrics_count_every_request(llmsim_server, workers
     assert total("vllm:time_to_first_token_seconds", "_count", model_name="gpt-5") == 10
     assert total("vllm:num_requests_running") == 0
     assert total("llmsim_faults", "_total", kind="500") == 1
+
+
+def test_a_client_that_hangs_up_gives_its_slot_back(llmsim_server):
+    server = llmsim_server("--max-concurrency", "2", "--ttft-ms", "10", "--tbt-ms", "20", *EXACT)
+    long = {**BODY, "max_tokens": 10_000, "stream": True}
+    for _ in range(4):  # twice the slots: leaked slots would block the request below
+        with (
+            httpx.Client(timeout=10) as c,
+            c.stream("POST", server.base_url + "/chat/completions", json=long) as r,
+        ):
+            next(r.iter_raw())  # first token, then hang up
+    time.sleep(0.3)  # the server notices at its next token write
+    start = time.monotonic()
+    assert post(server, {**BODY, "max_tokens": 1}).status_code == 200
+    assert time.monotonic() - start < 2
+    stats = httpx.get(server.url + "/llmsim/stats").json()
+    assert stats["requests"]["active"] == 0 and stats["requests"]["running"] == 0
+    assert stats["errors"]["client_disconnect"] == 4
