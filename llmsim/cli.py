@@ -39,6 +39,14 @@ class LlmsimGroup(click.Group):
 _EMBEDDED_HELP = {"port": "Port for the embedded simulator [default: a free one]."}
 
 
+def _shown_default(default: Any) -> str:
+    if isinstance(default, list):
+        return " [default: built-in catalogue]" if default else ""
+    if default is None or isinstance(default, dict):
+        return ""
+    return f" [default: {default}]"
+
+
 def simulator_options(
     func: Callable[..., Any] | None = None, *, embedded: bool = False
 ) -> Callable[..., Any]:
@@ -49,42 +57,21 @@ def simulator_options(
     if func is None:
         return lambda f: simulator_options(f, embedded=embedded)
     for option in reversed(SERVE_OPTIONS):
-        if embedded and option.name in _EMBEDDED_HELP:
-            func = click.option(
-                option.flag,
-                option.name,
-                default=None,
-                metavar=option.metavar,
-                help=f"{_EMBEDDED_HELP[option.name]} [env {option.env}]",
-            )(func)
-            continue
+        names = [option.flag]
+        kwargs: dict[str, Any] = {"default": None}
+        env = option.env
         if option.is_flag:
             names = [f"{option.flag}/--no-{option.flag[2:]}"]
-            func = click.option(
-                *names, option.name, default=None, help=f"{option.help} [env {option.env}]"
-            )(func)
-        elif option.multiple:
-            func = click.option(
-                option.flag,
-                option.name,
-                multiple=True,
-                metavar=option.metavar,
-                help=f"{option.help} [env {option.env}, comma-separated]",
-            )(func)
+            text = option.help
         else:
-            default = option.default
-            shown = f" [default: {default}]" if default not in (None, []) else ""
-            if isinstance(default, list):
-                shown = " [default: built-in catalogue]"
-            elif isinstance(default, dict):
-                shown = ""
-            func = click.option(
-                option.flag,
-                option.name,
-                default=None,
-                metavar=option.metavar,
-                help=f"{option.help}{shown} [env {option.env}]",
-            )(func)
+            kwargs["metavar"] = option.metavar
+            text = option.help + _shown_default(option.default)
+            if option.multiple:
+                kwargs["multiple"] = True
+                env += ", comma-separated"
+        if embedded and option.name in _EMBEDDED_HELP:
+            text = _EMBEDDED_HELP[option.name]
+        func = click.option(*names, option.name, help=f"{text} [env {env}]", **kwargs)(func)
     func = click.option(
         "--config",
         "config",
