@@ -23,7 +23,8 @@ class Pacer:
     def due(self, step: int) -> float:
         if self.pool is None:
             return self.first_s + step * self.tbt_s
-        while self._last_step < step:  # steps are asked for in order
+        # Callers ask for steps in non-decreasing order (the SSE writer may ask twice).
+        while self._last_step < step:
             self._last += self.tbt_s * self.pool.tbt_factor()
             self._last_step += 1
-        return self._last if step == self._last_step else self.first_s + step * self.tbt_s
+        return self._last

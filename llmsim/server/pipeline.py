@@ -261,7 +261,7 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
     except BaseException:
         gen.finish("client_disconnect")
         raise
-    return _respond(fmt, state, gen, req, reply, opts, fault, start, headers, pool, environ)
+    return _respond(fmt, state, gen, req, reply, opts, fault, start, headers, environ)
 
 
 def _respond(
@@ -274,14 +274,13 @@ def _respond(
     fault: str | None,
     start: float,
     headers: dict[str, str],
-    pool: Any,
     environ: dict[str, Any],
 ) -> Response:
     settings = state.settings.for_model(req.model)
     # Queue wait and prefill push the first token back; the planned TTFT says so.
     first_s = (gen.cap.waited_s if gen.cap is not None else 0.0) + reply.ttft_s
     first_s += settings.prefill_ms_per_1k * req.prompt_tokens / 1_000_000.0
-    pacer = Pacer(first_s, reply.tbt_s, pool)
+    pacer = Pacer(first_s, reply.tbt_s, gen.cap.pool if gen.cap is not None else None)
     headers.update(
         {
             "x-request-id": "req_" + hex_id(12),
