@@ -9,13 +9,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
+
+from llmsim.bench.preflight import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 URL = re.compile(r"(http://127\.0\.0\.1:\d+)(/v1)?")
@@ -97,12 +98,6 @@ class Procs:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from llmsim.bench.preflight import free_port  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 OPENAPI = REPO.parent / "shared" / "openai" / "openapi.yaml"
 _URL = re.compile(r"(http://\S+?)/v1\b")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (once this returns)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
