@@ -112,6 +112,12 @@ def _per_model(value: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _chunk_spec(value: Any) -> str:
+    from llmsim.engine.timing import ChunkSpec
+
+    return str(ChunkSpec.parse(value))  # raises ValueError with the reason
+
+
 def _at_least(minimum: float) -> Callable[[Any], None]:
     def check(v: Any) -> None:
         if v is not None and v < minimum:
@@ -344,8 +350,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "prefill_ms_per_1k",
         _float,
-        0.0,
-        "Extra TTFT per 1,000 prompt tokens, ms.",
+        None,
+        "Extra TTFT per 1,000 prompt tokens, ms (default: the profile's; 0: off).",
         _at_least(0),
         "MS",
     ),
@@ -419,6 +425,66 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "S",
     ),
     Option("access_log", _bool, False, "Log every request to stderr.", None, None, True),
+    # The stream loop's timing model, per-model limits and event log (docs/timing.md).
+    Option(
+        "itl_jitter_cv",
+        _float,
+        None,
+        "Per-token jitter: each gap is lognormal around the request's mean with this "
+        "coefficient of variation (default: the profile's; 0 with stddev 0 runs: exact).",
+        _at_least(0),
+        "F",
+    ),
+    Option(
+        "stall_probability",
+        _float,
+        None,
+        "Chance that a gap is a stall, longer by an exponential of mean --stall-ms "
+        "(default: the profile's).",
+        _rate_check,
+        "P",
+    ),
+    Option(
+        "stall_ms",
+        _float,
+        None,
+        "Mean length of a stall, ms (default: the profile's).",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
+        "chunk_tokens",
+        _chunk_spec,
+        None,
+        "Tokens per SSE content event: N or normal:mean=4,stddev=1 (default: the API's: "
+        "OpenAI 1, Anthropic and Gemini several).",
+        None,
+        "SPEC",
+    ),
+    Option(
+        "context_window",
+        _int,
+        128_000,
+        "Context window of models the catalogue does not know (prompt + max_tokens).",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "max_output_tokens",
+        _int,
+        32_768,
+        "Largest max_tokens of models the catalogue does not know.",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "request_log_size",
+        _int,
+        256,
+        "Requests whose event timing GET /llmsim/requests/{id} keeps, per worker (0: off).",
+        _at_least(0),
+        "N",
+    ),
 )
 
 _BY_NAME = {o.name: o for o in SERVE_OPTIONS}
@@ -440,6 +506,12 @@ PER_MODEL_KEYS = frozenset(
         "prefill_ms_per_1k",
         "rpm",
         "tpm",
+        "itl_jitter_cv",
+        "stall_probability",
+        "stall_ms",
+        "chunk_tokens",
+        "context_window",
+        "max_output_tokens",
     }
 )
 
@@ -467,7 +539,7 @@ class Settings:
     queue_limit: int | None = None
     queue_overflow_status: int = 429
     load_factor: float = 0.0
-    prefill_ms_per_1k: float = 0.0
+    prefill_ms_per_1k: float | None = None
     rpm: int | None = None
     tpm: int | None = None
     fault: list[str] = field(default_factory=list)
@@ -478,6 +550,13 @@ class Settings:
     stats_max_models: int = 32
     grace_period_s: float = 10.0
     access_log: bool = False
+    itl_jitter_cv: float | None = None
+    stall_probability: float | None = None
+    stall_ms: float | None = None
+    chunk_tokens: str | None = None
+    context_window: int = 128_000
+    max_output_tokens: int = 32_768
+    request_log_size: int = 256
 
     def for_model(self, model: str) -> Settings:
         """These settings with the model's per_model overrides applied."""

@@ -12,6 +12,7 @@ from llmsim.engine.request import EngineRequest
 from llmsim.engine.simulator import Engine
 from llmsim.engine.structured import OutputSpec, SchemaError, ToolSpec, generate
 from llmsim.engine.tokens import get_encoding
+from llmsim.server.config import engine_config
 from llmsim.settings import load_settings
 
 SCHEMAS = [
@@ -127,7 +128,9 @@ def test_impossible_schemas_say_so():
 
 
 def _engine(**overrides):
-    return Engine(load_settings(env={}, overrides={"profile": "instant", **overrides}))
+    return Engine(
+        engine_config(load_settings(env={}, overrides={"profile": "instant", **overrides}))
+    )
 
 
 WEATHER = ToolSpec("get_weather", SCHEMAS[0])

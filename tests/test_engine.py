@@ -10,11 +10,13 @@ import pytest
 from llmsim.engine.profiles import PROFILES, profile_name_for_model, sample_ms
 from llmsim.engine.request import EngineRequest
 from llmsim.engine.simulator import Engine, apply_stop
+from llmsim.engine.timing import TokenClock, TokenSchedule
+from llmsim.server.config import engine_config
 from llmsim.settings import load_settings
 
 
 def engine(**overrides) -> Engine:
-    return Engine(load_settings(env={}, overrides=overrides))
+    return Engine(engine_config(load_settings(env={}, overrides=overrides)))
 
 
 def req(**kw) -> EngineRequest:
@@ -111,7 +113,7 @@ def test_profile_is_chosen_by_model_family(model, profile):
 
 def test_forced_profile_and_overrides():
     e = engine(profile="gpt-5", ttft_ms=123, ttft_stddev_ms=0, tbt_stddev_ms=0)
-    p = e.profile_for("claude-haiku-4")
+    p = e.timing_for("claude-haiku-4")
     assert (p.ttft_ms, p.ttft_stddev_ms, p.tbt_ms, p.tbt_stddev_ms) == (123, 0, 40, 0)
     reply = e.plan(req(model="claude-haiku-4"))
     assert reply.ttft_s == pytest.approx(0.123) and reply.tbt_s == pytest.approx(0.040)
@@ -153,7 +155,16 @@ def test_every_profile_from_the_issue_is_there():
 
 
 def test_due_times_follow_ttft_then_tbt():
-    e = engine(profile="gpt-4o", ttft_ms=100, ttft_stddev_ms=0, tbt_ms=10, tbt_stddev_ms=0)
+    e = engine(
+        profile="gpt-4o",
+        ttft_ms=100,
+        ttft_stddev_ms=0,
+        tbt_ms=10,
+        tbt_stddev_ms=0,
+        prefill_ms_per_1k=0,
+    )
     reply = e.plan(req(max_tokens=5, ignore_eos=True))
-    assert [round(reply.due_s(i), 6) for i in range(5)] == [0.1, 0.11, 0.12, 0.13, 0.14]
+    clock = TokenClock(e.timing_for("gpt-4o"), reply.tbt_s, e.rng)
+    schedule = TokenSchedule(reply.first_s, clock)
+    assert [round(schedule.due(i), 6) for i in range(5)] == [0.1, 0.11, 0.12, 0.13, 0.14]
     assert reply.duration_s == pytest.approx(0.14)

@@ -301,7 +301,7 @@ def count_tokens_response(body: Any) -> dict[str, Any]:
 
 
 def message_id(reply: Reply) -> str:
-    return "msg_01" + reply.id.rsplit("-", 1)[-1]
+    return "msg_01" + reply.id
 
 
 def stop_reason(c: Choice) -> str:
@@ -410,7 +410,8 @@ def stream_events(reply: Reply) -> Iterator[tuple[int, bytes]]:
         b'"delta": {"type": "text_delta", "text": '
     )
     is_tool = c.tool_calls is not None
-    steps = max(len(c.tokens), 1)
+    steps = max(reply.steps_of(c), 1)
+    one = reply.chunking.one_per_step
     current = -1
     for step in range(steps):
         parts: list[bytes] = []
@@ -434,12 +435,15 @@ def stream_events(reply: Reply) -> Iterator[tuple[int, bytes]]:
                 parts.append(_delta(i, {"type": "input_json_delta", "partial_json": ""}))
         elif step == 0:
             parts.append(b'event: ping\ndata: {"type": "ping"}\n\n')
-        if step < len(c.tokens):
-            tok = c.tokens[step]
+        if c.tokens and step < steps:
             if is_tool:
+                tok = c.tokens[step]
                 parts.append(_delta(current, {"type": "input_json_delta", "partial_json": tok}))
-            else:
-                parts.append(text_head + token_json(tok) + b"}}\n\n")
+            elif one:
+                parts.append(text_head + token_json(c.tokens[step]) + b"}}\n\n")
+            else:  # several tokens per delta, as Anthropic sends them
+                text = json.dumps(reply.text_at(c, step)).encode()
+                parts.append(text_head + text + b"}}\n\n")
         if step == steps - 1:
             if current >= 0:
                 parts.append(
@@ -462,6 +466,23 @@ def stream_events(reply: Reply) -> Iterator[tuple[int, bytes]]:
             )
             parts.append(_event("message_stop", {"type": "message_stop"}))
         yield step, b"".join(parts)
+
+
+def limit_error(v: Any) -> ApiError:
+    """Anthropic's 400s for a request beyond the model's limits, in its words."""
+    if v.kind == "max_tokens":
+        return bad(
+            f"max_tokens: {v.requested} > {v.limit}, which is the maximum allowed number of "
+            f"output tokens for {v.model}"
+        )
+    if v.kind == "context" and v.prompt_tokens > v.limit:
+        return bad(f"prompt is too long: {v.prompt_tokens} tokens > {v.limit} maximum")
+    if v.kind == "context":
+        return bad(
+            f"input length and `max_tokens` exceed context limit: {v.prompt_tokens} + "
+            f"{v.max_tokens} > {v.limit}, decrease input length or `max_tokens` and try again"
+        )
+    return bad(f"max_tokens: {v.requested} output tokens exceed this server's limit of {v.limit}")
 
 
 def error_object(err: ApiError) -> dict[str, Any]:
@@ -488,8 +509,11 @@ class AnthropicMessages:
     def error_body(self, err: ApiError) -> bytes:
         return json.dumps(error_object(err)).encode()
 
-    def stream_error(self, err: ApiError) -> bytes:
+    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
         return _event("error", error_object(err))
+
+    def limit_error(self, violation: Any) -> ApiError:
+        return limit_error(violation)
 
 
 # --------------------------------------------------------------------------- models

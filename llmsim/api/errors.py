@@ -133,3 +133,39 @@ def server_error() -> ApiError:
         "The server had an error while processing your request. Sorry about that!",
         type="server_error",
     )
+
+
+def openai_limit_error(v: Any) -> ApiError:
+    """OpenAI's 400 for a request beyond a model's limits (v: engine LimitViolation)."""
+    if v.kind == "max_tokens":
+        return ApiError(
+            400,
+            f"{v.param} is too large: {v.requested}. This model supports at most {v.limit} "
+            f"completion tokens, whereas you provided {v.requested}.",
+            param=v.param,
+            code="invalid_value",
+        )
+    if v.kind == "context":
+        if v.param == "input":
+            return ApiError(
+                400,
+                "Your input exceeds the context window of this model. Please adjust your input "
+                "and try again.",
+                param="input",
+                code="context_length_exceeded",
+            )
+        return ApiError(
+            400,
+            f"This model's maximum context length is {v.limit} tokens. However, you requested "
+            f"{v.requested} tokens ({v.prompt_tokens} in the messages, {v.max_tokens} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param=v.param,
+            code="context_length_exceeded",
+        )
+    return ApiError(
+        400,
+        f"Invalid 'n': n x max_tokens is {v.requested} output tokens, above this server's limit "
+        f"of {v.limit} per request.",
+        param="n",
+        code="invalid_value",
+    )

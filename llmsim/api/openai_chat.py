@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmsim.api import tools
-from llmsim.api.errors import ApiError, invalid_type, missing
+from llmsim.api.errors import ApiError, invalid_type, missing, openai_limit_error
 from llmsim.api.params import (
     MAX_N,
     body_and_model,
@@ -115,6 +115,11 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
         model=model,
         prompt_tokens=count_chat_prompt_tokens(messages, model) + tool_tokens,
         max_tokens=min(caps) if caps else None,
+        max_tokens_param=(
+            "max_completion_tokens"
+            if max_completion is not None and (max_tokens is None or max_completion <= max_tokens)
+            else "max_tokens"
+        ),
         n=n,
         stop=stop_param(body),
         seed=seed,
@@ -127,14 +132,20 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
     return req, ChatOptions(stream=stream, include_usage=include_usage)
 
 
+def completion_id(reply: Reply) -> str:
+    return "chatcmpl-" + reply.id
+
+
 def usage(reply: Reply) -> dict[str, Any]:
+    # completion_tokens includes the hidden reasoning tokens, as OpenAI bills them.
+    out = reply.completion_tokens + reply.reasoning_tokens
     return {
         "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "completion_tokens": out,
+        "total_tokens": reply.prompt_tokens + out,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reply.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -144,7 +155,7 @@ def usage(reply: Reply) -> dict[str, Any]:
 
 def render_completion(reply: Reply, system_fingerprint: str) -> dict[str, Any]:
     return {
-        "id": reply.id,
+        "id": completion_id(reply),
         "object": "chat.completion",
         "created": reply.created,
         "model": reply.model,
@@ -201,7 +212,7 @@ def stream_events(
         '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,'
         '"service_tier":"default","system_fingerprint":%s,"choices":['
         % (
-            json.dumps(reply.id),
+            json.dumps(completion_id(reply)),
             reply.created,
             json.dumps(reply.model),
             json.dumps(system_fingerprint),
@@ -227,20 +238,26 @@ def stream_events(
 
     steps = reply.steps
     choices = reply.choices
+    n_steps = [reply.steps_of(c) for c in choices]
+    one = reply.chunking.one_per_step
     for step in range(max(steps, 1)):
         parts: list[bytes] = []
         for i, c in enumerate(choices):
             if step == 0:
                 parts.append(role_events[i])
-            if step < len(c.tokens):
-                parts.append(prefixes[i] + _token_json(c.tokens[step]) + suffix)
-            if step == len(c.tokens) - 1 or (step == 0 and not c.tokens):
+            if step < n_steps[i]:
+                if one:  # a token's JSON is cached: replies reuse a small vocabulary
+                    parts.append(prefixes[i] + _token_json(c.tokens[step]) + suffix)
+                else:
+                    text = json.dumps(reply.text_at(c, step)).encode()
+                    parts.append(prefixes[i] + text + suffix)
+            if step == n_steps[i] - 1 or (step == 0 and not c.tokens):
                 parts.append(finish_events[i])
         yield step, b"".join(parts)
     last = max(steps - 1, 0)
     if include_usage:
         tail_chunk = {
-            "id": reply.id,
+            "id": completion_id(reply),
             "object": "chat.completion.chunk",
             "created": reply.created,
             "model": reply.model,
@@ -272,6 +289,9 @@ class OpenAIChat:
     def error_body(self, err: ApiError) -> bytes:
         return err.json_bytes()
 
-    def stream_error(self, err: ApiError) -> bytes:
+    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
         # What the openai SDK recognises mid-stream: a data event whose object has "error".
         return b"data: " + err.json_bytes() + b"\n\n"
+
+    def limit_error(self, violation: Any) -> ApiError:
+        return openai_limit_error(violation)

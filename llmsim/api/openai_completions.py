@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
+from llmsim.api.errors import (
+    ApiError,
+    above_max,
+    below_min,
+    invalid_type,
+    missing,
+    openai_limit_error,
+)
 from llmsim.api.params import (
     MAX_N,
     body_and_model,
@@ -151,7 +158,7 @@ def render(reply: Reply, opts: CompletionOptions, system_fingerprint: str) -> di
             for i, t in enumerate(opts.echo_texts)
         ]
     return {
-        "id": "cmpl-" + reply.id.rsplit("-", 1)[-1],
+        "id": "cmpl-" + reply.id,
         "object": "text_completion",
         "created": reply.created,
         "model": reply.model,
@@ -168,7 +175,7 @@ def stream_events(
         'data: {"id":%s,"object":"text_completion","created":%d,"model":%s,'
         '"system_fingerprint":%s,"choices":['
         % (
-            json.dumps("cmpl-" + reply.id.rsplit("-", 1)[-1]),
+            json.dumps("cmpl-" + reply.id),
             reply.created,
             json.dumps(reply.model),
             json.dumps(system_fingerprint),
@@ -183,15 +190,16 @@ def stream_events(
             fin,
         )
 
+    n_steps = [reply.steps_of(c) for c in reply.choices]
     for step in range(max(reply.steps, 1)):
         parts: list[bytes] = []
-        for c in reply.choices:
-            if step < len(c.tokens):
-                text = c.tokens[step]
+        for i, c in enumerate(reply.choices):
+            if step < n_steps[i]:
+                text = reply.text_at(c, step)
                 if step == 0:
                     text = _echo(opts, c.index) + text
                 parts.append(chunk(c.index, text, None))
-            if step == len(c.tokens) - 1 or (step == 0 and not c.tokens):
+            if step == n_steps[i] - 1 or (step == 0 and not c.tokens):
                 parts.append(chunk(c.index, "", c.finish_reason))
         if not reply.choices and step == 0:
             for i, t in enumerate(opts.echo_texts):
@@ -200,7 +208,7 @@ def stream_events(
     last = max(reply.steps - 1, 0)
     if opts.include_usage:
         tail = {
-            "id": "cmpl-" + reply.id.rsplit("-", 1)[-1],
+            "id": "cmpl-" + reply.id,
             "object": "text_completion",
             "created": reply.created,
             "model": reply.model,
@@ -231,5 +239,8 @@ class OpenAICompletions:
     def error_body(self, err: ApiError) -> bytes:
         return err.json_bytes()
 
-    def stream_error(self, err: ApiError) -> bytes:
+    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
         return b"data: " + err.json_bytes() + b"\n\n"
+
+    def limit_error(self, violation: Any) -> ApiError:
+        return openai_limit_error(violation)

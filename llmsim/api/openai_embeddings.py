@@ -182,6 +182,7 @@ class OpenAIEmbeddings:
     """The embeddings wire format for the server pipeline (never streamed)."""
 
     name = "openai.embeddings"
+    checks_limits = False  # an embedding's window is per input; nothing is generated
 
     def parse(self, body: Any) -> tuple[EngineRequest, EmbeddingOptions]:
         return parse_embeddings_request(body)
@@ -195,5 +196,5 @@ class OpenAIEmbeddings:
     def error_body(self, err: ApiError) -> bytes:
         return err.json_bytes()
 
-    def stream_error(self, err: ApiError) -> bytes:
+    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
         return b"data: " + err.json_bytes() + b"\n\n"

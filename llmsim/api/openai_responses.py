@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmsim.api.anthropic_messages import token_json
-from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
+from llmsim.api.errors import (
+    ApiError,
+    above_max,
+    below_min,
+    invalid_type,
+    missing,
+    openai_limit_error,
+)
 from llmsim.api.params import body_and_model
 from llmsim.api.tools import (
     check_schema,
@@ -35,9 +41,6 @@ from llmsim.engine.tokens import count_tokens, message_text
 MIN_OUTPUT_TOKENS = 16
 TOKENS_PER_ITEM = 3
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-
-# The last sequence number a stream of this greenlet sent, for an error event that cuts it short.
-_last_seq: ContextVar[int] = ContextVar("llmsim_responses_seq", default=0)
 
 
 @dataclass
@@ -287,6 +290,7 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
         model=model,
         prompt_tokens=prompt,
         max_tokens=max_out,
+        max_tokens_param="max_output_tokens",
         ignore_eos=ignore_eos,
         stream=stream,
         prompt_text=_item_text(last_user) if last_user else "",
@@ -300,7 +304,7 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
 
 
 def _suffix(reply: Reply) -> str:
-    return reply.id.rsplit("-", 1)[-1]
+    return reply.id
 
 
 def usage(reply: Reply) -> dict[str, Any]:
@@ -405,7 +409,8 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
     ev = seq.event
     out_index = 0
     done_items: list[dict[str, Any]] = []
-    steps = max(len(c.tokens), 1)
+    steps = max(reply.steps_of(c), 1)
+    one = reply.chunking.one_per_step
     calls = {tc.start: k for k, tc in enumerate(c.tool_calls or ())}
     msg_id = "msg_" + _suffix(reply)
     current_call: int | None = None
@@ -437,8 +442,6 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
         ]
 
     for step in range(steps):
-        # Everything before this step was taken by the server: an error event comes next.
-        _last_seq.set(seq.n - 1)
         parts: list[bytes] = []
         if step == 0:
             parts.append(
@@ -507,11 +510,12 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
                     }
                 )
             )
-        if step < len(c.tokens):
-            tok = c.tokens[step]
+        if c.tokens and step < steps:
+            tok = c.tokens[step] if one else reply.text_at(c, step)
             if c.tool_calls is None:
                 # Rendered around the token and the sequence number: no json.dumps per token.
-                parts.append(delta_head + token_json(tok) + b"%s%d}\n\n" % (delta_tail, seq.n))
+                text = token_json(tok) if one else json.dumps(tok).encode()
+                parts.append(delta_head + text + b"%s%d}\n\n" % (delta_tail, seq.n))
                 seq.n += 1
             else:
                 tc = c.tool_calls[current_call or 0]
@@ -577,13 +581,14 @@ def stream_events(reply: Reply, opts: ResponsesOptions) -> Iterator[tuple[int, b
         yield step, b"".join(parts)
 
 
-def error_event(err: ApiError) -> bytes:
+def error_event(err: ApiError, sent_events: int = 0) -> bytes:
+    """An error event numbered after the `sent_events` events the stream already sent."""
     obj = {
         "type": "error",
         "code": err.code or err.type,
         "message": err.message,
         "param": err.param,
-        "sequence_number": _last_seq.get() + 1,
+        "sequence_number": sent_events,
     }
     return b"event: error\ndata: " + json.dumps(obj).encode() + b"\n\n"
 
@@ -607,5 +612,10 @@ class OpenAIResponses:
     def error_body(self, err: ApiError) -> bytes:
         return err.json_bytes()
 
-    def stream_error(self, err: ApiError) -> bytes:
-        return error_event(err)
+    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
+        return error_event(err, sent_events)
+
+    def limit_error(self, violation: Any) -> ApiError:
+        if violation.kind == "context":
+            violation = replace(violation, param="input")
+        return openai_limit_error(violation)

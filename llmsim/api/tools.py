@@ -219,7 +219,7 @@ def chat_stream_events(
     then arrive one token per chunk, as OpenAI streams them.
     """
     head = {
-        "id": reply.id,
+        "id": "chatcmpl-" + reply.id,
         "object": "chat.completion.chunk",
         "created": reply.created,
         "model": reply.model,

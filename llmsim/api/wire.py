@@ -1,7 +1,10 @@
 """What every wire format provides to the server's one request pipeline.
 
 An API module only parses a request into an EngineRequest and renders the engine's Reply;
-timing, capacity, rate limits, faults and stats are the pipeline's, the same for every API.
+timing, capacity, rate limits, faults and stats are the pipeline's, the same for every API, and
+the stream loop (llmsim.engine.loop) writes the events. A new API is one module implementing
+this protocol, its routes, and (if it sends several tokens per event) a row in
+API_CHUNK_TOKENS.
 """
 
 from __future__ import annotations
@@ -12,6 +15,25 @@ from typing import Any, Protocol
 
 from llmsim.api.errors import ApiError
 from llmsim.engine.request import EngineRequest, Reply
+from llmsim.engine.simulator import LimitViolation
+from llmsim.engine.timing import ChunkSpec
+
+# Tokens per content event by API family (the part of a wire format's name before the dot),
+# unless --chunk-tokens says otherwise. OpenAI streams one token per chunk. Anthropic has sent
+# several tokens per text_delta since mid-2024 (a token-per-event tokenizer probe stopped working
+# then: javirandor/anthropic-tokenizer#5 shows deltas of ~1-5 tokens). Gemini's
+# streamGenerateContent sends a short first chunk and then chunks of ~10-20 tokens (Chrome's
+# "Understand streamed LLM responses", 2025: "A T-Rex" then a 16-token chunk).
+API_CHUNK_TOKENS: dict[str, ChunkSpec] = {
+    "openai": ChunkSpec(),
+    "anthropic": ChunkSpec.parse("normal:mean=3,stddev=1"),
+    "gemini": ChunkSpec.parse("normal:mean=15,stddev=5"),
+}
+
+
+def api_chunk_tokens(wire_name: str) -> ChunkSpec:
+    """The API's default tokens per content event (one when the family is not listed)."""
+    return API_CHUNK_TOKENS.get(wire_name.split(".", 1)[0], ChunkSpec())
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,10 @@ class WireFormat(Protocol):
         """An error response body in this API's shape."""
         ...
 
-    def stream_error(self, err: ApiError) -> bytes:
-        """An error event inside a stream, in this API's shape."""
+    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
+        """An error event inside a stream, in this API's shape, after `sent_events` events."""
+        ...
+
+    def limit_error(self, violation: LimitViolation) -> ApiError:
+        """The API's 400 for a request above the model's limits, in the provider's words."""
         ...

@@ -11,10 +11,19 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import gevent.event
 
-from llmsim.settings import Settings
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool's limits as configured for the whole server (all workers together)."""
+
+    max_concurrency: int | None
+    queue_limit: int | None = None
+    load_factor: float = 0.0
 
 
 class QueueFull(Exception):
@@ -94,24 +103,29 @@ class CapacityPool:
 
 
 class Capacity:
-    """The pools of one worker process: a global one and one per model that sets its own."""
+    """The pools of one worker process: a global one and one per model that sets its own.
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    `pool_config(model)` says which pool a model uses: (None, config) for the global pool, or
+    (model, config) for a model with its own max_concurrency.
+    """
+
+    def __init__(
+        self, workers: int, pool_config: Callable[[str], tuple[str | None, PoolConfig]]
+    ) -> None:
+        self.workers = workers
+        self.pool_config = pool_config
         self._pools: dict[str | None, CapacityPool | None] = {}
 
     def _share(self, value: int | None) -> int | None:
         if value is None:
             return None
-        return max(1, math.ceil(value / self.settings.workers))
+        return max(1, math.ceil(value / self.workers))
 
     def pool_for(self, model: str) -> CapacityPool | None:
         if model in self._pools:
             return self._pools[model]
-        own = "max_concurrency" in self.settings.per_model.get(model, {})
-        key = model if own else None
+        key, s = self.pool_config(model)
         if key not in self._pools:
-            s = self.settings.for_model(model) if own else self.settings
             limit = self._share(s.max_concurrency)
             if limit is None:
                 self._pools[key] = None

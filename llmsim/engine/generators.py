@@ -9,6 +9,7 @@ are wrong.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 
@@ -59,6 +60,124 @@ def lorem_tokens(count: int, rng: random.Random) -> list[str]:
     return out
 
 
+def lorem_iter(count: int, rng: random.Random) -> Iterator[str]:
+    """lorem_tokens(count, rng), one token at a time (the same tokens for the same rng)."""
+    spaced, spaced_cap, cap = _word_forms()
+    n_words = len(spaced)
+    new_sentence = True
+    rand = rng.random
+    n = 0
+    while n < count:
+        i = int(rand() * n_words)
+        if new_sentence:
+            yield spaced_cap[i] if n else cap[i]
+            n += 1
+            new_sentence = False
+            continue
+        yield spaced[i]
+        n += 1
+        if count - n >= 2:
+            r = rand()
+            if r < 0.08:
+                yield "."
+                n += 1
+                new_sentence = True
+            elif r < 0.14:
+                yield ","
+                n += 1
+
+
+def random_iter(count: int, rng: random.Random) -> Iterator[str]:
+    spaced, _, cap = _word_forms()
+    n = len(spaced)
+    for k in range(count):
+        yield (cap if k == 0 else spaced)[int(rng.random() * n)]
+
+
+def sequence_iter(count: int) -> Iterator[str]:
+    spaced, _, cap = _word_forms()
+    n = len(spaced)
+    for k in range(count):
+        yield cap[0] if k == 0 else spaced[k % n]
+
+
+def repeat_iter(text: str, count: int, encoding: tiktoken.Encoding) -> Iterator[str]:
+    """The tokens of text, then of " " + text again and again, `count` in all."""
+    if count <= 0 or not text:
+        return
+    base = text_tokens(text, encoding)
+    n = 0
+    for tok in base:
+        if n >= count:
+            return
+        yield tok
+        n += 1
+    again = text_tokens(" " + text, encoding) or base
+    while True:
+        for tok in again:
+            if n >= count:
+                return
+            yield tok
+            n += 1
+
+
+class LazyTokens(Sequence[str]):
+    """A reply's tokens, made as they are read: memory does not grow with the reply's length.
+
+    `factory()` returns a fresh iterator over the same tokens each time. Reading forward (the
+    way a stream does) costs one step per token; reading an earlier token or iterating again
+    replays the factory from the start. Slices are materialised (use them on short spans).
+    """
+
+    __slots__ = ("_count", "_factory", "_it", "_last", "_pos")
+
+    def __init__(self, count: int, factory: Callable[[], Iterator[str]]) -> None:
+        self._count = count
+        self._factory = factory
+        self._it: Iterator[str] | None = None
+        self._pos = 0  # index of the token the iterator yields next
+        self._last = ""
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        it = self._factory()
+        for _ in range(self._count):
+            yield next(it)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return list(self)[index]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("token index out of range")
+        if index == self._pos - 1:
+            return self._last
+        if self._it is None or index < self._pos:
+            self._it = self._factory()
+            self._pos = 0
+        it = self._it
+        while self._pos <= index:
+            self._last = next(it)
+            self._pos += 1
+        return self._last
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, LazyTokens)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LazyTokens({self._count} tokens)"
+
+    def truncated(self, count: int) -> LazyTokens:
+        return LazyTokens(min(count, self._count), self._factory)
+
+
 def random_tokens(count: int, rng: random.Random) -> list[str]:
     spaced, _, cap = _word_forms()
     n = len(spaced)
@@ -107,6 +226,10 @@ def repeat_text_tokens(text: str, count: int, encoding: tiktoken.Encoding) -> li
     return text_tokens(" ".join([text] * reps), encoding)[:count]
 
 
+def _repeat_count(text: str, count: int) -> int:
+    return count if text else 0
+
+
 class Generator:
     """What a reply says. `natural_length` is how long it is when nothing caps it."""
 
@@ -120,6 +243,12 @@ class Generator:
     ) -> list[str]:
         return lorem_tokens(count, rng)
 
+    def lazy(
+        self, count: int, seed: int, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> LazyTokens:
+        """The same kind of text as tokens(), made only as it is read (seeded by `seed`)."""
+        return LazyTokens(count, lambda: lorem_iter(count, random.Random(seed)))
+
 
 class RandomGenerator(Generator):
     name = "random"
@@ -127,12 +256,18 @@ class RandomGenerator(Generator):
     def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
         return random_tokens(count, rng)
 
+    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+        return LazyTokens(count, lambda: random_iter(count, random.Random(seed)))
+
 
 class SequenceGenerator(Generator):
     name = "sequence"
 
     def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
         return sequence_tokens(count)
+
+    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+        return LazyTokens(count, lambda: sequence_iter(count))
 
 
 class EchoGenerator(Generator):
@@ -146,6 +281,10 @@ class EchoGenerator(Generator):
     def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
         return repeat_text_tokens(prompt_text, count, encoding)
 
+    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+        count = min(count, _repeat_count(prompt_text, count))
+        return LazyTokens(count, lambda: repeat_iter(prompt_text, count, encoding))
+
 
 class FixedGenerator(Generator):
     name = "fixed"
@@ -158,6 +297,10 @@ class FixedGenerator(Generator):
 
     def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
         return repeat_text_tokens(self.text, count, encoding)
+
+    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+        text = self.text
+        return LazyTokens(count, lambda: repeat_iter(text, count, encoding))
 
 
 def make_generator(spec: str) -> Generator:

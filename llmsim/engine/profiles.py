@@ -1,26 +1,33 @@
 """Latency profiles: how long a model takes to its first token and between tokens.
 
-Each request samples one TTFT and one time-between-tokens (TBT) from its profile; the reply is
-then paced exactly at that TBT, and both values are sent to the client in headers so it can
-compare what it measured with what was planned.
+Each request samples one TTFT and one mean time-between-tokens (TBT) from its profile (both
+are sent to the client in headers); each gap then varies around that mean with the profile's
+per-token jitter and stalls, and a long prompt starts later by its prefill time (see
+engine/timing.py and docs/timing.md for where the hosted figures come from).
 """
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass, replace
+
+from llmsim.engine.timing import sample_ms  # noqa: F401  (its home before engine.timing)
 
 DISTRIBUTIONS = ("lognormal", "normal", "constant")
 
 
 @dataclass(frozen=True)
 class LatencyProfile:
+    """One model family's timing defaults (any setting overrides its field)."""
+
     name: str
     ttft_ms: float
     ttft_stddev_ms: float
     tbt_ms: float
     tbt_stddev_ms: float
+    itl_jitter_cv: float = 0.0
+    stall_probability: float = 0.0
+    stall_ms: float = 0.0
+    prefill_ms_per_1k: float = 0.0
 
     def with_overrides(
         self,
@@ -42,25 +49,46 @@ class LatencyProfile:
         return replace(self, **changes) if changes else self
 
 
-def _p(name: str, ttft: float, ttft_sd: float, tbt: float, tbt_sd: float) -> LatencyProfile:
-    return LatencyProfile(name, ttft, ttft_sd, tbt, tbt_sd)
+# Hosted APIs' per-token shape (docs/timing.md gives the sources): gaps vary token by token
+# with a coefficient of variation around 0.5, and about one gap in a hundred is a stall of
+# ~150 ms; prefill adds ~10-30 ms of TTFT per 1,000 prompt tokens.
+HOSTED_JITTER_CV = 0.5
+HOSTED_STALL_P = 0.01
+HOSTED_STALL_MS = 150.0
+
+
+def _p(
+    name: str, ttft: float, ttft_sd: float, tbt: float, tbt_sd: float, prefill: float = 0.0
+) -> LatencyProfile:
+    hosted = prefill > 0
+    return LatencyProfile(
+        name,
+        ttft,
+        ttft_sd,
+        tbt,
+        tbt_sd,
+        HOSTED_JITTER_CV if hosted else 0.0,
+        HOSTED_STALL_P if hosted else 0.0,
+        HOSTED_STALL_MS if hosted else 0.0,
+        prefill,
+    )
 
 
 PROFILES: dict[str, LatencyProfile] = {
     p.name: p
     for p in (
-        _p("gpt-5", 600, 150, 40, 12),
-        _p("gpt-5-mini", 300, 80, 20, 6),
-        _p("gpt-4", 800, 200, 50, 15),
-        _p("gpt-4o", 400, 100, 25, 8),
-        _p("o-series", 2000, 500, 30, 10),
-        _p("claude-opus", 1000, 250, 60, 20),
-        _p("claude-sonnet", 500, 120, 30, 10),
-        _p("claude-haiku", 200, 50, 15, 5),
-        _p("gemini-pro", 600, 150, 35, 10),
-        _p("gemini-flash", 200, 50, 15, 5),
-        _p("deepseek", 500, 120, 30, 10),
-        _p("deepseek-reasoner", 1500, 400, 25, 8),
+        _p("gpt-5", 600, 150, 40, 12, 20),
+        _p("gpt-5-mini", 300, 80, 20, 6, 10),
+        _p("gpt-4", 800, 200, 50, 15, 30),
+        _p("gpt-4o", 400, 100, 25, 8, 20),
+        _p("o-series", 2000, 500, 30, 10, 20),
+        _p("claude-opus", 1000, 250, 60, 20, 30),
+        _p("claude-sonnet", 500, 120, 30, 10, 20),
+        _p("claude-haiku", 200, 50, 15, 5, 10),
+        _p("gemini-pro", 600, 150, 35, 10, 15),
+        _p("gemini-flash", 200, 50, 15, 5, 8),
+        _p("deepseek", 500, 120, 30, 10, 25),
+        _p("deepseek-reasoner", 1500, 400, 25, 8, 25),
         _p("embedding", 60, 15, 0, 0),
         _p("fast", 10, 2, 1, 0),
         _p("instant", 0, 0, 0, 0),
@@ -100,18 +128,3 @@ def profile_name_for_model(model: str) -> str:
         if any(p in name for p in prefixes):
             return profile
     return DEFAULT_PROFILE
-
-
-def sample_ms(rng: random.Random, mean: float, stddev: float, distribution: str) -> float:
-    """Sample a non-negative duration with the given mean and standard deviation.
-
-    lognormal is the default because real latencies are right-skewed: a long tail of slow
-    requests, never a negative one.
-    """
-    if stddev <= 0 or mean <= 0 or distribution == "constant":
-        return max(0.0, mean)
-    if distribution == "normal":
-        return max(0.0, rng.gauss(mean, stddev))
-    sigma2 = math.log1p((stddev / mean) ** 2)
-    mu = math.log(mean) - sigma2 / 2
-    return rng.lognormvariate(mu, math.sqrt(sigma2))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llmsim.engine.timing import Chunking, ChunkSpec
+
 if TYPE_CHECKING:
     from llmsim.engine.structured import OutputSpec
+
+ONE_PER_EVENT = ChunkSpec()
 
 
 @dataclass
@@ -25,6 +30,11 @@ class EngineRequest:
     # Tools and response formats (llmsim.engine.structured); None: plain text.
     output: OutputSpec | None = None
     reasoning_effort: str | None = None  # for reasoning models: how much of the TTFT is thinking
+    # The request field that set max_tokens (for the limit errors' wording and param).
+    max_tokens_param: str = "max_tokens"
+    # Tokens per content event (chunk_tokens) when the API's default applies; None: the
+    # model's timing config decides.
+    api_chunk_tokens: ChunkSpec | None = None
 
 
 @dataclass
@@ -40,7 +50,7 @@ class ToolCall:
 @dataclass
 class Choice:
     index: int
-    tokens: list[str]
+    tokens: Sequence[str]  # a list, or LazyTokens made as the stream reads them
     finish_reason: str  # "stop", "length" or "tool_calls"
     tool_calls: list[ToolCall] | None = None  # set when the reply is tool calls, not text
     stop_sequence: str | None = None  # the stop sequence that ended it, if one did
@@ -54,8 +64,9 @@ class Choice:
 class Reply:
     """What the simulated model answers, and when each token is due.
 
-    Token i of every choice is due `ttft_s + i * tbt_s` after the request arrived; a
-    non-streaming reply is sent when the last token is due, so it takes as long as streaming.
+    `ttft_s` and `tbt_s` are the request's planned first-token offset and mean gap; the stream
+    loop draws each token's gap around it (engine.timing). A streamed reply's events each carry
+    the tokens of one step of `chunking`. `id` is a bare hex suffix: each API adds its prefix.
     """
 
     id: str
@@ -66,6 +77,13 @@ class Reply:
     tbt_s: float
     choices: list[Choice] = field(default_factory=list)
     reasoning_tokens: int = 0  # hidden thinking of reasoning models, spent within the TTFT
+    chunking: Chunking = field(default_factory=lambda: Chunking(ONE_PER_EVENT, 0))
+    prefill_s: float = 0.0  # the prompt's prefill time, added to the TTFT
+
+    @property
+    def first_s(self) -> float:
+        """Offset of the first token from the request's arrival, before any queueing."""
+        return self.ttft_s + self.prefill_s
 
     @property
     def completion_tokens(self) -> int:
@@ -73,12 +91,28 @@ class Reply:
 
     @property
     def steps(self) -> int:
-        """How many token times the reply spans (the longest choice)."""
-        return max((len(c.tokens) for c in self.choices), default=0)
+        """How many events the reply's content spans (the longest choice; 0 when empty)."""
+        longest = max((len(c.tokens) for c in self.choices), default=0)
+        return self.chunking.steps_for(longest) if longest else 0
 
-    def due_s(self, step: int) -> float:
-        return self.ttft_s + step * self.tbt_s
+    def steps_of(self, c: Choice) -> int:
+        """How many steps carry choice c's content (0 when it has none)."""
+        return self.chunking.steps_for(len(c.tokens)) if c.tokens else 0
+
+    def text_at(self, c: Choice, step: int) -> str:
+        """The text of choice c's content event at `step`: whole tokens, one or several."""
+        a, b = self.chunking.start(step), min(self.chunking.end(step), len(c.tokens))
+        toks = c.tokens
+        if b - a == 1:
+            return toks[a]
+        return "".join([toks[i] for i in range(a, b)])
+
+    def step_end(self, step: int) -> int:
+        """Tokens of the reply that exist once step `step` is out."""
+        return self.chunking.end(step)
 
     @property
     def duration_s(self) -> float:
-        return self.due_s(max(self.steps - 1, 0))
+        """The planned time from arrival to the last token (mean gaps)."""
+        longest = max((len(c.tokens) for c in self.choices), default=0)
+        return self.first_s + max(longest - 1, 0) * self.tbt_s

@@ -110,6 +110,18 @@ def create_app(
     def stats() -> Response:
         return _json_response(state.stats.snapshot())
 
+    @app.get("/llmsim/requests/<request_id>")
+    def request_events(request_id: str) -> Response:
+        found = state.stream_loop().events.get(request_id)
+        if found is None:
+            raise ApiError(
+                404,
+                f"No request {request_id!r} in this worker's log (it keeps the last "
+                f"{settings.request_log_size}; with --workers > 1, each worker keeps its own).",
+                code="not_found",
+            )
+        return _json_response(found)
+
     @app.get("/metrics")
     def metrics() -> Response:
         return Response(render_metrics(state.stats), mimetype=None, content_type=CONTENT_TYPE)

@@ -1,7 +1,8 @@
 """The one request pipeline under every generating API.
 
-parse → strict model check → rate limit → fault → capacity (queue) → plan → respond, paced;
-stats at every exit. A wire format (llmsim.api.wire.WireFormat) only parses and renders.
+parse → strict model check → model limits → rate limit → fault → capacity (queue) → plan →
+respond on the stream loop (llmsim.engine.loop); stats at every exit. A wire format
+(llmsim.api.wire.WireFormat) only parses and renders.
 """
 
 from __future__ import annotations
@@ -10,25 +11,26 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from llmsim.api import errors
 from llmsim.api.errors import ApiError
-from llmsim.api.wire import RenderContext, WireFormat
+from llmsim.api.wire import RenderContext, WireFormat, api_chunk_tokens
 from llmsim.engine.capacity import QueueFull, Slot
 from llmsim.engine.faults import HTTP_FAULTS
 from llmsim.engine.ids import hex_id
 from llmsim.engine.limits import LimitDecision
+from llmsim.engine.loop import Stream, TimedStream, Wake
 from llmsim.engine.request import EngineRequest, Reply
-from llmsim.server.pacing import Pacer
-from llmsim.server.sse import paced
+from llmsim.engine.timing import TokenClock, TokenSchedule
 from llmsim.server.state import ServerState
+from llmsim.server.takeover import LoopBody
 
 START_KEY = "llmsim.start"  # environ: when the request was read (monotonic seconds)
 SOCKET_KEY = "llmsim.socket"  # environ: the client socket, for the `drop` fault
@@ -127,22 +129,35 @@ def _drop_connection(environ: dict[str, Any]) -> None:
 
 
 class Generation:
-    """One admitted request: its stats slot, capacity slot and how far it got."""
+    """One admitted request: its stats slot, capacity slot and how far it got.
+
+    It is the stream loop's Owner: told when the first event leaves and, once, how it ended.
+    """
 
     def __init__(self, state: ServerState, stats_slot: int, cap: Slot | None) -> None:
         self.state = state
         self.stats_slot = stats_slot
         self.cap = cap
         self.prompt_tokens = 0
-        self.sent_steps = 0
+        self.sent_tokens = 0
         self.first_s: float | None = None
         self.outcome: str | None = None  # None until it ends: "ok" or an error kind
+        self.reply: Reply | None = None
+        self.start = 0.0
         self._running = False
 
     def start_running(self) -> None:
         if self.cap is not None:
             self.state.stats.gauge(self.stats_slot, "running", 1)
             self._running = True
+
+    def started(self, now: float) -> None:
+        if self.first_s is None:
+            self.first_s = now
+
+    def ended(self, kind: str, tokens_sent: int) -> None:
+        self.sent_tokens = tokens_sent
+        self.finish(kind, self.reply, self.start)
 
     def finish(self, kind: str, reply: Reply | None = None, start: float = 0.0) -> None:
         """Record how it ended (once) and give its capacity back."""
@@ -167,10 +182,7 @@ class Generation:
                 finish,
             )
         else:
-            sent = 0
-            if reply is not None:
-                sent = sum(min(len(c.tokens), self.sent_steps) for c in reply.choices)
-            stats.request_failed(self.stats_slot, kind, self.prompt_tokens, sent)
+            stats.request_failed(self.stats_slot, kind, self.prompt_tokens, self.sent_tokens)
 
 
 def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None = None) -> Response:
@@ -187,6 +199,10 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
         req, opts = fmt.parse(read_json(environ, settings.max_body_bytes))
         if settings.strict_models and req.model not in state.known_models:
             raise errors.model_not_found(req.model)
+        if getattr(fmt, "checks_limits", True):
+            violation = state.engine.check_limits(req)
+            if violation is not None:
+                raise fmt.limit_error(violation)
     except ApiError as err:
         stats.request_failed(None, error_kind(err.status))
         raise _counted(err) from None
@@ -257,7 +273,7 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
             finally:
                 stats.gauge(stats_slot, "waiting", -1)
         gen.start_running()
-        reply = state.engine.plan(req)
+        reply = state.engine.plan(req, api_chunk_tokens(fmt.name))
     except BaseException:
         gen.finish("client_disconnect")
         raise
@@ -276,67 +292,80 @@ def _respond(
     headers: dict[str, str],
     environ: dict[str, Any],
 ) -> Response:
-    settings = state.settings.for_model(req.model)
+    engine = state.engine
+    loop = state.stream_loop()
+    gen.reply, gen.start = reply, start
     # Queue wait and prefill push the first token back; the planned TTFT says so.
-    first_s = (gen.cap.waited_s if gen.cap is not None else 0.0) + reply.ttft_s
-    first_s += settings.prefill_ms_per_1k * req.prompt_tokens / 1_000_000.0
-    pacer = Pacer(first_s, reply.tbt_s, gen.cap.pool if gen.cap is not None else None)
+    first_s = (gen.cap.waited_s if gen.cap is not None else 0.0) + reply.first_s
+    pool = gen.cap.pool if gen.cap is not None else None
+    clock = TokenClock(engine.timing_for(req.model), reply.tbt_s, engine.rng)
+    schedule = TokenSchedule(first_s, clock, pool)
+    request_id = "req_" + hex_id(12)
     headers.update(
         {
-            "x-request-id": "req_" + hex_id(12),
+            "x-request-id": request_id,
             "x-llmsim-ttft-ms": f"{first_s * 1000:.3f}",
             "x-llmsim-tbt-ms": f"{reply.tbt_s * 1000:.3f}",
             "openai-model": reply.model,
         }
     )
-    ctx = RenderContext(state.engine.system_fingerprint)
-    cut = state.faults.cut_point(reply.steps) if fault in ("drop", "stream-error") else reply.steps
+    event_log = loop.events.open(
+        request_id,
+        {
+            "request_id": request_id,
+            "model": reply.model,
+            "stream": bool(opts.stream),
+            "planned_ttft_ms": round(first_s * 1000, 3),
+            "tbt_ms": round(reply.tbt_s * 1000, 3),
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "chunk_tokens": str(reply.chunking._spec),
+        },
+    )
+    ctx = RenderContext(engine.system_fingerprint)
+    cut = state.faults.cut_point(reply.steps) if fault in ("drop", "stream-error") else None
 
     if opts.stream:
         headers["Cache-Control"] = "no-cache"
         headers["X-Accel-Buffering"] = "no"
 
-        def events() -> Iterator[tuple[int, bytes]]:
-            for step, data in fmt.stream_events(reply, opts, ctx):
-                if step >= cut:
-                    break
-                gen.sent_steps = step + 1
-                yield step, data
-            else:
-                return
-            if fault == "stream-error":
-                yield cut, fmt.stream_error(fault_error("stream-error", {}))
-            else:  # drop: nothing more, once the cut token is due
-                yield cut, b""
+        def begin(sink: Any) -> Stream:
+            stream = Stream(
+                loop,
+                iter(fmt.stream_events(reply, opts, ctx)),
+                reply.step_end,
+                sink,
+                gen,
+                start,
+                event_log,
+                cut,
+                fault,
+                lambda sent: fmt.stream_error(fault_error("stream-error", {}), sent),
+            )
+            pacer = TimedStream(stream, schedule.due)
+            loop.add(pacer, pacer.first_deadline())
+            return stream
 
-        def body() -> Iterator[bytes]:
-            for chunk in paced(start, events(), pacer.due):
-                if gen.first_s is None:
-                    gen.first_s = time.monotonic()
-                yield chunk
-            if fault == "drop":
-                _drop_connection(environ)
-                gen.finish("fault_drop", reply, start)
-            elif fault == "stream-error":
-                gen.finish("fault_stream_error", reply, start)
-            else:
-                gen.finish("ok", reply, start)
-
-        response = Response(body(), headers=headers, mimetype="text/event-stream")
+        body = LoopBody(environ, begin)
+        response = Response(body, headers=headers, mimetype="text/event-stream")
         # Runs when the server is done with the response, also when the client vanished.
         response.call_on_close(lambda: gen.finish("client_disconnect", reply, start))
+        if fault == "drop":
+            response.call_on_close(lambda: _drop_connection(environ))
         return response
 
+    last = max(reply.steps - 1, 0) if cut is None else min(cut, max(reply.steps - 1, 0))
+    last_token = max(reply.step_end(last) - 1, 0)
+    woken = gevent.event.Event()
+    loop.add(*_wake_entry(start, last_token, schedule.due, woken.set))
     try:
-        last = min(cut, max(reply.steps - 1, 0))
-        for step in range(0, last + 1, 16):  # re-read the load every 16 tokens
-            delay = start + pacer.due(min(step + 15, last)) - time.monotonic()
-            if delay > 0:
-                gevent.sleep(delay)
+        woken.wait()
         gen.first_s = start + first_s
     except BaseException:
         gen.finish("client_disconnect", reply, start)
         raise
+    now = time.monotonic()
+    loop.events.add(event_log, last, reply.completion_tokens, schedule.due(last_token), now - start)
     if fault == "drop":
         gen.finish("fault_drop", reply, start)
         _drop_connection(environ)
@@ -347,3 +376,8 @@ def _respond(
     gen.finish("ok", reply, start)
     body = json.dumps(fmt.render(reply, opts, ctx))
     return Response(body, headers=headers, mimetype="application/json")
+
+
+def _wake_entry(start: float, last_token: int, due: Any, callback: Any) -> tuple[Wake, float]:
+    entry = Wake(start, last_token, due, callback)
+    return entry, entry.first_deadline()

@@ -59,6 +59,7 @@ def _make_handler(access_log: bool = True):
 
     from llmsim.server import fastio
     from llmsim.server.pipeline import SOCKET_KEY, START_KEY
+    from llmsim.server.takeover import HANDLER_KEY
 
     class NoDelayHandler(WSGIHandler):
         """Sets TCP_NODELAY: gevent sends headers and body in separate writes, and Nagle plus
@@ -85,6 +86,7 @@ def _make_handler(access_log: bool = True):
             env = super().get_environ()
             env[START_KEY] = time.monotonic()
             env[SOCKET_KEY] = self.socket
+            env[HANDLER_KEY] = self  # the stream loop writes streamed responses itself
             return env
 
         # The per-request steps fastio makes cheaper (see its docstring).

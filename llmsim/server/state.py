@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from llmsim.engine.capacity import Capacity
 from llmsim.engine.faults import FaultInjector, load_fault_script, parse_fault_rates
 from llmsim.engine.limits import RateLimiter
+from llmsim.engine.loop import StreamLoop
 from llmsim.engine.simulator import Engine
 from llmsim.engine.stats import Stats
+from llmsim.server.config import engine_config, pool_config
 from llmsim.settings import Settings
 
 
@@ -33,6 +35,12 @@ class ServerState:
     capacity: Capacity
     faults: FaultInjector
     known_models: frozenset[str] = field(default_factory=frozenset)
+    loop: StreamLoop | None = None  # made on first use, in the process that serves
+
+    def stream_loop(self) -> StreamLoop:
+        if self.loop is None:
+            self.loop = StreamLoop(log_size=self.settings.request_log_size)
+        return self.loop
 
     @property
     def stats(self) -> Stats:
@@ -46,14 +54,14 @@ class ServerState:
     def create(
         cls, settings: Settings, shared: Shared | None = None, engine: Engine | None = None
     ) -> ServerState:
-        engine = engine or Engine(settings)
+        engine = engine or Engine(engine_config(settings))
         rules = load_fault_script(settings.fault_script) if settings.fault_script else []
         seed = None if settings.seed is None else settings.seed ^ 0x5EED
         return cls(
             settings=settings,
             engine=engine,
             shared=shared or Shared.create(settings),
-            capacity=Capacity(settings),
+            capacity=Capacity(settings.workers, lambda m: pool_config(settings, m)),
             faults=FaultInjector(parse_fault_rates(settings.fault), rules, random.Random(seed)),
             known_models=frozenset(settings.models),
         )

@@ -1,0 +1,501 @@
+"""The stream loop: one scheduler per worker process owns every response in flight.
+
+A heap of deadlines and one timer. At each wake-up every entry that is due fires: a stream
+renders its next event and writes it with one non-blocking send; only a socket whose buffer is
+full gets a write watcher (backpressure), and a failed write ends that stream at once (its
+capacity slot, rate-limit reservation and stats are freed by its owner's `ended`). No greenlet
+runs per token: handler greenlets stay parked until their response is over.
+
+Deadlines, not sleeps: a source returns the absolute time of its next event, computed from the
+request's arrival, so a late wake-up never shifts later events. A late event is still written on
+its own (never joined with the stream's next one); only events planned for the same instant
+(e.g. the `instant` profile) share a write.
+
+Interface (what api mode uses, and what engine mode's replicas build on):
+
+- `Clocked`: anything in the heap. `fire(deadline, now) -> float | None` does what is due and
+  returns its next deadline (monotonic seconds) or None when it is done. api mode's per-stream
+  pacer (`TimedStream`, built from `engine.timing`) is one; a batch-stepping replica is another
+  (its deadline is its next step's end; when due it calls `emit` on every stream in the step).
+- `Stream`: one response being written. A source drives it with
+    `emit(n_tokens, now, planned=None) -> bool`  n more tokens exist: write every event they
+                                                 complete (False once the stream is over);
+    `finish()`                                   the reply is complete: write the rest;
+    `fail(kind)`                                 end it now (`drop`, `stream-error`, ...).
+  A stream is API-independent: it consumes the wire format's event iterator of (step, bytes)
+  and maps steps to tokens with `step_end(step)` (the reply's chunking).
+- `Sink`: where a stream's bytes go (`server/takeover.py` writes to the client socket itself;
+  `QueueSink` hands them to a greenlet, for servers without a socket, e.g. test clients).
+- `Owner`: told once when the first event leaves (`started(now)`) and once when the stream
+  ends (`ended(kind, tokens_sent)`), whatever ended it.
+- `EventLog`: the planned and actual send time of every event of the last N requests
+  (`GET /llmsim/requests/{id}`).
+
+The loop itself runs in the gevent hub as a timer callback: sending on non-blocking sockets
+never waits, so nothing here may block except the short precise sleep described in `_fire`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+log = logging.getLogger("llmsim.loop")
+
+# Timer wake-ups land up to ~1 ms late (libev waits in whole milliseconds), so the timer is set
+# WAKE_EARLY_S before the deadline and the rest is slept precisely (see _fire).
+WAKE_EARLY_S = 0.0011
+# An event this close to its deadline is sent now rather than after another wait.
+EARLY_OK_S = 0.00005
+# Under load, wake at most once per MIN_SWEEP_S: every event due by then goes out in that sweep.
+MIN_SWEEP_S = 0.0005
+
+# Results of Sink.send.
+SENT, BLOCKED, GONE = 0, 1, 2
+
+
+class Clocked(Protocol):
+    """An entry of the loop's heap: a stream's pacer, or a replica stepping a batch."""
+
+    def fire(self, deadline: float, now: float) -> float | None:
+        """Do what was due at `deadline`; return the next deadline, or None when done."""
+        ...
+
+
+class Sink(Protocol):
+    """Where a stream's bytes go."""
+
+    def send(self, stream: Stream, data: bytes, last: bool) -> int:
+        """Write `data` (the stream's last bytes when `last`): SENT, BLOCKED or GONE.
+
+        BLOCKED: the sink keeps the rest and calls `stream.writable()` once it is flushed.
+        """
+        ...
+
+    def close(self, stream: Stream, kind: str) -> None:
+        """The stream is over ("ok", or why not): release the connection's handler."""
+        ...
+
+
+class Owner(Protocol):
+    """The request a stream belongs to (stats, capacity slot, rate limits)."""
+
+    def started(self, now: float) -> None: ...
+
+    def ended(self, kind: str, tokens_sent: int) -> None: ...
+
+
+class EventLog:
+    """Planned and actual send times of every event of the last `size` requests (per worker).
+
+    Each request keeps at most `max_events` events (4 doubles each), so memory is bounded by
+    size × max_events × 32 bytes whatever the replies' lengths.
+    """
+
+    def __init__(self, size: int = 256, max_events: int = 4096) -> None:
+        self.size = size
+        self.max_events = max_events
+        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def open(self, request_id: str, info: dict[str, Any]) -> array | None:
+        if self.size <= 0:
+            return None
+        events = array("d")
+        self._entries[request_id] = {"info": info, "events": events, "dropped": [0]}
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return events
+
+    def add(self, events: array | None, step: int, tokens: int, planned: float, sent: float):
+        if events is not None and len(events) < self.max_events * 4:
+            events.extend((step, tokens, planned, sent))
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        entry = self._entries.get(request_id)
+        if entry is None:
+            return None
+        ev = entry["events"]
+        rows = [
+            {
+                "step": int(ev[i]),
+                "tokens": int(ev[i + 1]),
+                "planned_ms": round(ev[i + 2] * 1000, 3),
+                "sent_ms": round(ev[i + 3] * 1000, 3),
+            }
+            for i in range(0, len(ev), 4)
+        ]
+        return {**entry["info"], "events": rows, "truncated": len(rows) >= self.max_events}
+
+
+class StreamLoop:
+    """The per-worker scheduler: a heap of (deadline, seq, Clocked) and one timer."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        min_sweep_s: float = MIN_SWEEP_S,
+        log_size: int = 256,
+    ) -> None:
+        import gevent
+
+        self.clock = clock
+        self.min_sweep_s = min_sweep_s
+        self.events = EventLog(log_size)
+        self._hub_loop = gevent.get_hub().loop
+        self._heap: list[tuple[float, int, Clocked]] = []
+        self._seq = itertools.count()
+        self._timer: Any = None
+        self._timer_for = float("inf")  # the target the timer is armed for
+        self._last_sweep = 0.0
+        self.sweeps = 0
+        self.fired = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, entry: Clocked, deadline: float) -> None:
+        """Schedule `entry` to fire at `deadline` (monotonic seconds)."""
+        heapq.heappush(self._heap, (deadline, next(self._seq), entry))
+        if deadline < self._timer_for:
+            self._arm()
+
+    def _arm(self) -> None:
+        if not self._heap:
+            return
+        target = max(self._heap[0][0], self._last_sweep + self.min_sweep_s)
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer_for = target
+        delay = target - WAKE_EARLY_S - self.clock()
+        self._timer = self._hub_loop.timer(max(0.0, delay))
+        self._timer.start(self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        target = self._timer_for
+        self._timer_for = float("inf")
+        wait = target - self.clock()
+        if wait > EARLY_OK_S:
+            # The timer woke us up to ~1 ms early (see WAKE_EARLY_S); a blocking sleep of the
+            # rest is precise to tens of microseconds and burns no CPU.
+            time.sleep(wait)
+        try:
+            self.sweep()
+        finally:
+            self._arm()
+
+    def sweep(self) -> None:
+        """Fire every entry that is due now (each once: the next event of a stream that is
+        still overdue goes out in its own write, straight after)."""
+        heap = self._heap
+        clock = self.clock
+        now = clock()
+        self.sweeps += 1
+        horizon = now + EARLY_OK_S
+        pop, push, seq = heapq.heappop, heapq.heappush, self._seq
+        while heap and heap[0][0] <= horizon:
+            deadline, _, entry = pop(heap)
+            self.fired += 1
+            try:
+                nxt = entry.fire(deadline, now)
+            except Exception:
+                log.exception("stream loop entry failed")
+                abort = getattr(entry, "abort", None)
+                if abort is not None:
+                    abort()
+                continue
+            if nxt is not None:
+                push(heap, (nxt, next(seq), entry))
+                if nxt > horizon:
+                    continue
+                now = clock()
+                horizon = now + EARLY_OK_S
+        self._last_sweep = now
+
+
+def _chunk_framed(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Stream:
+    """One streamed response: the wire format's events, written as their tokens come due.
+
+    `events` yields (step, bytes) in order; several items may share a step (e.g. a finish
+    chunk, the usage chunk and `[DONE]` with the last token). `step_end(step)` is how many
+    tokens of the reply exist once step `step` is out. `cut_step`: a mid-stream fault strikes
+    instead of sending that step (`fault` is "drop" or "stream-error", `error_bytes` the
+    latter's event).
+    """
+
+    __slots__ = (
+        "_events",
+        "_next",
+        "cut_step",
+        "done",
+        "error_bytes",
+        "events_sent",
+        "fault",
+        "log",
+        "loop",
+        "owner",
+        "produced",
+        "sink",
+        "start",
+        "step_end",
+        "steps_sent",
+        "tokens_sent",
+        "waiting_for",
+    )
+
+    def __init__(
+        self,
+        loop: StreamLoop,
+        events: Iterator[tuple[int, bytes]],
+        step_end: Callable[[int], int],
+        sink: Sink,
+        owner: Owner,
+        start: float,
+        log: array | None = None,
+        cut_step: int | None = None,
+        fault: str | None = None,
+        error_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self.loop = loop
+        self._events = events
+        self._next: tuple[int, bytes] | None = next(events, None)
+        self.step_end = step_end
+        self.sink = sink
+        self.owner = owner
+        self.start = start
+        self.log = log
+        self.cut_step = cut_step
+        self.fault = fault
+        self.error_bytes = error_bytes
+        self.produced = 0
+        self.events_sent = 0  # SSE events written (an error event numbers itself after them)
+        self.tokens_sent = 0
+        self.steps_sent = 0
+        self.done = False
+        self.waiting_for: Clocked | None = None  # the pacer to resume after backpressure
+
+    def next_step(self) -> int | None:
+        """The step the next event belongs to (None when nothing is left)."""
+        return None if self._next is None else self._next[0]
+
+    def emit(self, n_tokens: int, now: float, planned: float | None = None) -> bool:
+        """`n_tokens` more tokens exist: write every event they complete, in one send.
+
+        Returns False once the stream is over (finished, failed or gone).
+        """
+        if self.done:
+            return False
+        self.produced += n_tokens
+        parts: list[bytes] = []
+        step_end = self.step_end
+        last_step = 0
+        while self._next is not None:
+            step, data = self._next
+            if step_end(step) > self.produced:
+                break
+            if self.cut_step is not None and step >= self.cut_step:
+                return self._fault(parts, now, planned)
+            parts.append(data)
+            last_step = step
+            self._next = next(self._events, None)
+        if not parts:
+            return True
+        return self._send(parts, last_step, now, planned)
+
+    def _send(self, parts: list[bytes], step: int, now: float, planned: float | None) -> bool:
+        last = self._next is None
+        tokens = min(self.produced, self.step_end(step)) - self.tokens_sent
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        result = self.sink.send(self, data, last)
+        self.events_sent += data.count(b"\n\n")
+        if result == GONE:
+            self._end("client_disconnect")
+            return False
+        if self.steps_sent == 0:
+            self.owner.started(now)
+        self.steps_sent += 1
+        self.tokens_sent += max(0, tokens)
+        if self.log is not None:
+            plan = now if planned is None else planned
+            self.loop.events.add(self.log, step, tokens, plan - self.start, now - self.start)
+        if last:
+            self._end("ok")
+            return False
+        return result == SENT
+
+    def finish(self) -> None:
+        """The reply is complete: write whatever is left now."""
+        if not self.done:
+            self.emit(1 << 60, self.loop.clock())
+
+    def fail(self, kind: str) -> None:
+        """End the stream now, without its remaining events."""
+        if not self.done:
+            self._end(kind)
+
+    def abort(self) -> None:
+        self.fail("server_error")
+
+    def _fault(self, parts: list[bytes], now: float, planned: float | None) -> bool:
+        if self.fault == "stream-error":
+            sent = self.events_sent + sum(p.count(b"\n\n") for p in parts)
+            parts.append(self.error_bytes(sent) if self.error_bytes is not None else b"")
+            self._next = None  # the error event ends the stream
+            self.sink.send(self, b"".join(parts), True)
+            self._end("fault_stream_error")
+        else:
+            if parts:
+                self.sink.send(self, b"".join(parts), False)
+            self._end("fault_drop")
+        return False
+
+    def writable(self) -> None:
+        """The sink flushed what a full socket held back: carry on from now."""
+        pacer = self.waiting_for
+        self.waiting_for = None
+        if pacer is not None and not self.done:
+            self.loop.add(pacer, self.loop.clock())
+
+    def _end(self, kind: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._next = None
+        self._events = iter(())
+        try:
+            self.sink.close(self, kind)
+        finally:
+            self.owner.ended(kind, self.tokens_sent)
+
+
+class TimedStream:
+    """api mode's pacer for one stream: step i is due when its last token is (engine.timing).
+
+    `token_due(i)` gives token i's offset from the request's arrival, in increasing i (the
+    timing model draws each gap as it is asked for, so a load factor applies when a gap starts).
+    Steps planned for the same instant (the `instant` profile) go out in one write.
+    """
+
+    __slots__ = ("stream", "token_due")
+
+    def __init__(self, stream: Stream, token_due: Callable[[int], float]) -> None:
+        self.stream = stream
+        self.token_due = token_due
+
+    def first_deadline(self) -> float:
+        return self._due(self.stream.next_step())
+
+    def _due(self, step: int | None) -> float:
+        s = self.stream
+        if step is None:
+            return s.loop.clock()
+        return s.start + self.token_due(max(0, s.step_end(step) - 1))
+
+    def fire(self, deadline: float, now: float) -> float | None:
+        s = self.stream
+        step = s.next_step()
+        if step is None:
+            s.finish()
+            return None
+        # Every step planned for this same instant goes together.
+        end = s.step_end(step)
+        while True:
+            nxt = self._next_step_after(step)
+            if nxt is None or self._due(nxt) > deadline:
+                break
+            step = nxt
+            end = s.step_end(step)
+        more = end - s.produced
+        ok = s.emit(max(more, 0), now, deadline)
+        if not ok:
+            if not s.done:  # socket full: resume when the sink has flushed it
+                s.waiting_for = self
+            return None
+        nxt_step = s.next_step()
+        if nxt_step is None:
+            s.finish()
+            return None
+        return self._due(nxt_step)
+
+    def _next_step_after(self, step: int) -> int | None:
+        # Steps are consecutive integers; the event iterator ends at the reply's last one.
+        s = self.stream
+        if s.step_end(step + 1) <= s.step_end(step):
+            return None
+        return step + 1
+
+    def abort(self) -> None:
+        self.stream.abort()
+
+
+class Wake:
+    """A non-streaming reply: wakes its handler when the last token is due.
+
+    With a load factor the gaps are drawn as the reply progresses, so the entry steps through
+    the reply every `stride` tokens to let the load at each moment count.
+    """
+
+    __slots__ = ("callback", "last", "start", "stride", "token", "token_due")
+
+    def __init__(
+        self,
+        start: float,
+        last_token: int,
+        token_due: Callable[[int], float],
+        callback: Callable[[], None],
+        stride: int = 16,
+    ) -> None:
+        self.start = start
+        self.last = last_token
+        self.token_due = token_due
+        self.callback = callback
+        self.stride = stride
+        self.token = 0
+
+    def first_deadline(self) -> float:
+        self.token = min(self.stride - 1, self.last)
+        return self.start + self.token_due(self.token)
+
+    def fire(self, deadline: float, now: float) -> float | None:
+        if self.token >= self.last:
+            self.callback()
+            return None
+        self.token = min(self.token + self.stride, self.last)
+        return self.start + self.token_due(self.token)
+
+    def abort(self) -> None:
+        self.callback()
+
+
+class QueueSink:
+    """A sink for servers that give no socket (e.g. a WSGI test client): bytes go to a queue
+    that the response's own iterator drains, in the handler's greenlet."""
+
+    def __init__(self) -> None:
+        from gevent.queue import SimpleQueue
+
+        self.queue: Any = SimpleQueue()
+
+    def send(self, stream: Stream, data: bytes, last: bool) -> int:
+        self.queue.put(data)
+        return SENT
+
+    def close(self, stream: Stream, kind: str) -> None:
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            data = self.queue.get()
+            if data is None:
+                return
+            yield data

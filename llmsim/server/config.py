@@ -1,0 +1,65 @@
+"""The engine's config objects, built from the server's settings (the engine never sees them)."""
+
+from __future__ import annotations
+
+from llmsim.engine.capacity import PoolConfig
+from llmsim.engine.catalogue import limits_for
+from llmsim.engine.config import EngineConfig, ModelConfig
+from llmsim.engine.profiles import PROFILES, profile_name_for_model
+from llmsim.engine.timing import ChunkSpec, TimingConfig
+from llmsim.settings import Settings
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def model_config(settings: Settings, model: str) -> ModelConfig:
+    """One model's timing and limits: settings (with per_model) over its profile and catalogue."""
+    s = settings.for_model(model)
+    p = PROFILES[s.profile or profile_name_for_model(model)]
+    tbt_sd = _pick(s.tbt_stddev_ms, p.tbt_stddev_ms)
+    ttft_sd = _pick(s.ttft_stddev_ms, p.ttft_stddev_ms)
+    # A run with both stddevs 0 stays exact (TTFT as configured, every gap the same) unless
+    # jitter, stalls or prefill are asked for.
+    exact = tbt_sd == 0 and ttft_sd == 0
+    timing = TimingConfig(
+        ttft_ms=_pick(s.ttft_ms, p.ttft_ms),
+        ttft_stddev_ms=ttft_sd,
+        tbt_ms=_pick(s.tbt_ms, p.tbt_ms),
+        tbt_stddev_ms=tbt_sd,
+        latency_distribution=s.latency_distribution,
+        itl_jitter_cv=_pick(s.itl_jitter_cv, 0.0 if exact else p.itl_jitter_cv),
+        stall_probability=_pick(s.stall_probability, 0.0 if exact else p.stall_probability),
+        stall_ms=_pick(s.stall_ms, p.stall_ms),
+        chunk_tokens=ChunkSpec.parse(s.chunk_tokens) if s.chunk_tokens else ChunkSpec(),
+        prefill_ms_per_1k=_pick(s.prefill_ms_per_1k, 0.0 if exact else p.prefill_ms_per_1k),
+        output_tokens=s.output_tokens,
+        output_tokens_stddev=s.output_tokens_stddev,
+    )
+    own = settings.per_model.get(model, {})
+    limits = limits_for(
+        model,
+        settings.context_window,
+        settings.max_output_tokens,
+        own.get("context_window"),
+        own.get("max_output_tokens"),
+    )
+    chunks = ChunkSpec.parse(s.chunk_tokens) if s.chunk_tokens else None
+    return ModelConfig(timing, limits, chunks)
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        generator=settings.generator,
+        seed=settings.seed,
+        tool_call_rate=settings.tool_call_rate,
+        model=lambda name: model_config(settings, name),
+    )
+
+
+def pool_config(settings: Settings, model: str) -> tuple[str | None, PoolConfig]:
+    """Which capacity pool a model uses: its own when per_model sets max_concurrency."""
+    own = "max_concurrency" in settings.per_model.get(model, {})
+    s = settings.for_model(model) if own else settings
+    return (model if own else None), PoolConfig(s.max_concurrency, s.queue_limit, s.load_factor)

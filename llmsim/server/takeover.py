@@ -1,0 +1,200 @@
+"""The stream loop writes a response itself, on the client socket gevent's WSGI handler holds.
+
+The handler greenlet calls the app, which returns a `LoopBody`; iterating it hands the stream to
+the loop and parks the greenlet on one event until the stream is over. The loop then writes the
+status line and headers with the first event (as one send, like `fastio.head_and_body`), frames
+each event as an HTTP chunk, and appends the terminating chunk to the last one, all with
+non-blocking sends on the raw socket (gevent's socket keeps the OS socket as `._sock`): no
+greenlet switch and no Python send path per event. When the body's iterator returns, the handler
+finds the response complete (headers sent, no chunk terminator owed) and reads the connection's
+next request, so keep-alive works as before.
+
+Backpressure: a send that does not take everything keeps the rest and starts a write watcher;
+the stream pauses until the socket has taken it. A read watcher notices a client that hangs up
+while its stream waits (EOF), so its slot is freed at once rather than at the next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from llmsim.engine.loop import BLOCKED, GONE, SENT, QueueSink, Stream
+from llmsim.server import fastio
+
+HANDLER_KEY = "llmsim.handler"  # environ: the gevent WSGIHandler serving the request
+_READ, _WRITE = 1, 2
+
+
+class SocketSink:
+    """Writes one stream to its client's socket (see the module docstring)."""
+
+    __slots__ = (
+        "_pending",
+        "_reader",
+        "_writer",
+        "closing",
+        "done",
+        "handler",
+        "kind",
+        "loop",
+        "raw",
+        "stream",
+    )
+
+    def __init__(self, handler: Any) -> None:
+        import gevent
+        import gevent.event
+
+        self.handler = handler
+        self.raw = handler.socket._sock
+        self.loop = gevent.get_hub().loop
+        self.done = gevent.event.Event()
+        self._pending: bytes | None = None
+        self._writer: Any = None
+        self._reader: Any = None
+        self.closing = False
+        self.kind = ""
+        self.stream: Stream | None = None
+
+    def watch_hangup(self, stream: Stream) -> None:
+        """Fail `stream` as soon as its client closes the connection."""
+        self.stream = stream
+        with contextlib.suppress(OSError, ValueError):
+            self._reader = self.loop.io(self.raw.fileno(), _READ)
+            self._reader.start(self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = self.raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._stop_reader()
+        if not data and self.stream is not None:
+            self.stream.fail("client_disconnect")
+
+    def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+
+    def send(self, stream: Stream, data: bytes, last: bool) -> int:
+        h = self.handler
+        if not h.headers_sent:
+            h.headers_sent = True
+            h.finalize_headers()
+            buf = fastio.head_and_body(h, data)
+        elif h.response_use_chunked:
+            buf = b"%x\r\n%s\r\n" % (len(data), data)
+        else:
+            buf = data
+        if last and h.response_use_chunked:
+            buf += b"0\r\n\r\n"
+            h.response_use_chunked = False  # already sent: the handler owes none
+        if self._pending is not None:  # still flushing what a full socket held back
+            self._pending += bytes(buf)
+            return BLOCKED
+        try:
+            n = self.raw.send(buf)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return GONE
+        h.response_length += n
+        if n == len(buf):
+            return SENT
+        self._pending = bytes(buf[n:])
+        self.stream = stream
+        self._writer = self.loop.io(self.raw.fileno(), _WRITE)
+        self._writer.start(self._flush)
+        return BLOCKED
+
+    def _flush(self) -> None:
+        assert self._pending is not None
+        try:
+            n = self.raw.send(self._pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._stop_writer()
+            self._pending = None
+            if self.stream is not None:
+                self.stream.fail("client_disconnect")
+            self._release()
+            return
+        self.handler.response_length += n
+        self._pending = self._pending[n:] or None
+        if self._pending is not None:
+            return
+        self._stop_writer()
+        if self.closing:
+            self._release()
+        elif self.stream is not None:
+            self.stream.writable()
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
+
+    def close(self, stream: Stream, kind: str) -> None:
+        self.kind = kind
+        self.closing = True
+        self._stop_reader()
+        h = self.handler
+        if kind != "ok" and kind != "fault_stream_error":
+            h.close_connection = True
+            h.response_use_chunked = False
+            if not h.headers_sent:
+                h.headers_sent = True  # nothing may be written on this connection any more
+            if kind == "fault_drop":
+                self._pending = None
+                self._stop_writer()
+                with contextlib.suppress(OSError):
+                    self.raw.shutdown(socket.SHUT_RDWR)
+        if self._pending is None:
+            self._release()
+
+    def _release(self) -> None:
+        self._stop_reader()
+        self.done.set()
+
+
+class LoopBody:
+    """The body of a response the stream loop writes: iterating it parks the handler.
+
+    `begin(sink)` creates the stream for `sink` and hands it to the loop; it returns the
+    Stream. Without a gevent handler (WSGI test clients) the loop's bytes come back through
+    this iterator instead (QueueSink).
+    """
+
+    def __init__(self, environ: dict[str, Any], begin: Callable[[Any], Stream]) -> None:
+        self.environ = environ
+        self.begin = begin
+        self.stream: Stream | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        handler = self.environ.get(HANDLER_KEY)
+        raw = getattr(getattr(handler, "socket", None), "_sock", None)
+        if handler is None or raw is None:
+            queue = QueueSink()
+            self.stream = self.begin(queue)
+            yield from queue
+            return
+        sink = SocketSink(handler)
+        self.stream = self.begin(sink)
+        sink.watch_hangup(self.stream)
+        try:
+            sink.done.wait()
+        finally:
+            if not sink.done.is_set():  # the handler was killed (shutdown): end the stream
+                self.stream.fail("client_disconnect")
+                handler.close_connection = True
+
+    def close(self) -> None:
+        if self.stream is not None and not self.stream.done:
+            self.stream.fail("client_disconnect")
