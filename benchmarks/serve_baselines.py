@@ -2,6 +2,8 @@
 
     python benchmarks/serve_baselines.py flask   # minimal Flask-on-gevent, fixed chat completion
     python benchmarks/serve_baselines.py sse     # bare gevent WSGI loop, json.dumps per SSE chunk
+    python benchmarks/serve_baselines.py paced   # naive paced SSE: one gevent.sleep per token
+                                                 # (TTFT 200 ms, 20 ms per token)
 
 Both bind 127.0.0.1 on a free port (or --port), set TCP_NODELAY on every accepted socket (without
 it gevent stalls ~40 ms per response, see shared/NOTES.md) and print one line `URL http://…` when
@@ -96,6 +98,28 @@ def sse_app(environ, start_response):
     return _sse_events(n)
 
 
+def paced_app(environ, start_response):
+    """The naive paced server: sse_app's chunks, with a gevent.sleep before each one."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    req = json.loads(environ["wsgi.input"].read(length) or b"{}")
+    n = int(req.get("max_tokens") or 100)
+    start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+    return _paced(_sse_events(n), 0.2, 0.02)
+
+
+def _paced(events, ttft_s: float, tbt_s: float):
+    import gevent
+
+    gevent.sleep(ttft_s)
+    content = 0
+    for data in events:
+        if b'"delta": {"content": " ' in data:
+            if content:
+                gevent.sleep(tbt_s)
+            content += 1
+        yield data
+
+
 def _sse_events(n: int):
     chunk = {
         "id": "chatcmpl-9ab7ff64b3979bccfc10adb0",
@@ -126,14 +150,14 @@ def _sse_events(n: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("flask", "sse"))
+    parser.add_argument("kind", choices=("flask", "sse", "paced"))
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
 
     import gevent
     from gevent.pywsgi import WSGIServer
 
-    app = flask_app() if args.kind == "flask" else sse_app
+    app = {"flask": flask_app, "sse": lambda: sse_app, "paced": lambda: paced_app}[args.kind]()
     server = WSGIServer(
         ("127.0.0.1", args.port), app, handler_class=nodelay_handler(), log=None, error_log=None
     )

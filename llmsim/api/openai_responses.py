@@ -291,6 +291,7 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
         prompt_tokens=prompt,
         max_tokens=max_out,
         max_tokens_param="max_output_tokens",
+        whole_reply=True,  # response.completed repeats the whole output
         ignore_eos=ignore_eos,
         stream=stream,
         prompt_text=_item_text(last_user) if last_user else "",

@@ -32,9 +32,9 @@ class EngineRequest:
     reasoning_effort: str | None = None  # for reasoning models: how much of the TTFT is thinking
     # The request field that set max_tokens (for the limit errors' wording and param).
     max_tokens_param: str = "max_tokens"
-    # Tokens per content event (chunk_tokens) when the API's default applies; None: the
-    # model's timing config decides.
-    api_chunk_tokens: ChunkSpec | None = None
+    # The API renders the whole reply at some point (non-streaming, or a Responses stream's
+    # final events): n × max_tokens is then bounded, as it costs memory.
+    whole_reply: bool = False
 
 
 @dataclass

@@ -164,7 +164,8 @@ class Engine:
                 req.prompt_tokens,
                 cap or 0,
             )
-        if cap is not None and req.n * cap > self.config.max_total_output_tokens:
+        builds_whole = req.whole_reply or not req.stream
+        if builds_whole and cap is not None and req.n * cap > self.config.max_total_output_tokens:
             return LimitViolation(
                 "total_output",
                 "n",

@@ -55,6 +55,11 @@ class ServerState:
         cls, settings: Settings, shared: Shared | None = None, engine: Engine | None = None
     ) -> ServerState:
         engine = engine or Engine(engine_config(settings))
+        if engine.cooperate is None:
+            import gevent
+
+            # Scanning a long reply for stop sequences lets other streams run meanwhile.
+            engine.cooperate = lambda: gevent.sleep(0)
         rules = load_fault_script(settings.fault_script) if settings.fault_script else []
         seed = None if settings.seed is None else settings.seed ^ 0x5EED
         return cls(
