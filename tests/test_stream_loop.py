@@ -231,7 +231,7 @@ def test_mid_stream_faults_strike_at_the_planned_event(llmsim_server, fault):
     oa = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
     got = []
     rid = None
-    with pytest.raises(Exception):  # noqa: B017  (an error event, or a cut connection)
+    with pytest.raises(Exception):  # noqa: B017, SIM117  (an error event, or a cut connection)
         with oa.chat.completions.with_streaming_response.create(
             model="gpt-4o", messages=MESSAGES, max_tokens=40, stream=True,
             extra_body={"ignore_eos": True}, extra_headers={"x-llmsim-fault": fault},
