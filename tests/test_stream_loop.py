@@ -105,8 +105,9 @@ def test_chunking_keeps_usage_and_retokenization_exact(llmsim_server):
     assert log["chunk_tokens"] == "normal:mean=4,stddev=1"
 
 
-def test_anthropic_sends_several_tokens_per_delta_by_default(fast_server):
-    client = anthropic.Anthropic(base_url=fast_server.url, api_key="k", max_retries=0)
+def test_anthropic_sends_several_tokens_per_delta_by_default(llmsim_server):
+    server = llmsim_server("--ttft-ms", "5", "--tbt-ms", "1")  # claude's profile: not exact
+    client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
     with client.messages.stream(
         model="claude-sonnet-4", max_tokens=120, messages=MESSAGES,
         extra_body={"ignore_eos": True},

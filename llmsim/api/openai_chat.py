@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmsim.api import tools
+from llmsim.api.chat_stream import ChunkShape, chat_family_events
 from llmsim.api.errors import ApiError, invalid_type, missing, openai_limit_error
 from llmsim.api.params import (
     MAX_N,
@@ -21,7 +22,7 @@ from llmsim.api.params import (
     stop_param,
 )
 from llmsim.api.wire import RenderContext
-from llmsim.engine.request import EngineRequest, Reply
+from llmsim.engine.request import Choice, EngineRequest, Reply
 from llmsim.engine.tokens import count_chat_prompt_tokens, message_text
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -200,61 +201,12 @@ def _token_json(tok: str) -> bytes:
 def stream_events(
     reply: Reply, system_fingerprint: str, include_usage: bool
 ) -> Iterator[tuple[int, bytes]]:
-    """SSE bytes for a streamed reply, as (step, bytes): step i is due at reply.due_s(i).
+    """SSE bytes for a streamed reply, as (step, bytes) (api/chat_stream.py's sequence).
 
     Chunks are pre-rendered around the one field that changes, so each token costs a dict
     lookup and a join instead of a json.dumps of the whole chunk.
     """
-    if any(c.tool_calls is not None for c in reply.choices):
-        yield from tools.chat_stream_events(reply, system_fingerprint, include_usage, usage(reply))
-        return
-    head = (
-        '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,'
-        '"service_tier":"default","system_fingerprint":%s,"choices":['
-        % (
-            json.dumps(completion_id(reply)),
-            reply.created,
-            json.dumps(reply.model),
-            json.dumps(system_fingerprint),
-        )
-    )
-    tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
-    prefixes = []
-    role_events = []
-    finish_events = []
-    for c in reply.choices:
-        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
-        prefixes.append(p.encode() + b'{"content":')
-        role_events.append(
-            (
-                p + '{"role":"assistant","content":"","refusal":null},"logprobs":null,'
-                '"finish_reason":null}]' + tail
-            ).encode()
-        )
-        finish_events.append(
-            (p + '{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason + tail).encode()
-        )
-    suffix = ('},"logprobs":null,"finish_reason":null}]' + tail).encode()
-
-    steps = reply.steps
-    choices = reply.choices
-    n_steps = [reply.steps_of(c) for c in choices]
-    one = reply.chunking.one_per_step
-    for step in range(max(steps, 1)):
-        parts: list[bytes] = []
-        for i, c in enumerate(choices):
-            if step == 0:
-                parts.append(role_events[i])
-            if step < n_steps[i]:
-                if one:  # a token's JSON is cached: replies reuse a small vocabulary
-                    parts.append(prefixes[i] + _token_json(c.tokens[step]) + suffix)
-                else:
-                    text = json.dumps(reply.text_at(c, step)).encode()
-                    parts.append(prefixes[i] + text + suffix)
-            if step == n_steps[i] - 1 or (step == 0 and not c.tokens):
-                parts.append(finish_events[i])
-        yield step, b"".join(parts)
-    last = max(steps - 1, 0)
+    usage_chunk = None
     if include_usage:
         tail_chunk = {
             "id": completion_id(reply),
@@ -266,8 +218,56 @@ def stream_events(
             "choices": [],
             "usage": usage(reply),
         }
-        yield last, b"data: " + json.dumps(tail_chunk).encode() + b"\n\n"
-    yield last, b"data: [DONE]\n\n"
+        usage_chunk = b"data: " + json.dumps(tail_chunk).encode() + b"\n\n"
+    if any(c.tool_calls is not None for c in reply.choices):
+        shape = tools.chat_tool_shape(reply, system_fingerprint, include_usage)
+        shape.usage = usage_chunk
+        return chat_family_events(reply, shape)
+    head = (
+        '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,'
+        '"service_tier":"default","system_fingerprint":%s,"choices":['
+        % (
+            json.dumps(completion_id(reply)),
+            reply.created,
+            json.dumps(reply.model),
+            json.dumps(system_fingerprint),
+        )
+    )
+    tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+    prefixes: dict[int, bytes] = {}
+    role_events: dict[int, bytes] = {}
+    finish_events: dict[int, bytes] = {}
+    for c in reply.choices:
+        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
+        prefixes[c.index] = p.encode() + b'{"content":'
+        role_events[c.index] = (
+            p + '{"role":"assistant","content":"","refusal":null},"logprobs":null,'
+            '"finish_reason":null}]' + tail
+        ).encode()
+        finish_events[c.index] = (
+            p + '{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason + tail
+        ).encode()
+    suffix = ('},"logprobs":null,"finish_reason":null}]' + tail).encode()
+
+    if reply.chunking.one_per_step:  # a token's JSON is cached: replies reuse a vocabulary
+        # Each choice's content is asked for once per step, in order: read it as a stream.
+        readers = {c.index: iter(c.tokens).__next__ for c in reply.choices}
+
+        def content(c: Choice, step: int) -> bytes:
+            return prefixes[c.index] + _token_json(readers[c.index]()) + suffix
+
+    else:
+
+        def content(c: Choice, step: int) -> bytes:
+            return prefixes[c.index] + json.dumps(reply.text_at(c, step)).encode() + suffix
+
+    shape = ChunkShape(
+        content=content,
+        finish=lambda c: finish_events[c.index],
+        opening=lambda c: role_events[c.index],
+        usage=usage_chunk,
+    )
+    return chat_family_events(reply, shape)
 
 
 class OpenAIChat:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmsim.api.chat_stream import ChunkShape, chat_family_events
 from llmsim.api.errors import (
     ApiError,
     above_max,
@@ -31,7 +32,7 @@ from llmsim.api.params import (
     stop_param,
 )
 from llmsim.api.wire import RenderContext
-from llmsim.engine.request import EngineRequest, Reply
+from llmsim.engine.request import Choice, EngineRequest, Reply
 from llmsim.engine.tokens import encoding_for_model
 
 DEFAULT_MAX_TOKENS = 16
@@ -171,11 +172,13 @@ def render(reply: Reply, opts: CompletionOptions, system_fingerprint: str) -> di
 def stream_events(
     reply: Reply, opts: CompletionOptions, system_fingerprint: str
 ) -> Iterator[tuple[int, bytes]]:
+    """SSE bytes for a streamed completion (api/chat_stream.py's sequence, no role chunk)."""
+    rid = "cmpl-" + reply.id
     head = (
         'data: {"id":%s,"object":"text_completion","created":%d,"model":%s,'
         '"system_fingerprint":%s,"choices":['
         % (
-            json.dumps("cmpl-" + reply.id),
+            json.dumps(rid),
             reply.created,
             json.dumps(reply.model),
             json.dumps(system_fingerprint),
@@ -190,25 +193,21 @@ def stream_events(
             fin,
         )
 
-    n_steps = [reply.steps_of(c) for c in reply.choices]
-    for step in range(max(reply.steps, 1)):
-        parts: list[bytes] = []
-        for i, c in enumerate(reply.choices):
-            if step < n_steps[i]:
-                text = reply.text_at(c, step)
-                if step == 0:
-                    text = _echo(opts, c.index) + text
-                parts.append(chunk(c.index, text, None))
-            if step == n_steps[i] - 1 or (step == 0 and not c.tokens):
-                parts.append(chunk(c.index, "", c.finish_reason))
-        if not reply.choices and step == 0:
-            for i, t in enumerate(opts.echo_texts):
-                parts.append(chunk(i, t, "length"))
-        yield step, b"".join(parts)
-    last = max(reply.steps - 1, 0)
+    def content(c: Choice, step: int) -> bytes:
+        text = reply.text_at(c, step)
+        if step == 0:
+            text = _echo(opts, c.index) + text
+        return chunk(c.index, text, None)
+
+    def echo_only() -> list[bytes]:  # max_tokens 0 with echo: the prompts alone
+        if reply.choices:
+            return []
+        return [chunk(i, t, "length") for i, t in enumerate(opts.echo_texts)]
+
+    usage_chunk = None
     if opts.include_usage:
         tail = {
-            "id": "cmpl-" + reply.id,
+            "id": rid,
             "object": "text_completion",
             "created": reply.created,
             "model": reply.model,
@@ -216,8 +215,14 @@ def stream_events(
             "choices": [],
             "usage": usage(reply),
         }
-        yield last, b"data: " + json.dumps(tail).encode() + b"\n\n"
-    yield last, b"data: [DONE]\n\n"
+        usage_chunk = b"data: " + json.dumps(tail).encode() + b"\n\n"
+    shape = ChunkShape(
+        content=content,
+        finish=lambda c: chunk(c.index, "", c.finish_reason),
+        first_extra=echo_only,
+        usage=usage_chunk,
+    )
+    return chat_family_events(reply, shape)
 
 
 class OpenAICompletions:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
+from llmsim.api.chat_stream import ChunkShape
 from llmsim.api.errors import ApiError, invalid_type, missing
 from llmsim.engine.request import Choice, Reply
 from llmsim.engine.structured import OutputSpec, ToolSpec
@@ -210,13 +210,11 @@ def chat_message(c: Choice) -> dict[str, Any]:
     }
 
 
-def chat_stream_events(
-    reply: Reply, system_fingerprint: str, include_usage: bool, usage: dict[str, Any]
-) -> Iterator[tuple[int, bytes]]:
+def chat_tool_shape(reply: Reply, system_fingerprint: str, include_usage: bool) -> ChunkShape:
     """Chat chunks for a reply in which some choice calls tools (text choices stream as usual).
 
-    A call's first chunk carries its index, id, type, name and empty arguments; the arguments
-    then arrive one token per chunk, as OpenAI streams them.
+    A call's first chunk carries its index, id, type, name and empty arguments (and, at step 0,
+    the assistant role); the arguments then arrive one token per chunk, as OpenAI streams them.
     """
     head = {
         "id": "chatcmpl-" + reply.id,
@@ -238,44 +236,42 @@ def chat_stream_events(
             obj["usage"] = None
         return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
-    starts = [{tc.start: (k, tc) for k, tc in enumerate(c.tool_calls or ())} for c in reply.choices]
-    for step in range(max(reply.steps, 1)):
-        parts: list[bytes] = []
-        for c, first in zip(reply.choices, starts, strict=True):
-            if c.tool_calls is None:
-                if step == 0:
-                    role = {"role": "assistant", "content": "", "refusal": None}
-                    parts.append(chunk(c.index, role))
-                if step < len(c.tokens):
-                    parts.append(chunk(c.index, {"content": c.tokens[step]}))
-            else:
-                delta: dict[str, Any] = {}
-                if step == 0:
-                    delta = {"role": "assistant", "content": None, "refusal": None}
-                if step in first:
-                    k, tc = first[step]
-                    call = {
-                        "index": k,
-                        "id": call_id(tc.id),
-                        "type": "function",
-                        "function": {"name": tc.name, "arguments": ""},
-                    }
-                    parts.append(chunk(c.index, {**delta, "tool_calls": [call]}))
-                    delta = {}
-                elif delta:
-                    parts.append(chunk(c.index, delta))
-                if step < len(c.tokens):
-                    k = _call_at(c, step)
-                    args = {"index": k, "function": {"arguments": c.tokens[step]}}
-                    parts.append(chunk(c.index, {"tool_calls": [args]}))
-            if step == len(c.tokens) - 1 or (step == 0 and not c.tokens):
-                parts.append(chunk(c.index, {}, c.finish_reason))
-        yield step, b"".join(parts)
-    last = max(reply.steps - 1, 0)
-    if include_usage:
-        tail = {**head, "choices": [], "usage": usage}
-        yield last, b"data: " + json.dumps(tail).encode() + b"\n\n"
-    yield last, b"data: [DONE]\n\n"
+    starts = {
+        c.index: {tc.start: (k, tc) for k, tc in enumerate(c.tool_calls or ())}
+        for c in reply.choices
+    }
+
+    def opening(c: Choice) -> bytes | None:
+        if c.tool_calls is None:
+            return chunk(c.index, {"role": "assistant", "content": "", "refusal": None})
+        if 0 in starts[c.index]:
+            return None  # the role goes with the first call's chunk
+        return chunk(c.index, {"role": "assistant", "content": None, "refusal": None})
+
+    def content(c: Choice, step: int) -> bytes:
+        if c.tool_calls is None:
+            return chunk(c.index, {"content": c.tokens[step]})
+        parts = []
+        first = starts[c.index]
+        if step in first:
+            k, tc = first[step]
+            call = {
+                "index": k,
+                "id": call_id(tc.id),
+                "type": "function",
+                "function": {"name": tc.name, "arguments": ""},
+            }
+            delta: dict[str, Any] = {"tool_calls": [call]}
+            if step == 0:
+                delta = {"role": "assistant", "content": None, "refusal": None, **delta}
+            parts.append(chunk(c.index, delta))
+        args = {"index": _call_at(c, step), "function": {"arguments": c.tokens[step]}}
+        parts.append(chunk(c.index, {"tool_calls": [args]}))
+        return b"".join(parts)
+
+    return ChunkShape(
+        content=content, finish=lambda c: chunk(c.index, {}, c.finish_reason), opening=opening
+    )
 
 
 def _call_at(c: Choice, step: int) -> int:

@@ -8,6 +8,7 @@ are wrong.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
@@ -142,9 +143,7 @@ class LazyTokens(Sequence[str]):
         return self._count
 
     def __iter__(self) -> Iterator[str]:
-        it = self._factory()
-        for _ in range(self._count):
-            yield next(it)
+        return itertools.islice(self._factory(), self._count)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):

@@ -101,6 +101,7 @@ class EventLog:
     def __init__(self, size: int = 256, max_events: int = 4096) -> None:
         self.size = size
         self.max_events = max_events
+        self.max_values = max_events * 4  # doubles per request
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def open(self, request_id: str, info: dict[str, Any]) -> array | None:
@@ -296,39 +297,66 @@ class Stream:
         if self.done:
             return False
         self.produced += n_tokens
-        parts: list[bytes] = []
-        step_end = self.step_end
-        last_step = 0
-        while self._next is not None:
-            step, data = self._next
-            if step_end(step) > self.produced:
+        nxt = self._next
+        if nxt is None:
+            return True
+        step_end, produced, last = self.step_end, self.produced, -1
+        step = nxt[0]
+        # The last step whose tokens all exist (steps are consecutive integers).
+        while step_end(step) <= produced:
+            last = step
+            if step_end(step + 1) <= step_end(step):
+                last = 1 << 60  # the reply's last step: everything after it goes too
                 break
-            if self.cut_step is not None and step >= self.cut_step:
+            step += 1
+        if last < 0:
+            return True
+        return self.send_through(last, now, planned)
+
+    def send_through(self, last: int, now: float, planned: float | None = None) -> bool:
+        """Write every event up to step `last` (inclusive), in one send.
+
+        What a pacer that knows its steps calls (api mode); `emit` maps tokens to steps first.
+        Returns False once the stream is over, or while its socket is full.
+        """
+        if self.done:
+            return False
+        parts: list[bytes] = []
+        nxt = self._next
+        events = self._events
+        cut = self.cut_step
+        step = 0
+        while nxt is not None and nxt[0] <= last:
+            step = nxt[0]
+            if cut is not None and step >= cut:
+                self._next = nxt
                 return self._fault(parts, now, planned)
-            parts.append(data)
-            last_step = step
-            self._next = next(self._events, None)
+            parts.append(nxt[1])
+            nxt = next(events, None)
+        self._next = nxt
         if not parts:
             return True
-        return self._send(parts, last_step, now, planned)
-
-    def _send(self, parts: list[bytes], step: int, now: float, planned: float | None) -> bool:
-        last = self._next is None
-        tokens = min(self.produced, self.step_end(step)) - self.tokens_sent
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        result = self.sink.send(self, data, last)
-        self.events_sent += data.count(b"\n\n")
+        done = nxt is None
+        tokens = self.step_end(step)
+        if tokens > self.produced:
+            self.produced = tokens
+        tokens -= self.tokens_sent
+        result = self.sink.send(self, data, done)
+        if self.fault == "stream-error":  # only its error event needs the count
+            self.events_sent += data.count(b"\n\n")
         if result == GONE:
             self._end("client_disconnect")
             return False
         if self.steps_sent == 0:
             self.owner.started(now)
         self.steps_sent += 1
-        self.tokens_sent += max(0, tokens)
-        if self.log is not None:
-            plan = now if planned is None else planned
-            self.loop.events.add(self.log, step, tokens, plan - self.start, now - self.start)
-        if last:
+        self.tokens_sent += tokens
+        log = self.log
+        if log is not None and len(log) < self.loop.events.max_values:
+            start = self.start
+            log.extend((step, tokens, (now if planned is None else planned) - start, now - start))
+        if done:
             self._end("ok")
             return False
         return result == SENT
@@ -349,6 +377,8 @@ class Stream:
     def _fault(self, parts: list[bytes], now: float, planned: float | None) -> bool:
         if self.fault == "stream-error":
             sent = self.events_sent + sum(p.count(b"\n\n") for p in parts)
+            if self.steps_sent == 0 and parts:
+                self.owner.started(now)
             parts.append(self.error_bytes(sent) if self.error_bytes is not None else b"")
             self._next = None  # the error event ends the stream
             self.sink.send(self, b"".join(parts), True)
@@ -386,20 +416,31 @@ class TimedStream:
     Steps planned for the same instant (the `instant` profile) go out in one write.
     """
 
-    __slots__ = ("stream", "token_due")
+    __slots__ = ("_one", "_steps", "_total", "stream", "token_due")
 
-    def __init__(self, stream: Stream, token_due: Callable[[int], float]) -> None:
+    def __init__(self, stream: Stream, token_due: Callable[[int], float], total: int) -> None:
         self.stream = stream
         self.token_due = token_due
+        self._total = total  # tokens of the longest choice
+        # One token per step (OpenAI's shape): step i is token i, no chunk arithmetic.
+        self._one = stream.step_end(0) == min(1, total) and stream.step_end(1) == min(2, total)
+        self._steps = stream.step_end
 
     def first_deadline(self) -> float:
-        return self._due(self.stream.next_step())
+        step = self.stream.next_step()
+        due = None if step is None else self._due(step)
+        return self.stream.loop.clock() if due is None else due
 
-    def _due(self, step: int | None) -> float:
-        s = self.stream
-        if step is None:
-            return s.loop.clock()
-        return s.start + self.token_due(max(0, s.step_end(step) - 1))
+    def _due(self, step: int) -> float | None:
+        """When step `step` is due (absolute), or None when the reply has no such step."""
+        if self._one:
+            if step >= self._total and step > 0:
+                return None
+            return self.stream.start + self.token_due(step)
+        end = self._steps(step)
+        if step > 0 and end <= self._steps(step - 1):
+            return None
+        return self.stream.start + self.token_due(max(0, end - 1))
 
     def fire(self, deadline: float, now: float) -> float | None:
         s = self.stream
@@ -407,32 +448,18 @@ class TimedStream:
         if step is None:
             s.finish()
             return None
-        # Every step planned for this same instant goes together.
-        end = s.step_end(step)
-        while True:
-            nxt = self._next_step_after(step)
-            if nxt is None or self._due(nxt) > deadline:
-                break
-            step = nxt
-            end = s.step_end(step)
-        more = end - s.produced
-        ok = s.emit(max(more, 0), now, deadline)
-        if not ok:
+        due = self._due
+        nd = due(step + 1)
+        while nd is not None and nd <= deadline:  # planned for this same instant
+            step += 1
+            nd = due(step + 1)
+        if nd is None:
+            step = 1 << 60  # the last content step: the closing events go with it
+        if not s.send_through(step, now, deadline):
             if not s.done:  # socket full: resume when the sink has flushed it
                 s.waiting_for = self
             return None
-        nxt_step = s.next_step()
-        if nxt_step is None:
-            s.finish()
-            return None
-        return self._due(nxt_step)
-
-    def _next_step_after(self, step: int) -> int | None:
-        # Steps are consecutive integers; the event iterator ends at the reply's last one.
-        s = self.stream
-        if s.step_end(step + 1) <= s.step_end(step):
-            return None
-        return step + 1
+        return nd if nd is not None else (s.finish() or None)
 
     def abort(self) -> None:
         self.stream.abort()

@@ -263,7 +263,7 @@ class TokenSchedule:
     Exact and without a load factor, any token's time is computed directly.
     """
 
-    __slots__ = ("_clock", "_i", "_pool", "_t", "first_s")
+    __slots__ = ("_clock", "_i", "_pool", "_t", "due", "first_s")
 
     def __init__(self, first_s: float, clock: TokenClock, pool: object | None = None) -> None:
         self.first_s = first_s
@@ -271,11 +271,15 @@ class TokenSchedule:
         self._pool = pool if pool is not None and getattr(pool, "load_factor", 0) > 0 else None
         self._i = 0
         self._t = first_s
-
-    def due(self, i: int) -> float:
-        clock = self._clock
         if self._pool is None and clock.exact:
-            return self.first_s + i * clock.tbt_s
+            tbt = clock.tbt_s
+            self.due = lambda i: first_s + i * tbt  # type: ignore[method-assign]
+        else:
+            self.due = self._drawn  # type: ignore[method-assign]
+
+    def _drawn(self, i: int) -> float:
+        """Token i's offset, drawing the gaps up to it (in non-decreasing i)."""
+        clock = self._clock
         # Asked in non-decreasing order (the loop may ask for the same token twice).
         while self._i < i:
             g = clock.gap()

@@ -108,7 +108,15 @@ def create_app(
 
     @app.get("/llmsim/stats")
     def stats() -> Response:
-        return _json_response(state.stats.snapshot())
+        snap = state.stats.snapshot()
+        loop = state.loop
+        if loop is not None:  # this worker's stream loop: how often it woke and what it sent
+            snap["stream_loop"] = {
+                "in_flight": len(loop),
+                "sweeps": loop.sweeps,
+                "fired": loop.fired,
+            }
+        return _json_response(snap)
 
     @app.get("/llmsim/requests/<request_id>")
     def request_events(request_id: str) -> Response:

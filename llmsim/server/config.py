@@ -20,9 +20,10 @@ def model_config(settings: Settings, model: str) -> ModelConfig:
     p = PROFILES[s.profile or profile_name_for_model(model)]
     tbt_sd = _pick(s.tbt_stddev_ms, p.tbt_stddev_ms)
     ttft_sd = _pick(s.ttft_stddev_ms, p.ttft_stddev_ms)
-    # A run with both stddevs 0 stays exact (TTFT as configured, every gap the same) unless
-    # jitter, stalls or prefill are asked for.
-    exact = tbt_sd == 0 and ttft_sd == 0
+    # A stddev of 0 pins its quantity: TTFT stddev 0 means no default prefill (the TTFT is as
+    # configured), TBT stddev 0 means no default jitter, stalls or multi-token events (every
+    # gap is the configured one). Each can still be asked for explicitly.
+    exact = tbt_sd == 0
     timing = TimingConfig(
         ttft_ms=_pick(s.ttft_ms, p.ttft_ms),
         ttft_stddev_ms=ttft_sd,
@@ -33,7 +34,7 @@ def model_config(settings: Settings, model: str) -> ModelConfig:
         stall_probability=_pick(s.stall_probability, 0.0 if exact else p.stall_probability),
         stall_ms=_pick(s.stall_ms, p.stall_ms),
         chunk_tokens=ChunkSpec.parse(s.chunk_tokens) if s.chunk_tokens else ChunkSpec(),
-        prefill_ms_per_1k=_pick(s.prefill_ms_per_1k, 0.0 if exact else p.prefill_ms_per_1k),
+        prefill_ms_per_1k=_pick(s.prefill_ms_per_1k, 0.0 if ttft_sd == 0 else p.prefill_ms_per_1k),
         output_tokens=s.output_tokens,
         output_tokens_stddev=s.output_tokens_stddev,
     )
@@ -46,6 +47,8 @@ def model_config(settings: Settings, model: str) -> ModelConfig:
         own.get("max_output_tokens"),
     )
     chunks = ChunkSpec.parse(s.chunk_tokens) if s.chunk_tokens else None
+    if chunks is None and exact:
+        chunks = ChunkSpec()  # exact runs: one token per event whatever the API's default
     return ModelConfig(timing, limits, chunks)
 
 

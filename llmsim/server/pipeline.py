@@ -176,7 +176,7 @@ class Generation:
             stats.request_succeeded(
                 self.stats_slot,
                 reply.prompt_tokens,
-                reply.completion_tokens,
+                reply.completion_tokens + reply.reasoning_tokens,  # as usage bills them
                 first - start,
                 now - start,
                 finish,
@@ -342,7 +342,7 @@ def _respond(
                 fault,
                 lambda sent: fmt.stream_error(fault_error("stream-error", {}), sent),
             )
-            pacer = TimedStream(stream, schedule.due)
+            pacer = TimedStream(stream, schedule.due, reply.chunking.total)
             loop.add(pacer, pacer.first_deadline())
             return stream
 

@@ -129,7 +129,7 @@ def drain(server, grace_period_s: float) -> None:
     deadline = time.monotonic() + grace_period_s
     while len(server.pool) and time.monotonic() < deadline:
         for handler in list(server.handlers):
-            if not handler.busy and handler.socket is not None:
+            if not handler.busy and getattr(handler, "socket", None) is not None:
                 with contextlib.suppress(OSError):
                     handler.socket.shutdown(socket.SHUT_RDWR)
         gevent.sleep(0.05)

@@ -88,13 +88,16 @@ class SocketSink:
             h.headers_sent = True
             h.finalize_headers()
             buf = fastio.head_and_body(h, data)
-        elif h.response_use_chunked:
-            buf = b"%x\r\n%s\r\n" % (len(data), data)
-        else:
+            if last and h.response_use_chunked:
+                buf += b"0\r\n\r\n"
+                h.response_use_chunked = False  # already sent: the handler owes none
+        elif not h.response_use_chunked:
             buf = data
-        if last and h.response_use_chunked:
-            buf += b"0\r\n\r\n"
-            h.response_use_chunked = False  # already sent: the handler owes none
+        elif last:
+            buf = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+            h.response_use_chunked = False
+        else:
+            buf = b"%x\r\n%s\r\n" % (len(data), data)
         if self._pending is not None:  # still flushing what a full socket held back
             self._pending += bytes(buf)
             return BLOCKED
