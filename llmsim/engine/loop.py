@@ -174,6 +174,7 @@ class StreamLoop:
             self._timer.stop()
         self._timer_for = target
         delay = target - WAKE_EARLY_S - self.clock()
+        self._hub_loop.update_now()  # the timer counts from now, not from a stale loop time
         self._timer = self._hub_loop.timer(max(0.0, delay))
         self._timer.start(self._fire)
 
@@ -182,6 +183,12 @@ class StreamLoop:
         target = self._timer_for
         self._timer_for = float("inf")
         wait = target - self.clock()
+        if wait > 2 * WAKE_EARLY_S:
+            # Woken far too early (the loop's cached time was stale): wait again, unblocked.
+            self._timer_for = target
+            self._timer = self._hub_loop.timer(wait - WAKE_EARLY_S)
+            self._timer.start(self._fire)
+            return
         if wait > EARLY_OK_S:
             # The timer woke us up to ~1 ms early (see WAKE_EARLY_S); a blocking sleep of the
             # rest is precise to tens of microseconds and burns no CPU.
@@ -321,22 +328,27 @@ class Stream:
         """
         if self.done:
             return False
-        parts: list[bytes] = []
         nxt = self._next
-        events = self._events
-        cut = self.cut_step
-        step = 0
-        while nxt is not None and nxt[0] <= last:
-            step = nxt[0]
-            if cut is not None and step >= cut:
-                self._next = nxt
-                return self._fault(parts, now, planned)
-            parts.append(nxt[1])
-            nxt = next(events, None)
-        self._next = nxt
-        if not parts:
+        if nxt is None or nxt[0] > last:
             return True
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        cut = self.cut_step
+        step = nxt[0]
+        if cut is not None and step >= cut:
+            return self._fault([], now, planned)
+        events = self._events
+        data = nxt[1]
+        nxt = next(events, None)
+        if nxt is not None and nxt[0] <= last:  # several events go together
+            parts = [data]
+            while nxt is not None and nxt[0] <= last:
+                step = nxt[0]
+                if cut is not None and step >= cut:
+                    self._next = nxt
+                    return self._fault(parts, now, planned)
+                parts.append(nxt[1])
+                nxt = next(events, None)
+            data = b"".join(parts)
+        self._next = nxt
         done = nxt is None
         tokens = self.step_end(step)
         if tokens > self.produced:
@@ -444,10 +456,20 @@ class TimedStream:
 
     def fire(self, deadline: float, now: float) -> float | None:
         s = self.stream
-        step = s.next_step()
-        if step is None:
+        nxt = s._next
+        if nxt is None:
             s.finish()
             return None
+        step = nxt[0]
+        if self._one and step + 1 < self._total:
+            # The common case, kept short: one token per step, more to come.
+            nd = s.start + self.token_due(step + 1)
+            if nd > deadline:
+                if s.send_through(step, now, deadline):
+                    return nd
+                if not s.done:
+                    s.waiting_for = self
+                return None
         due = self._due
         nd = due(step + 1)
         while nd is not None and nd <= deadline:  # planned for this same instant

@@ -34,6 +34,7 @@ class SocketSink:
     __slots__ = (
         "_pending",
         "_reader",
+        "_send",
         "_writer",
         "closing",
         "done",
@@ -50,6 +51,7 @@ class SocketSink:
 
         self.handler = handler
         self.raw = handler.socket._sock
+        self._send = self.raw.send
         self.loop = gevent.get_hub().loop
         self.done = gevent.event.Event()
         self._pending: bytes | None = None
@@ -102,7 +104,7 @@ class SocketSink:
             self._pending += bytes(buf)
             return BLOCKED
         try:
-            n = self.raw.send(buf)
+            n = self._send(buf)
         except BlockingIOError:
             n = 0
         except OSError:
@@ -175,9 +177,12 @@ class LoopBody:
     this iterator instead (QueueSink).
     """
 
-    def __init__(self, environ: dict[str, Any], begin: Callable[[Any], Stream]) -> None:
+    def __init__(
+        self, environ: dict[str, Any], begin: Callable[[Any], Stream], watch: bool = True
+    ) -> None:
         self.environ = environ
         self.begin = begin
+        self.watch = watch  # notice a hang-up while the stream waits
         self.stream: Stream | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -189,8 +194,9 @@ class LoopBody:
             yield from queue
             return
         sink = SocketSink(handler)
-        self.stream = self.begin(sink)
-        sink.watch_hangup(self.stream)
+        self.stream = stream = self.begin(sink)
+        if self.watch:
+            sink.watch_hangup(stream)
         try:
             sink.done.wait()
         finally:
