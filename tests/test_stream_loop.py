@@ -248,3 +248,28 @@ def test_mid_stream_faults_strike_at_the_planned_event(llmsim_server, fault):
     # Every token event the server logged reached the client, and the stream stopped short.
     assert len(sent) == sum(1 for g in got if '"content":""' not in g.replace(" ", ""))
     assert len(sent) < 40
+
+
+def test_a_client_that_hangs_up_gets_its_unused_token_reservation_back(llmsim_server):
+    server = llmsim_server(
+        "--tpm", "1000", "--ttft-ms", "20", "--tbt-ms", "300", "--itl-jitter-cv", "0", *EXACT
+    )
+    host, port = server.url.removeprefix("http://").split(":")
+    big = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 900, "ignore_eos": True}
+    body = json.dumps({**big, "stream": True}).encode()
+    s = socket.create_connection((host, int(port)))
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert b"200 OK" in s.recv(65536)
+    s.close()  # 899 of its 900 reserved tokens will never be sent
+    deadline = time.monotonic() + 5
+    while True:  # the hang-up is noticed at once; allow a loaded machine a moment
+        again = {**big, "max_tokens": 800, "stream": True}
+        with httpx.stream("POST", server.base_url + "/chat/completions", json=again) as r:
+            status = r.status_code  # the headers are enough: a 429 would come at once
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200

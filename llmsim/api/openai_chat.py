@@ -253,8 +253,11 @@ def stream_events(
         # Each choice's content is asked for once per step, in order: read it as a stream.
         readers = {c.index: iter(c.tokens).__next__ for c in reply.choices}
 
+        cached = _TOKEN_JSON.get
+
         def content(c: Choice, step: int) -> bytes:
-            return prefixes[c.index] + _token_json(readers[c.index]()) + suffix
+            tok = readers[c.index]()
+            return prefixes[c.index] + (cached(tok) or _token_json(tok)) + suffix
 
     else:
 

@@ -102,3 +102,14 @@ class RateLimiter:
         headers["retry-after"] = str(max(1, math.ceil(decision.retry_after_s)))
         headers["retry-after-ms"] = str(retry_ms)
         return decision
+
+    def refund(self, key: str, model: str, tokens: int, tpm: int | None) -> None:
+        """Give back tokens a request reserved and never used (its stream ended early)."""
+        if tpm is None or tokens <= 0:
+            return
+        ident = zlib.crc32(f"{key}\x00{model}".encode()) + 1
+        base = (ident % self.slots) * _FIELDS
+        with self.table.lock:
+            d = self.table.values
+            if d[base] == ident:
+                d[base + 2] = min(float(tpm), d[base + 2] + tokens)

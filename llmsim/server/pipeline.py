@@ -144,6 +144,8 @@ class Generation:
         self.outcome: str | None = None  # None until it ends: "ok" or an error kind
         self.reply: Reply | None = None
         self.start = 0.0
+        # (key, model, output tokens reserved, tpm) for a rate-limit refund, when --tpm is set.
+        self.reservation: tuple[str, str, int, int] | None = None
         self._running = False
 
     def start_running(self) -> None:
@@ -183,6 +185,10 @@ class Generation:
             )
         else:
             stats.request_failed(self.stats_slot, kind, self.prompt_tokens, self.sent_tokens)
+            if self.reservation is not None and kind == "client_disconnect":
+                # The client is gone: the tokens it will never receive go back to its bucket.
+                key, model, reserved, tpm = self.reservation
+                self.state.limiter.refund(key, model, reserved - self.sent_tokens, tpm)
 
 
 def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None = None) -> Response:
@@ -265,6 +271,8 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
             ) from None
     gen = Generation(state, stats_slot, cap)
     gen.prompt_tokens = req.prompt_tokens
+    if model_settings.tpm is not None:  # what to give back if the stream ends early
+        gen.reservation = (key, req.model, (req.max_tokens or 0) * req.n, model_settings.tpm)
     try:
         if cap is not None and not cap.running:
             stats.gauge(stats_slot, "waiting", 1)
