@@ -54,7 +54,7 @@ WAKE_EARLY_S = 0.0011
 # An event this close to its deadline is sent now rather than after another wait.
 EARLY_OK_S = 0.00005
 # Under load, wake at most once per MIN_SWEEP_S: every event due by then goes out in that sweep.
-MIN_SWEEP_S = 0.0005
+MIN_SWEEP_S = 0.00025
 
 # Results of Sink.send.
 SENT, BLOCKED, GONE = 0, 1, 2
