@@ -273,3 +273,31 @@ def test_a_client_that_hangs_up_gets_its_unused_token_reservation_back(llmsim_se
             break
         time.sleep(0.2)
     assert status == 200
+
+
+def test_a_client_that_reads_slowly_gets_every_event(llmsim_server):
+    # 16,000 events due within 0.2 s to a client that reads nothing for a second: the socket
+    # fills, the stream waits for it (backpressure) and nothing is lost or reordered.
+    server = llmsim_server("--generator", "sequence", "--ttft-ms", "0", "--tbt-ms", "0.01", *EXACT)
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 16_000, "ignore_eos": True,
+         "stream": True}
+    ).encode()  # fmt: skip
+    s = socket.create_connection((host, int(port)))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    time.sleep(1.0)
+    data = bytearray()
+    s.settimeout(30)
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = s.recv(1 << 20)
+        assert chunk, "connection closed early"
+        data += chunk
+    s.close()
+    assert data.count(b'"delta":{"content":"') == 16_000
+    assert data.count(b"data: [DONE]") == 1
+    assert httpx.get(server.url + "/health").status_code == 200

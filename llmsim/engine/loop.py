@@ -56,6 +56,10 @@ EARLY_OK_S = 0.00005
 # Under load, wake at most once per MIN_SWEEP_S: every event due by then goes out in that sweep.
 MIN_SWEEP_S = 0.00025
 
+# A sweep that keeps finding overdue events hands control back to the hub after this many, so
+# new requests and other I/O are served even when the loop is behind.
+MAX_FIRES_PER_SWEEP = 2000
+
 # Results of Sink.send.
 SENT, BLOCKED, GONE = 0, 1, 2
 
@@ -207,8 +211,10 @@ class StreamLoop:
         self.sweeps += 1
         horizon = now + EARLY_OK_S
         pop, push, seq = heapq.heappop, heapq.heappush, self._seq
-        while heap and heap[0][0] <= horizon:
+        budget = MAX_FIRES_PER_SWEEP
+        while heap and heap[0][0] <= horizon and budget:
             deadline, _, entry = pop(heap)
+            budget -= 1
             self.fired += 1
             try:
                 nxt = entry.fire(deadline, now)
