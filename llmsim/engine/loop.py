@@ -51,6 +51,11 @@ log = logging.getLogger("llmsim.loop")
 # Timer wake-ups land up to ~1 ms late (libev waits in whole milliseconds), so the timer is set
 # WAKE_EARLY_S before the deadline and the rest is slept precisely (see _fire).
 WAKE_EARLY_S = 0.0011
+# The precise sleep blocks the hub (no I/O meanwhile, and on a busy machine the scheduler may
+# take milliseconds to give the CPU back): only while few entries are in flight, where it makes
+# an idle server's first event exact. Busier loops rely on the timer alone (up to ~1 ms late,
+# the same for every event, so gaps stay exact on average).
+PRECISE_MAX_ENTRIES = 8
 # An event this close to its deadline is sent now rather than after another wait.
 EARLY_OK_S = 0.00005
 # Under load, wake at most once per MIN_SWEEP_S: every event due by then goes out in that sweep.
@@ -177,7 +182,8 @@ class StreamLoop:
         if self._timer is not None:
             self._timer.stop()
         self._timer_for = target
-        delay = target - WAKE_EARLY_S - self.clock()
+        early = WAKE_EARLY_S if len(self._heap) <= PRECISE_MAX_ENTRIES else 0.0
+        delay = target - early - self.clock()
         self._hub_loop.update_now()  # the timer counts from now, not from a stale loop time
         self._timer = self._hub_loop.timer(max(0.0, delay))
         self._timer.start(self._fire)
@@ -187,10 +193,12 @@ class StreamLoop:
         target = self._timer_for
         self._timer_for = float("inf")
         wait = target - self.clock()
-        if wait > 2 * WAKE_EARLY_S:
+        if wait > 2 * WAKE_EARLY_S or (wait > EARLY_OK_S and len(self._heap) > PRECISE_MAX_ENTRIES):
             # Woken far too early (the loop's cached time was stale): wait again, unblocked.
             self._timer_for = target
-            self._timer = self._hub_loop.timer(wait - WAKE_EARLY_S)
+            early = WAKE_EARLY_S if len(self._heap) <= PRECISE_MAX_ENTRIES else 0.0
+            self._hub_loop.update_now()
+            self._timer = self._hub_loop.timer(max(0.0, wait - early))
             self._timer.start(self._fire)
             return
         if wait > EARLY_OK_S:
