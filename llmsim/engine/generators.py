@@ -89,6 +89,7 @@ def lorem_iter(count: int, rng: random.Random) -> Iterator[str]:
 
 
 def random_iter(count: int, rng: random.Random) -> Iterator[str]:
+    """random_tokens(count, rng), one token at a time."""
     spaced, _, cap = _word_forms()
     n = len(spaced)
     for k in range(count):
@@ -96,6 +97,7 @@ def random_iter(count: int, rng: random.Random) -> Iterator[str]:
 
 
 def sequence_iter(count: int) -> Iterator[str]:
+    """sequence_tokens(count), one token at a time."""
     spaced, _, cap = _word_forms()
     n = len(spaced)
     for k in range(count):
@@ -174,6 +176,7 @@ class LazyTokens(Sequence[str]):
         return f"LazyTokens({self._count} tokens)"
 
     def truncated(self, count: int) -> LazyTokens:
+        """The first `count` tokens, made the same way."""
         return LazyTokens(min(count, self._count), self._factory)
 
 

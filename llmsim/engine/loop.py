@@ -95,9 +95,11 @@ class Sink(Protocol):
 class Owner(Protocol):
     """The request a stream belongs to (stats, capacity slot, rate limits)."""
 
-    def started(self, now: float) -> None: ...
+    def started(self, now: float) -> None:
+        """The first event has left (monotonic seconds)."""
 
-    def ended(self, kind: str, tokens_sent: int) -> None: ...
+    def ended(self, kind: str, tokens_sent: int) -> None:
+        """The stream is over: how ("ok" or a failure kind) and how many tokens were sent."""
 
 
 class EventLog:
@@ -114,6 +116,7 @@ class EventLog:
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def open(self, request_id: str, info: dict[str, Any]) -> array | None:
+        """Start the log of one request; returns its event array (None when the log is off)."""
         if self.size <= 0:
             return None
         events = array("d")
@@ -127,6 +130,7 @@ class EventLog:
             events.extend((step, tokens, planned, sent))
 
     def get(self, request_id: str) -> dict[str, Any] | None:
+        """One request's planned and sent times, or None when it is not (or no longer) kept."""
         entry = self._entries.get(request_id)
         if entry is None:
             return None
@@ -398,6 +402,7 @@ class Stream:
             self._end(kind)
 
     def abort(self) -> None:
+        """End on an unexpected error (the loop calls it when fire raised)."""
         self.fail("server_error")
 
     def _fault(self, parts: list[bytes], now: float, planned: float | None) -> bool:
@@ -453,6 +458,7 @@ class TimedStream:
         self._steps = stream.step_end
 
     def first_deadline(self) -> float:
+        """When this entry first fires (absolute monotonic seconds)."""
         step = self.stream.next_step()
         due = None if step is None else self._due(step)
         return self.stream.loop.clock() if due is None else due
@@ -469,6 +475,7 @@ class TimedStream:
         return self.stream.start + self.token_due(max(0, end - 1))
 
     def fire(self, deadline: float, now: float) -> float | None:
+        """Send what is due; return the next deadline, or None when done or paused."""
         s = self.stream
         nxt = s._next
         if nxt is None:
@@ -498,6 +505,7 @@ class TimedStream:
         return nd if nd is not None else (s.finish() or None)
 
     def abort(self) -> None:
+        """End on an unexpected error (the loop calls it when fire raised)."""
         self.stream.abort()
 
 
@@ -526,10 +534,12 @@ class Wake:
         self.token = 0
 
     def first_deadline(self) -> float:
+        """When this entry first fires (absolute monotonic seconds)."""
         self.token = min(self.stride - 1, self.last)
         return self.start + self.token_due(self.token)
 
     def fire(self, deadline: float, now: float) -> float | None:
+        """Send what is due; return the next deadline, or None when done or paused."""
         if self.token >= self.last:
             self.callback()
             return None
@@ -537,6 +547,7 @@ class Wake:
         return self.start + self.token_due(self.token)
 
     def abort(self) -> None:
+        """End on an unexpected error (the loop calls it when fire raised)."""
         self.callback()
 
 
@@ -550,10 +561,12 @@ class QueueSink:
         self.queue: Any = SimpleQueue()
 
     def send(self, stream: Stream, data: bytes, last: bool) -> int:
+        """Queue the bytes for the response's iterator."""
         self.queue.put(data)
         return SENT
 
     def close(self, stream: Stream, kind: str) -> None:
+        """End the response's iterator."""
         self.queue.put(None)
 
     def __iter__(self) -> Iterator[bytes]:

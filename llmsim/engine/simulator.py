@@ -128,6 +128,7 @@ class Engine:
         return self._rng
 
     def model(self, name: str) -> ModelConfig:
+        """A model's config (timing and limits), cached per name."""
         cached = self._models.get(name)
         if cached is not None:
             return cached
@@ -137,6 +138,7 @@ class Engine:
         return cfg
 
     def timing_for(self, model: str) -> TimingConfig:
+        """A model's timing config."""
         return self.model(model).timing
 
     def check_limits(self, req: EngineRequest) -> LimitViolation | None:

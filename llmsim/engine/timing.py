@@ -96,6 +96,7 @@ class ChunkSpec:
         return None
 
     def draw(self, rng: random.Random) -> int:
+        """Tokens in the next event (at least 1)."""
         n = self.exact
         if n is not None:
             return n
@@ -191,9 +192,11 @@ class TokenClock:
 
     @property
     def exact(self) -> bool:
+        """Every gap is the request's mean (no jitter, no stalls)."""
         return self._sigma == 0.0 and self._stall_p == 0.0
 
     def gap(self) -> float:
+        """The next gap, in seconds."""
         rng = self._rng
         g = rng.lognormvariate(self._mu, self._sigma) if self._sigma else self.tbt_s
         if self._stall_p and rng.random() < self._stall_p:
@@ -239,6 +242,7 @@ class Chunking:
         return min(self.total, self._end)
 
     def start(self, step: int) -> int:
+        """Tokens that exist before step `step` is out."""
         return 0 if step <= 0 else self.end(step - 1)
 
     def steps_for(self, tokens: int) -> int:

@@ -53,6 +53,7 @@ def model_config(settings: Settings, model: str) -> ModelConfig:
 
 
 def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's config: generator, seed, tool-call rate and each model's config."""
     return EngineConfig(
         generator=settings.generator,
         seed=settings.seed,

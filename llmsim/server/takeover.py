@@ -85,6 +85,7 @@ class SocketSink:
             self._reader = None
 
     def send(self, stream: Stream, data: bytes, last: bool) -> int:
+        """Write one event (with the headers first, framed as a chunk); SENT, BLOCKED or GONE."""
         h = self.handler
         if not h.headers_sent:
             h.headers_sent = True
@@ -147,6 +148,7 @@ class SocketSink:
             self._writer = None
 
     def close(self, stream: Stream, kind: str) -> None:
+        """The stream is over: release the handler once everything is flushed."""
         self.kind = kind
         self.closing = True
         self._stop_reader()
@@ -205,5 +207,6 @@ class LoopBody:
                 handler.close_connection = True
 
     def close(self) -> None:
+        """The stream is over: release the handler once everything is flushed."""
         if self.stream is not None and not self.stream.done:
             self.stream.fail("client_disconnect")
