@@ -56,10 +56,10 @@ def install() -> None:
 def _validate_and_warm_up(environment: Any) -> None:
     """Fail fast on bad settings, and load encodings and datasets before any request is timed:
     loading o200k takes about 0.5 s, during which every greenlet of the process would stall."""
-    from llmsim.load.users import OpenAIChatUser
+    from llmsim.load.base import LLMUser
 
     for cls in environment.user_classes or []:
-        if issubclass(cls, OpenAIChatUser):
+        if issubclass(cls, LLMUser):
             try:
                 cfg = resolve_config(cls, environment.parsed_options)
                 warm_up(cfg.model, cfg.system_prompt, cfg.dataset)
@@ -69,11 +69,11 @@ def _validate_and_warm_up(environment: Any) -> None:
 
 def _finite(environment: Any) -> bool:
     """Every user class is ours and stops after --llm-requests-per-user requests."""
-    from llmsim.load.users import OpenAIChatUser
+    from llmsim.load.base import LLMUser
 
     classes = environment.user_classes or []
     return bool(classes) and all(
-        issubclass(cls, OpenAIChatUser)
+        issubclass(cls, LLMUser)
         and resolve_config(cls, environment.parsed_options).requests_per_user > 0
         for cls in classes
     )
@@ -83,6 +83,10 @@ def _end_when_all_users_are_done(environment: Any) -> None:
     # Locust keeps a run going after every user has stopped; a run of N requests per user
     # should end when the last one is done (workers report their user counts every 3 s).
     runner = environment.runner
+    # Users must have been seen first: a master can be "running" with 0 users while its
+    # workers are still spawning (their reports come every 3 s, late on a busy machine).
+    while not (runner.state == STATE_RUNNING and runner.user_count > 0):
+        gevent.sleep(0.2)
     while not (runner.state == STATE_RUNNING and runner.user_count == 0):
         gevent.sleep(0.5)
     logger.info("llmsim: every user made its --llm-requests-per-user requests, stopping")

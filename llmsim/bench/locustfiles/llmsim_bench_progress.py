@@ -98,13 +98,13 @@ def _workload(environment: Any) -> dict[str, Any]:
     """The resolved workload of each llmsim user class (model, lengths, streaming), key left out:
     what the run actually asked for, whether it came from bench's flags, the class or the UI."""
     try:
+        from llmsim.load.base import LLMUser
         from llmsim.load.options import resolve_config
-        from llmsim.load.users import OpenAIChatUser
     except ImportError:
         return {}
     out: dict[str, Any] = {}
     for cls in environment.user_classes or []:
-        if not issubclass(cls, OpenAIChatUser):
+        if not issubclass(cls, LLMUser):
             continue
         try:
             cfg = resolve_config(cls, environment.parsed_options)
