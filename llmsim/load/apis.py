@@ -109,9 +109,11 @@ class OpenAIEmbeddingsUser(LLMUser):
     def is_streaming(self, body: dict[str, Any]) -> bool:
         return False
 
-    def send_next(self, scheduled: float | None = None, name: str | None = None) -> Any:
-        if self.inputs_per_request <= 1:
-            return super().send_next(scheduled, name)
+    def send_next(
+        self, scheduled: float | None = None, name: str | None = None, planned: Any = None
+    ) -> Any:
+        if self.inputs_per_request <= 1 or planned is not None:
+            return super().send_next(scheduled, name, planned)
         batch = [
             prompt_text(self.workload.next_request().messages)
             for _ in range(self.inputs_per_request)

@@ -100,6 +100,14 @@ class LLMUser(FastHttpUser):
     requests_per_user: int = 0
     seed: int | None = None
     timeout: float = 60.0  # seconds without a byte (FastHttpUser's network_timeout)
+    # Open loop (llmsim/load/openloop.py): a rate or a trace makes requests follow a schedule.
+    rate: float | None = None
+    arrival: str = "poisson"
+    max_in_flight: int | None = None
+    trace: str | None = None
+    trace_speed: float = 1.0
+    prefix_tokens: int = 0
+    prefix_groups: int = 1
     api_key: str | None = None
 
     request_name: str | None = None  # Locust row name; default: the request path
@@ -140,6 +148,8 @@ class LLMUser(FastHttpUser):
             dataset=load_dataset(self.llm.dataset) if self.llm.dataset else None,
             turns=self.llm.turns,
             rng=random.Random(seed),
+            prefix_tokens=self.llm.prefix_tokens,
+            prefix_groups=self.llm.prefix_groups,
         )
         self._sent = 0
 
@@ -186,15 +196,27 @@ class LLMUser(FastHttpUser):
 
     @task
     def chat_task(self) -> None:
-        """One request of the configured workload (one turn of a conversation)."""
+        """One request of the configured workload (one turn of a conversation); in open loop,
+        the whole schedule (each request in its own greenlet)."""
+        if self.llm.open_loop:
+            from llmsim.load.openloop import run_open_loop
+
+            run_open_loop(self)
+            raise StopUser()
         self.send_next()
         self._sent += 1
         if self.llm.requests_per_user and self._sent >= self.llm.requests_per_user:
             raise StopUser()
 
-    def send_next(self, scheduled: float | None = None, name: str | None = None) -> ChatResult:
-        """The workload's next request (`scheduled`: the perf_counter it was due at)."""
-        planned = self.workload.next_request()
+    def send_next(
+        self,
+        scheduled: float | None = None,
+        name: str | None = None,
+        planned: PlannedRequest | None = None,
+    ) -> ChatResult:
+        """The workload's next request, or `planned`; `scheduled`: the perf_counter it was due
+        at (open loop)."""
+        planned = planned or self.workload.next_request()
         result = self.chat(
             planned.messages,
             max_tokens=planned.max_tokens,

@@ -17,7 +17,13 @@ from locust.stats import StatsCSV
 
 from llmsim.load.histogram import install_bucketing
 from llmsim.load.metrics import PAYLOAD_KEY
-from llmsim.load.options import add_arguments, resolve_config, results_dir
+from llmsim.load.options import (
+    SWARM_PROCESSES,
+    SWARM_USERS,
+    add_arguments,
+    resolve_config,
+    results_dir,
+)
 from llmsim.load.runtime import get_runtime
 from llmsim.load.webui import install_web_ui
 from llmsim.load.workload import warm_up
@@ -63,6 +69,10 @@ def _validate_and_warm_up(environment: Any) -> None:
             try:
                 cfg = resolve_config(cls, environment.parsed_options)
                 warm_up(cfg.model, cfg.system_prompt, cfg.dataset)
+                if cfg.trace:
+                    from llmsim.load.trace import load_trace
+
+                    load_trace(cfg.trace)
             except (ValueError, OSError) as e:
                 raise SystemExit(f"llmsim: invalid setting for {cls.__name__}: {e}") from None
 
@@ -107,7 +117,18 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any)
     watcher: list[gevent.Greenlet] = []
 
     def on_test_start(**_: Any) -> None:
-        rt.on_test_start(results_dir(environment.parsed_options))
+        opts = environment.parsed_options
+        if opts is not None and not rt.is_worker:
+            # Open-loop users split the rate among the swarm: tell them its size (Locust sends
+            # custom options to workers with the spawn messages that follow).
+            r = environment.runner
+            setattr(opts, SWARM_USERS, int(getattr(r, "target_user_count", 0) or 0) or None)
+            if isinstance(r, MasterRunner):
+                workers = len(r.clients.ready) + len(r.clients.running) + len(r.clients.spawning)
+                setattr(opts, SWARM_PROCESSES, max(1, workers))
+            else:
+                setattr(opts, SWARM_PROCESSES, 1)
+        rt.on_test_start(results_dir(opts))
         if not rt.is_worker and _finite(environment):
             watcher.append(gevent.spawn(_end_when_all_users_are_done, environment))
 

@@ -22,6 +22,8 @@ DEFINITIONS = {
     "e2e_ms": "request start to the last byte of the response",
     "fidelity_ttft_ms": "measured TTFT minus the server's x-llmsim-ttft-ms plan",
     "output_tokens_per_s": "per request: output_tokens / e2e",
+    "schedule_lag_ms": "open loop: actual start minus scheduled start (latencies count from the "
+    "scheduled start)",
     "tokens": "from the server's usage when sent, else counted (chunks); see tokens.source",
 }
 
@@ -125,6 +127,8 @@ class LLMRuntime:
             "user_classes": user_classes,
             "requests": {"total": m.requests, "ok": m.requests - m.failed, "failed": m.failed},
             "errors": dict(sorted(m.errors.items())),
+            "error_samples": dict(sorted(m.error_samples.items())),
+            "dropped": m.dropped,
             "tokens": {
                 "input": m.input_tokens,
                 "output": m.output_tokens,
