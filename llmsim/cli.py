@@ -112,7 +112,66 @@ def serve(config: str | None, **flags: Any) -> int:
 
 
 @cli.command(context_settings={"show_default": True})
-@click.option("--users", "-u", type=int, default=10, metavar="N", help="Concurrent users.")
+@click.option(
+    "--users",
+    "-u",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Concurrent users, each waiting for its reply (closed loop) [default: 10].",
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    metavar="R",
+    help="Open loop: requests per second, whatever the replies do (instead of --users).",
+)
+@click.option(
+    "--arrival",
+    default=None,
+    metavar="KIND",
+    help="Open loop: poisson, constant or gamma:cv=C [default: poisson].",
+)
+@click.option(
+    "--max-in-flight",
+    type=int,
+    default=None,
+    metavar="C",
+    help="Open loop: arrivals beyond C requests in flight are dropped and counted.",
+)
+@click.option(
+    "--trace",
+    default=None,
+    metavar="FILE",
+    help="Replay a Mooncake JSONL (timestamp ms, input_length, output_length, hash_ids) or "
+    "CSV trace.",
+)
+@click.option(
+    "--trace-speed", type=float, default=None, metavar="X", help="Replay the trace X times faster."
+)
+@click.option(
+    "--prefix-tokens",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Each prompt starts with one of --prefix-groups shared prefixes of N tokens.",
+)
+@click.option(
+    "--prefix-groups", type=int, default=None, metavar="G", help="Distinct shared prefixes [1]."
+)
+@click.option(
+    "--warmup",
+    default="0s",
+    metavar="TIME",
+    help="Run this long first; headline figures cover the steady window after it.",
+)
+@click.option(
+    "--goodput",
+    default=None,
+    metavar="OBJ",
+    help="Requests/s that met every objective, e.g. ttft<=500ms,tpot<=50ms,e2e<=5s.",
+)
 @click.option(
     "--spawn-rate",
     "-r",

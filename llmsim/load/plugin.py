@@ -82,11 +82,12 @@ def _finite(environment: Any) -> bool:
     from llmsim.load.base import LLMUser
 
     classes = environment.user_classes or []
-    return bool(classes) and all(
-        issubclass(cls, LLMUser)
-        and resolve_config(cls, environment.parsed_options).requests_per_user > 0
-        for cls in classes
-    )
+
+    def finite(cls: type) -> bool:
+        cfg = resolve_config(cls, environment.parsed_options)
+        return bool(cfg.trace) or (cfg.requests_per_user > 0 and not cfg.open_loop)
+
+    return bool(classes) and all(issubclass(cls, LLMUser) and finite(cls) for cls in classes)
 
 
 def _end_when_all_users_are_done(environment: Any) -> None:

@@ -61,6 +61,9 @@ class _Progress:
         out["output_tokens"] = metrics.output_tokens
         out["llm_requests"] = metrics.requests
         out["llm_failed"] = metrics.failed
+        out["errors"] = dict(metrics.errors)
+        out["error_samples"] = dict(metrics.error_samples)
+        out["dropped"] = metrics.dropped
         return out
 
     def sample(self) -> dict[str, Any]:
