@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from itertools import islice
+from itertools import islice, pairwise
 
 import pytest
 
@@ -21,7 +21,7 @@ MODEL = "gpt-4o-mini"
 
 
 def _gaps(offsets: list[float]) -> list[float]:
-    return [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+    return [b - a for a, b in pairwise(offsets)]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_poisson_shares_superpose_to_the_full_rate() -> None:
 
 @pytest.mark.parametrize("bad", ["gamma", "gamma:cv=0", "gamma:cv=-1", "gamma:k=2", "burst", ""])
 def test_bad_arrivals_say_why(bad: str) -> None:
-    with pytest.raises(ValueError, match="poisson, constant or gamma|gamma:cv=C"):
+    with pytest.raises(ValueError, match=r"poisson, constant or gamma|gamma:cv=C"):
         parse_arrival(bad)
 
 
@@ -108,7 +108,7 @@ def test_trace_offsets_lengths_and_shared_blocks(tmp_path, suffix) -> None:
 def test_bad_traces_are_one_line(tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"timestamp": 1, "input_length": 5}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1: no 'output_length' field"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: no 'output_length' field"):
         load_trace(str(bad))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
