@@ -167,6 +167,13 @@ def serve(config: str | None, **flags: Any) -> int:
     help="Run this long first; headline figures cover the steady window after it.",
 )
 @click.option(
+    "--sweep",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Find the saturation throughput, then run N rates up to it (--duration each).",
+)
+@click.option(
     "--goodput",
     default=None,
     metavar="OBJ",

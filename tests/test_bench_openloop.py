@@ -130,3 +130,24 @@ def test_open_loop_usage_errors_are_one_line(args: list[str], message: str, tmp_
     assert len(lines) == 1 and lines[0].startswith("llmsim: error: "), result.output
     assert message in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_sweep_finds_the_simulators_capacity(bench: Bench) -> None:
+    # 4 slots, each request 50 ms + 19 x 5 ms: capacity is 4 / E2E requests/s.
+    code, out, err = bench.run(
+        "--sweep", "1", "--users", "12", "--duration", "2s", "--warmup", "1s",
+        "--max-concurrency", "4", *EXACT, *WORKLOAD, "--", "--llm-ignore-eos", timeout=240,
+    )  # fmt: skip
+    assert code == 0, err
+    sweep_dir = next(p for p in bench.reports.iterdir() if p.name.endswith("-sweep"))
+    doc = json.loads((sweep_dir / "sweep.json").read_text())
+    names = [lv["name"] for lv in doc["levels"]]
+    assert names[:2] == ["synchronous", "throughput"] and len(names) == 3
+    e2e_s = doc["levels"][0]["e2e_ms"]["mean"] / 1000  # uncontended, one request at a time
+    capacity = 4 / e2e_s
+    assert doc["saturation_rate"] == pytest.approx(capacity, rel=0.15), (doc, capacity)
+    assert doc["levels"][2]["offered_rate"] == pytest.approx(doc["saturation_rate"], rel=0.01)
+    page = (sweep_dir / "report.html").read_text()
+    assert page.count("<svg") == 3 and "against offered rate" in page
+    assert "| throughput |" in (sweep_dir / "summary.md").read_text()
+    assert "saturation" not in err and "sweep: 3 levels" in out

@@ -59,7 +59,17 @@ def build_config(
             f"--users and {which} do not mix: {which} sets the load (open loop), --users a "
             "number of users waiting for replies (closed loop)"
         )
-    users = 10 if opts["users"] is None else opts["users"]
+    sweep = opts.get("sweep")
+    if sweep is not None:
+        if sweep < 1:
+            raise click.UsageError(f"--sweep must be at least 1 rate, got {sweep}")
+        for flag, key in (("--rate", "rate"), ("--trace", "trace"), ("--web", "web")):
+            if opts.get(key):
+                raise click.UsageError(f"--sweep and {flag} do not mix: the sweep sets the load")
+    from llmsim.bench.sweep import SATURATION_USERS
+
+    default_users = SATURATION_USERS if sweep else 10
+    users = default_users if opts["users"] is None else opts["users"]
     if users < 1:
         raise click.UsageError(f"--users must be at least 1, got {users}")
     _open_loop_checks(opts)
@@ -121,6 +131,7 @@ def build_config(
         prefix_groups=opts.get("prefix_groups"),
         warmup_s=_duration("--warmup", opts.get("warmup") or "0s", 0),
         goodput=goodput,
+        sweep=sweep,
         spawn_rate=opts["spawn_rate"],
         duration_s=_duration("--duration", opts["duration"], 1),
         model=opts["model"],
@@ -213,9 +224,10 @@ class CannotRun(click.ClickException):
 def run_from_cli(cfg: BenchConfig) -> int:
     """Run; a run that cannot start becomes the CLI's one-line error with exit status 2."""
     from llmsim.bench.run import run_bench
+    from llmsim.bench.sweep import run_sweep
 
     try:
-        return run_bench(cfg)
+        return run_sweep(cfg) if cfg.sweep else run_bench(cfg)
     except BenchError as exc:
         raise CannotRun(str(exc)) from None
 

@@ -22,6 +22,8 @@ class BenchConfig:
     prefix_groups: int | None = None
     warmup_s: float = 0.0  # run this long first; headline figures cover the window after it
     goodput: list[Any] = field(default_factory=list)  # llmsim.bench.goodput.Objective
+    sweep: int | None = None  # --sweep N: saturation, then N rates (llmsim/bench/sweep.py)
+    oversaturation_limit: float | None = None  # a sweep level stops early past this in flight
     spawn_rate: float | None = None  # None: reach all users in about 10 s
     duration_s: float = 60.0
     model: str | None = None  # None: the user class's own default
@@ -92,6 +94,7 @@ class BenchConfig:
             "prefix_groups": self.prefix_groups,
             "warmup_s": self.warmup_s,
             "goodput": [str(o) for o in self.goodput],
+            "sweep": self.sweep,
             "duration_s": self.duration_s,
             "model": self.model,
             "api_key": "set" if self.effective_api_key else None,

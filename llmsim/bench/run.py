@@ -41,6 +41,17 @@ DEAD_MIN_REQUESTS = 3
 DEAD_WITHIN_S = 15.0
 
 
+def oversaturation_reason(in_flight: list[int], limit: float) -> str | None:
+    """A sweep level is plainly over-saturated when requests in flight passed `limit` (several
+    times what the server held at saturation) and still grew over the last 3 s."""
+    if len(in_flight) < 4:
+        return None
+    last = in_flight[-4:]
+    if last[-1] > limit and last[0] < last[1] < last[2] < last[3]:
+        return f"{last[-1]} requests in flight and growing (saturation held {limit / 3:.0f})"
+    return None
+
+
 def dead_target_reason(sample: dict[str, Any], elapsed: float) -> str | None:
     """Why to stop a run whose first requests all failed against a wrong or absent target."""
     total, failed = sample.get("llm_requests") or 0, sample.get("llm_failed") or 0
@@ -95,6 +106,8 @@ class RunState:
     workload: dict[str, Any] = field(default_factory=dict)  # user class -> resolved options
     cpu_sustained_max: float = 0.0  # Locust's highest CPU averaged over CPU_WINDOW_S
     dead_target: str | None = None  # why the run was stopped early: every request failed
+    oversaturated: str | None = None  # a sweep level stopped early: why
+    in_flight: list[int] = field(default_factory=list)  # per sample, for the saturation check
 
 
 class _Interrupts:
@@ -123,8 +136,18 @@ class _Interrupts:
             signal.signal(sig, old)
 
 
-def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run one benchmark; returns the exit status (0 ok, 1 SLO failed, 2 could not run)."""
+def run_bench(
+    cfg: BenchConfig,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    shared_server: EmbeddedServer | None = None,
+    on_summary: Callable[[dict[str, Any], Path], None] | None = None,
+) -> int:
+    """Run one benchmark; returns the exit status (0 ok, 1 SLO failed, 2 could not run).
+
+    `shared_server`: an embedded simulator the caller started and stops (a sweep's levels
+    share one). `on_summary(summary, run_dir)` is called with the final summary.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     human = err if cfg.json_output else out  # with --json, stdout carries the JSON alone
@@ -137,7 +160,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
         check_port_free(cfg.web_host, cfg.web_port, "--web-port")
     if cfg.master:
         check_port_free(cfg.master_bind_host, cfg.master_bind_port, "Locust master port")
-    if target:
+    if target and shared_server is None:
         check_reachable(target, cfg.effective_api_key)
 
     run_dir = make_run_dir(cfg.reports_dir, cfg.label)
@@ -146,18 +169,22 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
     monitor = ProcessMonitor()
     state = RunState()
     try:
-        if target is None:
+        if shared_server is not None:
+            target = shared_server.base_url
+            monitor.watch("simulator", shared_server.pid)
+        elif target is None:
             server = start_embedded_server(
                 cfg.simulator_flags, cfg.simulator_config, run_dir / "server.log"
             )
             target = server.base_url
             monitor.watch("simulator", server.pid)
-        _say(human, f"llmsim bench: {_describe(cfg, target, server)}")
+        embedded = server or shared_server
+        _say(human, f"llmsim bench: {_describe(cfg, target, embedded)}")
         swarm = start_swarm(cfg, target, run_dir)
         monitor.watch("locust", swarm.pid)
         monitor.watch("bench", os.getpid())
-        simulator = _simulator_settings(cfg) if server else None
-        kind = "embedded" if server else "external"
+        simulator = _simulator_settings(cfg) if embedded else None
+        kind = "embedded" if embedded else "external"
         reached_target: str = target
 
         def report(locust_status: int | None) -> dict[str, Any]:
@@ -194,6 +221,9 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
         raise BenchError(f"Locust did not start a run: {_locust_failure(run_dir)}")
 
     summary = report(locust_status)
+    summary["stopped_early"] = state.oversaturated
+    if on_summary is not None:
+        on_summary(summary, run_dir)
     if state.dead_target:
         raise BenchError(f"{state.dead_target}; check --target (report: {run_dir / 'report.html'})")
     return _finish(cfg, summary, run_dir, out, human)
@@ -240,7 +270,7 @@ def _drive(
                     deadline = now + 10
                 else:
                     swarm.kill()
-            if state.dead_target and not interrupts.count:
+            if (state.dead_target or state.oversaturated) and not interrupts.count:
                 swarm.interrupt()
                 interrupts.count = handled = 1
                 deadline = now + 10
@@ -327,6 +357,11 @@ def _on_event(
                 f"run stopped ({summary['requests']['total']} requests); report: "
                 f"{run_dir / 'report.html'} (start another run, or Ctrl-C to quit)",
             )
+    if kind == "sample" and cfg.oversaturation_limit and state.oversaturated is None:
+        state.in_flight.append(int(ev.get("in_flight") or 0))
+        state.oversaturated = oversaturation_reason(state.in_flight, cfg.oversaturation_limit)
+        if state.oversaturated:
+            _note(display, human, f"stopping this level early: {state.oversaturated}")
     if kind == "sample" and state.dead_target is None and state.started is not None:
         state.dead_target = dead_target_reason(ev, time.time() - state.started)
         if state.dead_target:
