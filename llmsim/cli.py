@@ -289,6 +289,30 @@ def bench(config: str | None, locust_args: tuple[str, ...], **options: Any) -> i
     return run_from_cli(build_config(opts, sim_flags, locust_args))
 
 
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_A RUN_B [RUN…]")
+@click.option(
+    "--output-dir",
+    "-o",
+    default=None,
+    metavar="DIR",
+    help="Where compare.md and compare.html go [default: compare-<time> beside RUN_A].",
+)
+def compare(runs: tuple[str, ...], output_dir: str | None) -> int:
+    """Compare bench runs side by side: deltas against the first, overlaid distributions."""
+    from llmsim.bench.cli_support import CannotRun
+    from llmsim.bench.compare import run_compare
+    from llmsim.bench.errors import BenchError
+
+    try:
+        md, out = run_compare(list(runs), output_dir)
+    except BenchError as exc:
+        raise CannotRun(str(exc)) from None
+    click.echo(md.rstrip())
+    click.echo(f"report: {out / 'compare.html'}")
+    return 0
+
+
 @cli.command(context_settings={"show_default": True})
 @click.option(
     "--master-host", required=True, metavar="HOST", help="Where `llmsim bench --master` runs."

@@ -237,3 +237,40 @@ def throughput_against_rate(levels: Sequence[Mapping[str, Any]]) -> str:
     ax.legend(l1 + l2, lab1 + lab2, frameon=False, fontsize=8, loc="lower right")
     ax.set_title(title, loc="left")
     return _svg(fig)
+
+
+_RUN_COLORS = (BLUE, ORANGE, GREEN, RED, "#9467bd", "#8c564b", "#e377c2", GREY)
+
+
+def overlaid(title: str, runs: Sequence[tuple[str, Mapping[float, int] | None]]) -> str:
+    """Several runs' distributions of one metric on shared bins (normalised, step outlines)."""
+    runs = [(n, c) for n, c in runs if c]
+    if not runs:
+        return _empty(title, "no data")
+    keys_all = np.concatenate([np.array(list(c.keys()), dtype=float) for _, c in runs])
+    w_all = np.concatenate([np.array(list(c.values()), dtype=float) for _, c in runs])
+    order = np.argsort(keys_all)
+    cum = np.cumsum(w_all[order]) / w_all.sum()
+    lo = keys_all[order][0]
+    hi = keys_all[order][min(len(order) - 1, int(np.searchsorted(cum, 0.999)))]
+    if hi <= lo:
+        hi = lo + max(1.0, abs(lo) * 0.01)
+    bins = np.linspace(lo, hi, 61)
+    fig, ax = _fig()
+    for i, (name, counts) in enumerate(runs):
+        keys = np.clip(np.array(list(counts.keys()), dtype=float), lo, hi)
+        weights = np.array(list(counts.values()), dtype=float)
+        ax.hist(
+            keys,
+            bins=bins,
+            weights=weights / weights.sum(),
+            histtype="step",
+            linewidth=1.6,
+            color=_RUN_COLORS[i % len(_RUN_COLORS)],
+            label=name,
+        )
+    ax.set_title(title, loc="left")
+    ax.set_xlabel("ms")
+    ax.set_ylabel("share of values")
+    ax.legend(frameon=False, fontsize=8)
+    return _svg(fig)
