@@ -10,6 +10,7 @@ import gevent
 
 from llmsim.load.metrics import HISTOGRAMS, LLMMetrics
 from llmsim.load.results import ResultsWriter
+from llmsim.load.timeline import STEP_S, Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class LLMRuntime:
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.samples: dict[int, tuple[int, int]] = {}  # second -> (users, in-flight)
+        self.timeline = Timeline()  # the web UI's charts
         self._sampler: gevent.Greenlet | None = None
 
     @property
@@ -53,6 +55,7 @@ class LLMRuntime:
         self.metrics.remote_in_flight.clear()
         self.metrics.keep_rows = bool(results_dir)
         self.samples = {}
+        self.timeline.reset()
         self.start_time = time.time()
         self.end_time = None
         if self.is_worker:
@@ -98,9 +101,15 @@ class LLMRuntime:
 
     def _sample_loop(self) -> None:
         # Aligned to wall-clock seconds so the series lines up with per-second request counts.
+        last_point = 0.0
         while True:
             gevent.sleep(1.0 - (time.time() % 1.0))
             self._sample()
+            now = time.time()
+            if now - last_point >= STEP_S - 0.05:
+                last_point = now
+                runner = self.environment.runner
+                self.timeline.sample(self.metrics, runner.user_count if runner else 0, now)
             self._drain_rows()
             if self.writer is not None:
                 self.writer.flush()
