@@ -21,7 +21,7 @@ from llmsim.load.apis import (  # noqa: E402
 )
 from llmsim.load.base import ChatResult, LLMUser  # noqa: E402
 from llmsim.load.stream import EventReader, StreamState  # noqa: E402
-from llmsim.load.users import OpenAIChatUser  # noqa: E402
+from llmsim.load.users import OpenAIChatUser, OpenLoopUser  # noqa: E402
 from llmsim.load.workload import Distribution, parse_distribution  # noqa: E402
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "OpenAICompletionsUser",
     "OpenAIEmbeddingsUser",
     "OpenAIResponsesUser",
+    "OpenLoopUser",
     "StreamState",
     "parse_distribution",
 ]

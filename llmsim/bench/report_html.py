@@ -167,7 +167,7 @@ def render(
         parts += ["<h2>SLOs</h2>", _table(slo)]
     errors = tables.errors_table(summary)
     if errors is not None:
-        parts += ["<h2>Errors</h2>", _table(errors)]
+        parts += ["<h2>Errors</h2>", _table(errors, "kv")]
     parts += ["<h2>Plots</h2>", '<div class="grid">']
     parts += [f'<div class="plot">{svg}</div>' for svg in svgs]
     parts.append("</div>")

@@ -33,4 +33,16 @@ class OpenAIChatUser(LLMUser):
         return self.common_fields(body, stream_options=True)
 
 
-__all__ = ["ChatResult", "OpenAIChatUser", "split_host"]
+class OpenLoopUser(OpenAIChatUser):
+    """Chat completions in open loop: `rate` requests/s for the whole swarm, each request in
+    its own greenlet at its scheduled time (llmsim/load/openloop.py). Run one user per process.
+
+    Set `rate`, `arrival` ("poisson", "constant", "gamma:cv=C") and `max_in_flight`, or give
+    --llm-rate/--llm-arrival/--llm-max-in-flight; any llmsim user becomes open loop with them.
+    """
+
+    abstract = True
+    rate: float | None = 1.0
+
+
+__all__ = ["ChatResult", "OpenAIChatUser", "OpenLoopUser", "split_host"]
