@@ -187,7 +187,13 @@ def serve(config: str | None, **flags: Any) -> int:
     metavar="R",
     help="Users started per second [default: all users within about 10 s].",
 )
-@click.option("--duration", "-t", default="60s", metavar="TIME", help="Run time: 30s, 5m, 1h.")
+@click.option(
+    "--duration",
+    "-t",
+    default="60s",
+    metavar="TIME",
+    help="Measured run time, after --warmup: 30s, 5m, 1h.",
+)
 @click.option("--model", default=None, help="Model named in each request [default: the user's].")
 @click.option(
     "--api-key",

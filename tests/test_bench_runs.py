@@ -7,6 +7,7 @@ are a few seconds and a few users so the whole file stays around a minute on two
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import os
 import signal
@@ -140,8 +141,15 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     assert tok["output_total"] == 20 * req["total"] and tok["source"] == "usage"
     assert tok["input_total"] == 64 * req["total"]
     assert summary["duration_s"] == pytest.approx(4, abs=0.6)
-    assert req["per_s"] == pytest.approx(req["total"] / summary["duration_s"], rel=1e-3)
+    # Rates are over the measured window (--duration from the start): the requests that
+    # ended in it, not those finishing during the wind-down after it.
+    assert summary["window"]["start_s"] == 0 and summary["window"]["duration_s"] == 4
+    t0 = dt.datetime.fromisoformat(summary["started_at"]).timestamp()
+    rows = read_csv(run_dir / "requests.csv")
+    ended = sum(1 for r in rows if t0 <= float(r["end_time"]) < t0 + 4)
+    assert req["per_s"] == pytest.approx(ended / 4, abs=0.3)
     assert tok["output_per_s"] == pytest.approx(20 * req["per_s"], rel=1e-2)
+    assert summary["whole_run"]["requests"]["total"] == req["total"]
     assert summary["target_kind"] == "embedded" and summary["target"].startswith("http://127.")
     assert summary["users"] == 4 and summary["users_peak"] == 4
     assert summary["errors"] == {}

@@ -220,6 +220,8 @@ def write_reports(
         label=cfg.label,
     )
     add_window(summary, cfg, llm, run_dir / REQUESTS, t0, state.stopped)
+    # A sweep level stopped early because it was plainly over-saturated: why, else null.
+    summary["stopped_early"] = state.oversaturated
     summary["slo"] = evaluate_slos(cfg.slos, summary)
     req = summary["requests"]
     if not req.get("ok"):

@@ -221,7 +221,6 @@ def run_bench(
         raise BenchError(f"Locust did not start a run: {_locust_failure(run_dir)}")
 
     summary = report(locust_status)
-    summary["stopped_early"] = state.oversaturated
     if on_summary is not None:
         on_summary(summary, run_dir)
     if state.dead_target:

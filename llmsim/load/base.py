@@ -121,6 +121,12 @@ class LLMUser(FastHttpUser):
         # FastHttpUser reads its client settings from the instance: --llm-timeout is the wait
         # for the next bytes of a reply; connection_timeout and the rest stay the class's own.
         self.network_timeout = self.llm.timeout
+        if self.llm.open_loop and self.client_pool is None:
+            # One open-loop user has many requests in flight: a pool of FastHttpUser's default
+            # 10 connections would queue the rest inside the client, after the schedule-lag
+            # stamp, and charge that wait to the server. Connections are opened lazily; the
+            # bound stays moderate because geventhttpclient retries a send up to pool size times.
+            self.concurrency = max(self.concurrency, self.llm.max_in_flight or 2048)
         super().__init__(environment)
         self.metrics: LLMMetrics = get_metrics(environment)
         self.origin, self.base_path = split_host(self.host)
