@@ -179,6 +179,17 @@ OPTIONS: tuple[Opt, ...] = (
     ),
 )
 
+# What a user class without the open-loop attributes (one not built on LLMUser) gets.
+OPEN_LOOP_DEFAULTS: dict[str, Any] = {
+    "rate": None,
+    "arrival": "poisson",
+    "max_in_flight": None,
+    "trace": None,
+    "trace_speed": 1.0,
+    "prefix_tokens": 0,
+    "prefix_groups": 1,
+}
+
 # Set by the master at test start (not by users): how many users and processes share the
 # open-loop rate. Locust sends custom options to its workers with every spawn message.
 SWARM_USERS = "llm_swarm_users"
@@ -302,7 +313,7 @@ def resolve_config(user_class: type, parsed_options: Any) -> LLMConfig:
         if given:
             values[opt.attr] = convert(opt, raw)
         else:
-            values[opt.attr] = getattr(user_class, opt.attr)
+            values[opt.attr] = getattr(user_class, opt.attr, OPEN_LOOP_DEFAULTS.get(opt.attr))
     values["prompt_tokens"] = parse_distribution(values["prompt_tokens"])
     values["max_tokens"] = parse_distribution(values["max_tokens"])
     values["extra_headers"] = dict(values["extra_headers"] or {})

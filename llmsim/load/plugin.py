@@ -113,6 +113,9 @@ def _end_when_all_users_are_done(environment: Any) -> None:
 def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any) -> None:
     rt = get_runtime(environment)
     _validate_and_warm_up(environment)
+    # libev caches the loop's clock: after a blocking warm-up (seconds on a busy machine), the
+    # --run-time timer Locust sets next would start from a stale "now" and cut the run short.
+    gevent.get_hub().loop.update_now()
     ev = environment.events
 
     watcher: list[gevent.Greenlet] = []
