@@ -112,7 +112,73 @@ def serve(config: str | None, **flags: Any) -> int:
 
 
 @cli.command(context_settings={"show_default": True})
-@click.option("--users", "-u", type=int, default=10, metavar="N", help="Concurrent users.")
+@click.option(
+    "--users",
+    "-u",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Concurrent users, each waiting for its reply (closed loop) [default: 10].",
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    metavar="R",
+    help="Open loop: requests per second, whatever the replies do (instead of --users).",
+)
+@click.option(
+    "--arrival",
+    default=None,
+    metavar="KIND",
+    help="Open loop: poisson, constant or gamma:cv=C [default: poisson].",
+)
+@click.option(
+    "--max-in-flight",
+    type=int,
+    default=None,
+    metavar="C",
+    help="Open loop: arrivals beyond C requests in flight are dropped and counted.",
+)
+@click.option(
+    "--trace",
+    default=None,
+    metavar="FILE",
+    help="Replay a Mooncake JSONL (timestamp ms, input_length, output_length, hash_ids) or "
+    "CSV trace.",
+)
+@click.option(
+    "--trace-speed", type=float, default=None, metavar="X", help="Replay the trace X times faster."
+)
+@click.option(
+    "--prefix-tokens",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Each prompt starts with one of --prefix-groups shared prefixes of N tokens.",
+)
+@click.option(
+    "--prefix-groups", type=int, default=None, metavar="G", help="Distinct shared prefixes [1]."
+)
+@click.option(
+    "--warmup",
+    default="0s",
+    metavar="TIME",
+    help="Run this long first; headline figures cover the steady window after it.",
+)
+@click.option(
+    "--sweep",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Find the saturation throughput, then run N rates up to it (--duration each).",
+)
+@click.option(
+    "--goodput",
+    default=None,
+    metavar="OBJ",
+    help="Requests/s that met every objective, e.g. ttft<=500ms,tpot<=50ms,e2e<=5s.",
+)
 @click.option(
     "--spawn-rate",
     "-r",
@@ -121,7 +187,13 @@ def serve(config: str | None, **flags: Any) -> int:
     metavar="R",
     help="Users started per second [default: all users within about 10 s].",
 )
-@click.option("--duration", "-t", default="60s", metavar="TIME", help="Run time: 30s, 5m, 1h.")
+@click.option(
+    "--duration",
+    "-t",
+    default="60s",
+    metavar="TIME",
+    help="Measured run time, after --warmup: 30s, 5m, 1h.",
+)
 @click.option("--model", default=None, help="Model named in each request [default: the user's].")
 @click.option(
     "--api-key",
@@ -221,6 +293,30 @@ def bench(config: str | None, locust_args: tuple[str, ...], **options: Any) -> i
     opts = {k: v for k, v in options.items() if k not in sim_names}
     opts["config"] = config
     return run_from_cli(build_config(opts, sim_flags, locust_args))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_A RUN_B [RUN…]")
+@click.option(
+    "--output-dir",
+    "-o",
+    default=None,
+    metavar="DIR",
+    help="Where compare.md and compare.html go [default: compare-<time> beside RUN_A].",
+)
+def compare(runs: tuple[str, ...], output_dir: str | None) -> int:
+    """Compare bench runs side by side: deltas against the first, overlaid distributions."""
+    from llmsim.bench.cli_support import CannotRun
+    from llmsim.bench.compare import run_compare
+    from llmsim.bench.errors import BenchError
+
+    try:
+        md, out = run_compare(list(runs), output_dir)
+    except BenchError as exc:
+        raise CannotRun(str(exc)) from None
+    click.echo(md.rstrip())
+    click.echo(f"report: {out / 'compare.html'}")
+    return 0
 
 
 @cli.command(context_settings={"show_default": True})

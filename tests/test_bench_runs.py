@@ -7,6 +7,7 @@ are a few seconds and a few users so the whole file stays around a minute on two
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import os
 import signal
@@ -130,7 +131,9 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     ttft, tpot, e2e, itl = (summary[k] for k in ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms"))
     for block in (ttft, tpot, e2e, itl):
         assert set(block) == {"p50", "p90", "p95", "p99", "mean", "min", "max", "count"}
-    assert 50 <= ttft["p50"] <= 53, ttft
+    # 50 ms planned; up to 3 ms on a quiet machine. With a load average of 8 on 2 cores from
+    # other work, main's code measured 53.1 too: the bound leaves room for that.
+    assert 50 <= ttft["p50"] <= 56, ttft
     assert 4.8 <= tpot["p50"] <= 5.3, tpot
     assert E2E_MS <= e2e["p50"] <= E2E_MS + 5, e2e
     assert 4.5 <= itl["p50"] <= 5.5 and itl["count"] >= 19 * ttft["count"] * 0.9, itl
@@ -140,8 +143,15 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     assert tok["output_total"] == 20 * req["total"] and tok["source"] == "usage"
     assert tok["input_total"] == 64 * req["total"]
     assert summary["duration_s"] == pytest.approx(4, abs=0.6)
-    assert req["per_s"] == pytest.approx(req["total"] / summary["duration_s"], rel=1e-3)
+    # Rates are over the measured window (--duration from the start): the requests that
+    # ended in it, not those finishing during the wind-down after it.
+    assert summary["window"]["start_s"] == 0 and summary["window"]["duration_s"] == 4
+    t0 = dt.datetime.fromisoformat(summary["started_at"]).timestamp()
+    rows = read_csv(run_dir / "requests.csv")
+    ended = sum(1 for r in rows if t0 <= float(r["end_time"]) < t0 + 4)
+    assert req["per_s"] == pytest.approx(ended / 4, abs=0.3)
     assert tok["output_per_s"] == pytest.approx(20 * req["per_s"], rel=1e-2)
+    assert summary["whole_run"]["requests"]["total"] == req["total"]
     assert summary["target_kind"] == "embedded" and summary["target"].startswith("http://127.")
     assert summary["users"] == 4 and summary["users_peak"] == 4
     assert summary["errors"] == {}
@@ -199,7 +209,7 @@ def test_slo_failure_exits_1_against_a_separate_target(bench: Bench, llmsim_serv
     results = {r["slo"]: r["passed"] for r in summary["slo"]["results"]}
     assert results == {"ttft_p50<=20ms": False, "error_rate<=1%": True}
     assert summary["fidelity"] is not None  # the target is llmsim: it sends its plan
-    assert 50 <= summary["ttft_ms"]["p50"] <= 53
+    assert 50 <= summary["ttft_ms"]["p50"] <= 56  # see the headless test
     assert "FAIL" in out and "SLO FAILED" in out
     assert server.proc.poll() is None  # bench never stops a target it did not start
 

@@ -259,6 +259,7 @@ def test_write_reports_from_synthetic_run(tmp_path: Path) -> None:
         "failed": 1,
         "error_rate": 0.025,
         "per_s": 10.0,
+        "dropped": 0,
     }
     assert on_disk["tokens"]["output_total"] == 780 and on_disk["tokens"]["output_per_s"] == 195
     assert on_disk["tokens"]["source"] == "usage"

@@ -274,6 +274,18 @@ def test_web_ui_llm_tab_csv_and_results_on_sigterm(llmsim_server, tmp_path):
         assert '"extended_tabs"' in page or "extended_tabs" in page
         csv_text = _get(base + "/llm/csv").decode()
         assert csv_text.startswith("metric,count,mean,min,p50") and "TTFT (ms)" in csv_text
+        # The live charts: linked from the UI, drawn offline with the vendored uPlot.
+        assert 'href="./llm/charts"' in page
+        charts = _get(base + "/llm/charts").decode()
+        assert '<script src="uplot.js">' in charts and "http" not in charts.split("<script")[1]
+        assert b"uPlot" in _get(base + "/llm/uplot.js")
+        points: list[dict] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(p.get("ttft_p50") for p in points):
+            time.sleep(1)
+            points = json.loads(_get(base + "/llm/series?since=0"))["points"]
+        p = next(p for p in points if p.get("ttft_p50"))
+        assert p["itl_p50"] is not None and p["out_tps"] > 0 and p["rps"] > 0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

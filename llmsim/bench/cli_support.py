@@ -46,8 +46,33 @@ def build_config(
     opts: Mapping[str, Any], simulator_flags: Mapping[str, Any], locust_args: Sequence[str]
 ) -> BenchConfig:
     """Check the options together (as a user would expect) and build the run's configuration."""
-    if opts["users"] < 1:
-        raise click.UsageError(f"--users must be at least 1, got {opts['users']}")
+    host = simulator_flags.get("host")
+    if host and "://" in str(host):
+        raise click.UsageError(
+            f"--host {host}: bench's --host is the embedded simulator's bind address; "
+            "to benchmark a server at a URL use --target URL"
+        )
+    open_loop = opts.get("rate") is not None or opts.get("trace") is not None
+    if opts["users"] is not None and open_loop:
+        which = "--rate" if opts.get("rate") is not None else "--trace"
+        raise click.UsageError(
+            f"--users and {which} do not mix: {which} sets the load (open loop), --users a "
+            "number of users waiting for replies (closed loop)"
+        )
+    sweep = opts.get("sweep")
+    if sweep is not None:
+        if sweep < 1:
+            raise click.UsageError(f"--sweep must be at least 1 rate, got {sweep}")
+        for flag, key in (("--rate", "rate"), ("--trace", "trace"), ("--web", "web")):
+            if opts.get(key):
+                raise click.UsageError(f"--sweep and {flag} do not mix: the sweep sets the load")
+    from llmsim.bench.sweep import SATURATION_USERS
+
+    default_users = SATURATION_USERS if sweep else 10
+    users = default_users if opts["users"] is None else opts["users"]
+    if users < 1:
+        raise click.UsageError(f"--users must be at least 1, got {users}")
+    _open_loop_checks(opts)
     if opts["spawn_rate"] is not None and opts["spawn_rate"] <= 0:
         raise click.UsageError(f"--spawn-rate must be above 0, got {opts['spawn_rate']:g}")
     processes = opts["processes"]
@@ -87,8 +112,26 @@ def build_config(
     if not opts["target"]:
         # Resolve once now so a bad simulator option is a usage error here, not a dead server.
         load_settings(config=opts["config"], overrides=sim_given)
+    goodput = []
+    if opts.get("goodput"):
+        from llmsim.bench.goodput import parse_goodput
+
+        try:
+            goodput = parse_goodput(opts["goodput"])
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     return BenchConfig(
-        users=opts["users"],
+        users=users,
+        rate=opts.get("rate"),
+        arrival=opts.get("arrival"),
+        max_in_flight=opts.get("max_in_flight"),
+        trace=opts.get("trace"),
+        trace_speed=opts.get("trace_speed"),
+        prefix_tokens=opts.get("prefix_tokens"),
+        prefix_groups=opts.get("prefix_groups"),
+        warmup_s=_duration("--warmup", opts.get("warmup") or "0s", 0),
+        goodput=goodput,
+        sweep=sweep,
         spawn_rate=opts["spawn_rate"],
         duration_s=_duration("--duration", opts["duration"], 1),
         model=opts["model"],
@@ -119,6 +162,59 @@ def build_config(
     )
 
 
+def _open_loop_checks(opts: Mapping[str, Any]) -> None:
+    """Open-loop options: each alone, and with what they need."""
+    rate, trace = opts.get("rate"), opts.get("trace")
+    if rate is not None and not rate > 0:
+        raise click.UsageError(f"--rate must be above 0 requests/s, got {rate:g}")
+    if rate is not None and trace:
+        raise click.UsageError("--rate and --trace do not mix: the trace has its own times")
+    if opts.get("arrival") is not None:
+        if rate is None:
+            raise click.UsageError("--arrival needs --rate")
+        from llmsim.load.arrivals import parse_arrival
+
+        try:
+            parse_arrival(opts["arrival"])
+        except ValueError as exc:
+            raise click.UsageError(f"--arrival: {exc}") from None
+    if opts.get("max_in_flight") is not None:
+        if rate is None and not trace:
+            raise click.UsageError(
+                "--max-in-flight needs --rate or --trace (closed loop: --users is the limit; "
+                "the simulator's own capacity is --max-concurrency)"
+            )
+        if opts["max_in_flight"] < 1:
+            raise click.UsageError(
+                f"--max-in-flight must be at least 1, got {opts['max_in_flight']}"
+            )
+    if opts.get("trace_speed") is not None:
+        if not trace:
+            raise click.UsageError("--trace-speed needs --trace")
+        if not opts["trace_speed"] > 0:
+            raise click.UsageError(f"--trace-speed must be above 0, got {opts['trace_speed']:g}")
+    if trace:
+        from llmsim.load.trace import load_trace
+
+        try:
+            load_trace(trace)
+        except ValueError as exc:
+            raise click.UsageError(f"--trace {exc}") from None
+    if opts.get("prefix_tokens") is not None and opts["prefix_tokens"] < 1:
+        raise click.UsageError(f"--prefix-tokens must be at least 1, got {opts['prefix_tokens']}")
+    if opts.get("prefix_groups") is not None:
+        if opts.get("prefix_tokens") is None:
+            raise click.UsageError("--prefix-groups needs --prefix-tokens")
+        if opts["prefix_groups"] < 1:
+            raise click.UsageError(
+                f"--prefix-groups must be at least 1, got {opts['prefix_groups']}"
+            )
+    if (opts.get("prefix_tokens") is not None) and trace:
+        raise click.UsageError(
+            "--prefix-tokens and --trace do not mix: the trace's hash_ids set the prefixes"
+        )
+
+
 class CannotRun(click.ClickException):
     """Printed as `llmsim: error: …`; status 2, as for a usage error (1 means an SLO failed)."""
 
@@ -128,9 +224,10 @@ class CannotRun(click.ClickException):
 def run_from_cli(cfg: BenchConfig) -> int:
     """Run; a run that cannot start becomes the CLI's one-line error with exit status 2."""
     from llmsim.bench.run import run_bench
+    from llmsim.bench.sweep import run_sweep
 
     try:
-        return run_bench(cfg)
+        return run_sweep(cfg) if cfg.sweep else run_bench(cfg)
     except BenchError as exc:
         raise CannotRun(str(exc)) from None
 

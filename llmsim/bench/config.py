@@ -12,6 +12,18 @@ from llmsim.bench.slo import SLO
 @dataclass
 class BenchConfig:
     users: int = 10
+    # Open loop (rate or trace): requests follow a schedule; `users` is then one per process.
+    rate: float | None = None
+    arrival: str | None = None
+    max_in_flight: int | None = None
+    trace: str | None = None
+    trace_speed: float | None = None
+    prefix_tokens: int | None = None
+    prefix_groups: int | None = None
+    warmup_s: float = 0.0  # run this long first; headline figures cover the window after it
+    goodput: list[Any] = field(default_factory=list)  # llmsim.bench.goodput.Objective
+    sweep: int | None = None  # --sweep N: saturation, then N rates (llmsim/bench/sweep.py)
+    oversaturation_limit: float | None = None  # a sweep level stops early past this in flight
     spawn_rate: float | None = None  # None: reach all users in about 10 s
     duration_s: float = 60.0
     model: str | None = None  # None: the user class's own default
@@ -45,7 +57,21 @@ class BenchConfig:
     progress: bool = True
 
     @property
+    def open_loop(self) -> bool:
+        """Requests follow a schedule (--rate or --trace), not the replies."""
+        return self.rate is not None or self.trace is not None
+
+    @property
+    def locust_users(self) -> int:
+        """Users Locust runs: one per process in open loop (each takes its share of the rate)."""
+        if self.open_loop:
+            return max(1, self.processes or 1)
+        return self.users
+
+    @property
     def effective_spawn_rate(self) -> float:
+        if self.open_loop:
+            return float(self.locust_users)  # all at once: the schedule paces the load
         if self.spawn_rate is not None:
             return self.spawn_rate
         return max(1.0, self.users / 10.0)
@@ -57,8 +83,18 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         """The configuration as recorded in summary.json; the API key is never written."""
         return {
-            "users": self.users,
-            "spawn_rate": self.effective_spawn_rate,
+            "users": None if self.open_loop else self.users,
+            "spawn_rate": None if self.open_loop else self.effective_spawn_rate,
+            "rate": self.rate,
+            "arrival": (self.arrival or "poisson") if self.rate is not None else None,
+            "max_in_flight": self.max_in_flight,
+            "trace": self.trace,
+            "trace_speed": self.trace_speed,
+            "prefix_tokens": self.prefix_tokens,
+            "prefix_groups": self.prefix_groups,
+            "warmup_s": self.warmup_s,
+            "goodput": [str(o) for o in self.goodput],
+            "sweep": self.sweep,
             "duration_s": self.duration_s,
             "model": self.model,
             "api_key": "set" if self.effective_api_key else None,

@@ -80,6 +80,17 @@ class ProcessMonitor:
         else:
             self._machine[1] = (now, busy)
 
+    def sustained_cpu(self, role_prefix: str, window_s: float) -> float | None:
+        """The highest CPU (% of a core) any `role_prefix` process averaged over the last
+        `window_s` seconds of samples (one a second), or None before there are that many."""
+        n = max(1, round(window_s))
+        means = [
+            sum(t.cpu_samples[-n:]) / n
+            for t in self.tracks.values()
+            if t.role.startswith(role_prefix) and len(t.cpu_samples) >= n
+        ]
+        return max(means) if means else None
+
     def summary(self) -> dict[str, Any]:
         """Per process: mean and peak CPU (% of one core) over the run, peak RSS in MB."""
         procs = []

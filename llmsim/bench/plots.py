@@ -189,3 +189,88 @@ def errors_by_kind(errors: Mapping[str, int]) -> str:
     ax.set_xlabel("requests")
     ax.set_title(title, loc="left")
     return _svg(fig)
+
+
+def against_rate(
+    title: str, levels: Sequence[Mapping[str, Any]], key: str, unit: str = "ms"
+) -> str:
+    """p50 and p95 of one metric against each sweep level's offered rate."""
+    if not levels:
+        return _empty(title, "no data")
+    x = np.array([float(lv["offered_rate"]) for lv in levels])
+    fig, ax = _fig()
+    for pct, color in (("p50", BLUE), ("p95", ORANGE)):
+        y = np.array([np.nan if lv[key].get(pct) is None else lv[key][pct] for lv in levels])
+        ax.plot(x, y, color=color, marker="o", ms=4, label=pct)
+    ax.set_xlabel("offered rate, requests/s")
+    ax.set_ylabel(unit)
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title, loc="left")
+    return _svg(fig)
+
+
+def throughput_against_rate(levels: Sequence[Mapping[str, Any]]) -> str:
+    """Achieved requests/s (and output tokens/s) against the offered rate."""
+    title = "Throughput against offered rate"
+    if not levels:
+        return _empty(title, "no data")
+    x = np.array([float(lv["offered_rate"]) for lv in levels])
+    fig, ax = _fig()
+    ax.plot(x, x, color=GREY, linestyle=":", linewidth=1, label="offered")
+    y = np.array([np.nan if lv["achieved_rate"] is None else lv["achieved_rate"] for lv in levels])
+    ax.plot(x, y, color=BLUE, marker="o", ms=4, label="achieved requests/s")
+    ax.set_xlabel("offered rate, requests/s")
+    ax.set_ylabel("requests/s")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    ax2.grid(False)
+    ax2.spines["right"].set_visible(True)
+    tok = [
+        np.nan if lv["output_tokens_per_s"] is None else lv["output_tokens_per_s"] for lv in levels
+    ]
+    ax2.plot(x, tok, color=GREEN, marker=".", label="output tokens/s")
+    ax2.set_ylabel("output tokens/s")
+    ax2.set_ylim(bottom=0)
+    l1, lab1 = ax.get_legend_handles_labels()
+    l2, lab2 = ax2.get_legend_handles_labels()
+    ax.legend(l1 + l2, lab1 + lab2, frameon=False, fontsize=8, loc="lower right")
+    ax.set_title(title, loc="left")
+    return _svg(fig)
+
+
+_RUN_COLORS = (BLUE, ORANGE, GREEN, RED, "#9467bd", "#8c564b", "#e377c2", GREY)
+
+
+def overlaid(title: str, runs: Sequence[tuple[str, Mapping[float, int] | None]]) -> str:
+    """Several runs' distributions of one metric on shared bins (normalised, step outlines)."""
+    runs = [(n, c) for n, c in runs if c]
+    if not runs:
+        return _empty(title, "no data")
+    keys_all = np.concatenate([np.array(list(c.keys()), dtype=float) for _, c in runs])
+    w_all = np.concatenate([np.array(list(c.values()), dtype=float) for _, c in runs])
+    order = np.argsort(keys_all)
+    cum = np.cumsum(w_all[order]) / w_all.sum()
+    lo = keys_all[order][0]
+    hi = keys_all[order][min(len(order) - 1, int(np.searchsorted(cum, 0.999)))]
+    if hi <= lo:
+        hi = lo + max(1.0, abs(lo) * 0.01)
+    bins = np.linspace(lo, hi, 61)
+    fig, ax = _fig()
+    for i, (name, counts) in enumerate(runs):
+        keys = np.clip(np.array(list(counts.keys()), dtype=float), lo, hi)
+        weights = np.array(list(counts.values()), dtype=float)
+        ax.hist(
+            keys,
+            bins=bins,
+            weights=weights / weights.sum(),
+            histtype="step",
+            linewidth=1.6,
+            color=_RUN_COLORS[i % len(_RUN_COLORS)],
+            label=name,
+        )
+    ax.set_title(title, loc="left")
+    ax.set_xlabel("ms")
+    ax.set_ylabel("share of values")
+    ax.legend(frameon=False, fontsize=8)
+    return _svg(fig)

@@ -25,6 +25,16 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    _default_signals()
+
+
+def _default_signals() -> None:
+    # A shell starts `cmd &` with SIGINT and SIGQUIT ignored, and dispositions and the signal
+    # mask survive exec: Locust would then ignore the SIGINT bench sends it to stop. Children
+    # start with default handlers and nothing blocked, however bench itself was started.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -54,7 +64,7 @@ def spawn(
         pass_fds=tuple(pass_fds),
         cwd=cwd,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else _default_signals,
     )
 
 

@@ -59,6 +59,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
     )
     parts.append("")
     optional = (
+        ("By request name", tables.by_name_table(summary)),
         ("Fidelity (measured − planned TTFT)", tables.fidelity_table(summary)),
         ("SLOs", tables.slo_table(summary)),
         ("Errors", tables.errors_table(summary)),
@@ -83,6 +84,30 @@ def terminal(summary: Mapping[str, Any]) -> str:
         f"failed {tables.fmt_num(req.get('failed'), 0)}, "
         f"output {tables.fmt_num(tok.get('output_per_s'))} tok/s"
     )
+    good = summary.get("goodput")
+    if good:
+        lines.append(
+            f"  goodput {tables.fmt_num(good.get('per_s'), 2)}/s: "
+            f"{tables.fmt_num(good.get('good_requests'), 0)} of "
+            f"{tables.fmt_num(good.get('requests'), 0)} requests met "
+            f"{', '.join(good.get('objectives') or [])}"
+        )
+    lag = summary.get("schedule_lag_ms")
+    if lag and lag.get("count"):
+        lines.append(
+            f"  schedule lag (start − scheduled): p50 {tables.fmt_ms(lag.get('p50'))} ms, "
+            f"p99 {tables.fmt_ms(lag.get('p99'))} ms; dropped "
+            f"{tables.fmt_num(req.get('dropped') or 0, 0)}"
+        )
+    win = summary.get("window") or {}
+    if win.get("start_s"):
+        lines.append(
+            f"  (headline figures: the steady window from {tables.fmt_num(win['start_s'])} s, "
+            f"{tables.fmt_num(win.get('duration_s'))} s long; whole run in summary.json)"
+        )
+    samples = summary.get("error_samples") or {}
+    for kind, n in sorted((summary.get("errors") or {}).items(), key=lambda kv: -kv[1]):
+        lines.append(f"  error {kind} × {n:,}: {samples.get(kind, '')}".rstrip(": "))
     fid = summary.get("fidelity")
     if fid:
         f = fid.get("ttft_ms") or {}

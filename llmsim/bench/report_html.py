@@ -96,6 +96,12 @@ def render(
             "error rate",
         ),
     ]
+    good = summary.get("goodput")
+    if good:
+        cards.append(_card(tables.fmt_num(good.get("per_s"), 2), "goodput/s"))
+    lag = summary.get("schedule_lag_ms") or {}
+    if lag.get("count"):
+        cards.append(_card(f"{tables.fmt_ms(lag.get('p99'))} ms", "schedule lag p99"))
     if fid:
         cards.append(
             _card(f"{tables.fmt_ms((fid.get('ttft_ms') or {}).get('p99'))} ms", "fidelity p99")
@@ -153,9 +159,15 @@ def render(
             "difference is this tool's own measurement error. When it grows, the load generator "
             "(or the simulator) is short of CPU and the other figures are not to be trusted.</p>"
         )
+    by_name = tables.by_name_table(summary)
+    if by_name is not None:
+        parts += ["<h2>By request name (ms)</h2>", _table(by_name)]
     slo = tables.slo_table(summary)
     if slo is not None:
         parts += ["<h2>SLOs</h2>", _table(slo)]
+    errors = tables.errors_table(summary)
+    if errors is not None:
+        parts += ["<h2>Errors</h2>", _table(errors, "kv")]
     parts += ["<h2>Plots</h2>", '<div class="grid">']
     parts += [f'<div class="plot">{svg}</div>' for svg in svgs]
     parts.append("</div>")

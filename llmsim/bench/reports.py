@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from llmsim.bench import report_files, report_html
 from llmsim.bench.config import BenchConfig
-from llmsim.bench.request_log import RequestLog, load_request_log
+from llmsim.bench.goodput import summary_block as goodput_block
+from llmsim.bench.request_log import RequestLog, load_request_log, read_requests, window_of
 from llmsim.bench.slo import evaluate_slos
 from llmsim.bench.summary import build_summary
+
+CPU_WINDOW_S = 10.0  # as llmsim.bench.run's (not imported: run imports this module)
 
 if TYPE_CHECKING:
     from llmsim.bench.run import RunState
@@ -21,7 +24,7 @@ REQUESTS = "requests.csv"
 LOCUST_JSON = "locust_stats.json"
 # Beyond this the load generator's own error is large enough to distort what it reports.
 FIDELITY_P99_WARN_MS = 10.0
-CPU_WARN_PERCENT = 90.0
+SCHEDULE_LAG_WARN_MS = 10.0
 
 
 def _read_json(path: Path) -> Any:
@@ -47,16 +50,21 @@ def users_by_second(llm: Any, t0: float | None) -> dict[int, int] | None:
 def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | None) -> list[str]:
     out = []
     client = summary.get("client") or {}
-    if state.cpu_warnings or (client.get("locust_cpu_max") or 0) > CPU_WARN_PERCENT:
+    if state.cpu_warnings:
         out.append(
-            "Locust's CPU passed 90 % during the run: the load generator was saturated and its "
-            "latency figures include its own queueing. Use --processes, or fewer users."
+            f"Locust's CPU averaged {state.cpu_sustained_max:.0f} % over {CPU_WINDOW_S:g} s "
+            "during the run: the load generator was saturated and its latency figures include "
+            "its own queueing. Use --processes, or less load."
         )
-    if state.worker_cpu_max > CPU_WARN_PERCENT:
+    lag = (summary.get("schedule_lag_ms") or {}).get("p99")
+    if lag is not None and lag > SCHEDULE_LAG_WARN_MS:
         out.append(
-            f"A Locust worker's CPU reached {state.worker_cpu_max:.0f} %: its timings include "
-            "its own queueing."
+            f"Schedule lag p99 is {lag:.1f} ms: the client started requests late (they are "
+            "charged from their scheduled time). Use --processes, or a lower rate."
         )
+    dropped = (summary.get("requests") or {}).get("dropped")
+    if dropped:
+        out.append(f"{dropped} arrivals were dropped: --max-in-flight was reached.")
     fid = (summary.get("fidelity") or {}).get("ttft_ms") or {}
     p99 = fid.get("p99")
     if p99 is not None and abs(p99) > FIDELITY_P99_WARN_MS:
@@ -94,6 +102,64 @@ def _cpu_story(client: dict[str, Any]) -> str:
     if client.get("other_busy_cores") is not None:
         parts.append(f"other processes {client['other_busy_cores']:.1f} cores")
     return "; ".join(parts) or "no CPU figures"
+
+
+def add_window(
+    summary: dict[str, Any],
+    cfg: BenchConfig,
+    llm: Any,
+    requests_csv: Path,
+    t0: float | None,
+    stopped: float | None,
+) -> None:
+    """Headline figures for the steady window, whole-run figures beside them, per-name rows,
+    goodput, schedule lag, dropped arrivals and the first message of each error kind."""
+    llm = llm if isinstance(llm, dict) else {}
+    summary["error_samples"] = dict(llm.get("error_samples") or {})
+    summary["requests"]["dropped"] = llm.get("dropped") or 0
+    lag = ((llm.get("metrics") or {}).get("schedule_lag_ms")) or None
+    if t0 is None or not requests_csv.exists():
+        summary["window"] = None
+        return
+    start = t0 + cfg.warmup_s
+    end = start + cfg.duration_s
+    if stopped is not None and cfg.web:
+        end = stopped
+    end = max(end, start + 1e-3)
+    win, names = window_of(read_requests(requests_csv), start, end, cfg.goodput)
+    span = end - start
+    summary["window"] = {
+        "start_s": round(cfg.warmup_s, 3),
+        "duration_s": round(span, 3),
+        "basis": "steady window after the warm-up" if cfg.warmup_s else "the run's duration",
+        "latency_from": "scheduled start" if cfg.open_loop else "request start",
+    }
+    whole = {k: summary.get(k) for k in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")}
+    whole["requests"] = dict(summary["requests"])
+    whole["tokens"] = dict(summary["tokens"])
+    summary["whole_run"] = whole
+    if cfg.warmup_s:
+        for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            summary[name] = win.stats(name) or summary[name]
+        summary["itl_ms_basis"] = "whole run (ITL has no per-request row)"
+        lag = win.stats("schedule_lag_ms") or lag
+        summary["requests"]["window_total"] = win.total
+        summary["requests"]["window_failed"] = win.failed
+    # Rates over the window only: neither the wind-down after it nor (with --warmup) the ramp.
+    summary["requests"]["per_s"] = round(win.completed / span, 3)
+    summary["tokens"]["output_per_s"] = round(win.output_tokens / span, 3)
+    summary["tokens"]["input_per_s"] = round(win.input_tokens / span, 3)
+    summary["schedule_lag_ms"] = lag
+    if cfg.goodput:
+        summary["goodput"] = goodput_block(cfg.goodput, win.good, win.completed, span)
+    summary["by_name"] = {
+        name: {
+            "requests": sl.total,
+            "failed": sl.failed,
+            **{k: sl.stats(k) for k in ("ttft_ms", "tpot_ms", "e2e_ms")},
+        }
+        for name, sl in sorted(names.items())
+    }
 
 
 def distributions(log: RequestLog, llm: Any = None) -> dict[str, dict[float, int]]:
@@ -153,6 +219,9 @@ def write_reports(
         simulator=simulator,
         label=cfg.label,
     )
+    add_window(summary, cfg, llm, run_dir / REQUESTS, t0, state.stopped)
+    # A sweep level stopped early because it was plainly over-saturated: why, else null.
+    summary["stopped_early"] = state.oversaturated
     summary["slo"] = evaluate_slos(cfg.slos, summary)
     req = summary["requests"]
     if not req.get("ok"):

@@ -27,6 +27,9 @@ _ALIASES = {
     "input_tokens": ("input_tokens",),
     "output_tokens": ("output_tokens",),
     "planned_ttft_ms": ("planned_ttft_ms",),
+    "name": ("name",),
+    "scheduled_time": ("scheduled_time",),
+    "schedule_lag_ms": ("schedule_lag_ms",),
 }
 
 
@@ -52,6 +55,9 @@ class Request:
     input_tokens: int
     output_tokens: int
     planned_ttft_ms: float | None
+    name: str = ""
+    scheduled: float | None = None  # open loop: when it was due (latencies count from it)
+    schedule_lag_ms: float | None = None
 
 
 def read_requests(path: Path) -> Iterator[Request]:
@@ -88,6 +94,9 @@ def read_requests(path: Path) -> Iterator[Request]:
                 input_tokens=int(_num(get(row, "input_tokens")) or 0),
                 output_tokens=int(_num(get(row, "output_tokens")) or 0),
                 planned_ttft_ms=_num(get(row, "planned_ttft_ms")),
+                name=get(row, "name") or "",
+                scheduled=_num(get(row, "scheduled_time")),
+                schedule_lag_ms=_num(get(row, "schedule_lag_ms")),
             )
 
 
@@ -206,6 +215,69 @@ class RequestLog:
                 }
             )
         return rows
+
+
+@dataclass
+class Slice:
+    """Exact figures for a subset of requests (the steady window, one request name)."""
+
+    hist: dict[str, Histogram] = field(default_factory=dict)
+    total: int = 0
+    failed: int = 0
+    completed: int = 0  # requests that ended inside the window (for rates)
+    completed_ok: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0  # of requests that ended inside the window
+    good: int = 0  # goodput: ended inside the window, succeeded, met every objective
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add_latencies(self, r: Request) -> None:
+        self.total += 1
+        if not r.ok:
+            self.failed += 1
+            kind = r.error_kind or "unknown"
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            return
+        for name, value in (
+            ("ttft_ms", r.ttft_ms),
+            ("tpot_ms", r.tpot_ms),
+            ("e2e_ms", r.e2e_ms),
+            ("schedule_lag_ms", r.schedule_lag_ms),
+        ):
+            if value is not None:
+                self.hist.setdefault(name, Histogram()).add(value)
+
+    def stats(self, name: str) -> dict[str, Any] | None:
+        h = self.hist.get(name)
+        return h.summary() if h is not None else None
+
+
+def window_of(
+    requests: Iterable[Request], start: float, end: float, goodput: list[Any] | None = None
+) -> tuple[Slice, dict[str, Slice]]:
+    """The steady window [start, end): latencies of requests that started in it (at their
+    scheduled time in open loop), rates and goodput of those that ended in it; and per
+    request name, the same for the whole run."""
+    from llmsim.bench.goodput import meets
+
+    win = Slice()
+    names: dict[str, Slice] = {}
+    for r in requests:
+        by = names.setdefault(r.name or "-", Slice())
+        by.add_latencies(r)
+        begun = r.scheduled if r.scheduled is not None else r.start
+        if start <= begun < end:
+            win.add_latencies(r)
+        if start <= r.end < end:
+            win.completed += 1
+            win.input_tokens += r.input_tokens
+            if r.ok:
+                win.completed_ok += 1
+                win.output_tokens += r.output_tokens
+                values = {"ttft": r.ttft_ms, "tpot": r.tpot_ms, "e2e": r.e2e_ms}
+                if goodput and meets(goodput, values):
+                    win.good += 1
+    return win, names
 
 
 def _r(v: float | None) -> float | None:

@@ -30,6 +30,44 @@ POLL_S = 0.2
 # Beyond the run time and the stop timeout, how long Locust may take to write its files and
 # exit before bench stops waiting (a hung process must not hang CI).
 EXIT_GRACE_S = 60.0
+# Locust's own CPU warning reads one sample (a start-up spike sets it off); bench warns when
+# Locust's processes averaged this much over this long.
+CPU_WARN_PERCENT = 90.0
+CPU_WINDOW_S = 10.0
+# A target that fails every one of its first requests with these kinds (a wrong path, nothing
+# listening) is not worth a whole run: bench stops within the first seconds.
+DEAD_KINDS = ("http_404", "http_405", "connection")
+DEAD_MIN_REQUESTS = 3
+DEAD_WITHIN_S = 15.0
+
+
+def oversaturation_reason(in_flight: list[int], limit: float) -> str | None:
+    """A sweep level is plainly over-saturated when requests in flight passed `limit` (several
+    times what the server held at saturation) and still grew over the last 3 s."""
+    if len(in_flight) < 4:
+        return None
+    last = in_flight[-4:]
+    if last[-1] > limit and last[0] < last[1] < last[2] < last[3]:
+        return f"{last[-1]} requests in flight and growing (saturation held {limit / 3:.0f})"
+    return None
+
+
+def dead_target_reason(sample: dict[str, Any], elapsed: float) -> str | None:
+    """Why to stop a run whose first requests all failed against a wrong or absent target."""
+    total, failed = sample.get("llm_requests") or 0, sample.get("llm_failed") or 0
+    errors = sample.get("errors") or {}
+    if elapsed > DEAD_WITHIN_S or total < DEAD_MIN_REQUESTS or failed < total or not errors:
+        return None
+    if not all(k in DEAD_KINDS for k in errors):
+        return None
+    kind = max(errors, key=errors.get)
+    first = (sample.get("error_samples") or {}).get(kind, kind)
+    what = (
+        "answered 404 to"
+        if kind == "http_404"
+        else ("refused" if kind == "connection" else f"failed ({kind})")
+    )
+    return f"the target {what} all of the first {total} requests ({first})"
 
 
 def make_run_dir(reports_dir: str, label: str | None, now: dt.datetime | None = None) -> Path:
@@ -66,28 +104,50 @@ class RunState:
     runs: int = 0
     interrupted: bool = False
     workload: dict[str, Any] = field(default_factory=dict)  # user class -> resolved options
+    cpu_sustained_max: float = 0.0  # Locust's highest CPU averaged over CPU_WINDOW_S
+    dead_target: str | None = None  # why the run was stopped early: every request failed
+    oversaturated: str | None = None  # a sweep level stopped early: why
+    in_flight: list[int] = field(default_factory=list)  # per sample, for the saturation check
 
 
 class _Interrupts:
-    """Ctrl-C once: stop the swarm and write the reports. Twice: stop waiting for stragglers."""
+    """Ctrl-C (or SIGTERM) once: stop the swarm and write the reports. Twice: stop waiting.
+
+    Both signals are handled alike, and handled even when bench was started with SIGINT
+    ignored (a script's `cmd &`): the handler is installed whatever was there before.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.count = 0
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupts:
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, _sig: int, _frame: Any) -> None:
         self.count += 1
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
-def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run one benchmark; returns the exit status (0 ok, 1 SLO failed, 2 could not run)."""
+def run_bench(
+    cfg: BenchConfig,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    shared_server: EmbeddedServer | None = None,
+    on_summary: Callable[[dict[str, Any], Path], None] | None = None,
+) -> int:
+    """Run one benchmark; returns the exit status (0 ok, 1 SLO failed, 2 could not run).
+
+    `shared_server`: an embedded simulator the caller started and stops (a sweep's levels
+    share one). `on_summary(summary, run_dir)` is called with the final summary.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     human = err if cfg.json_output else out  # with --json, stdout carries the JSON alone
@@ -100,7 +160,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
         check_port_free(cfg.web_host, cfg.web_port, "--web-port")
     if cfg.master:
         check_port_free(cfg.master_bind_host, cfg.master_bind_port, "Locust master port")
-    if target:
+    if target and shared_server is None:
         check_reachable(target, cfg.effective_api_key)
 
     run_dir = make_run_dir(cfg.reports_dir, cfg.label)
@@ -109,18 +169,22 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
     monitor = ProcessMonitor()
     state = RunState()
     try:
-        if target is None:
+        if shared_server is not None:
+            target = shared_server.base_url
+            monitor.watch("simulator", shared_server.pid)
+        elif target is None:
             server = start_embedded_server(
                 cfg.simulator_flags, cfg.simulator_config, run_dir / "server.log"
             )
             target = server.base_url
             monitor.watch("simulator", server.pid)
-        _say(human, f"llmsim bench: {_describe(cfg, target, server)}")
+        embedded = server or shared_server
+        _say(human, f"llmsim bench: {_describe(cfg, target, embedded)}")
         swarm = start_swarm(cfg, target, run_dir)
         monitor.watch("locust", swarm.pid)
         monitor.watch("bench", os.getpid())
-        simulator = _simulator_settings(cfg) if server else None
-        kind = "embedded" if server else "external"
+        simulator = _simulator_settings(cfg) if embedded else None
+        kind = "embedded" if embedded else "external"
         reached_target: str = target
 
         def report(locust_status: int | None) -> dict[str, Any]:
@@ -157,6 +221,10 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = 
         raise BenchError(f"Locust did not start a run: {_locust_failure(run_dir)}")
 
     summary = report(locust_status)
+    if on_summary is not None:
+        on_summary(summary, run_dir)
+    if state.dead_target:
+        raise BenchError(f"{state.dead_target}; check --target (report: {run_dir / 'report.html'})")
     return _finish(cfg, summary, run_dir, out, human)
 
 
@@ -169,7 +237,8 @@ def _drive(
     run_dir: Path,
     report: Callable[[int | None], dict[str, Any]],
 ) -> None:
-    display = ProgressDisplay(human, None if cfg.web else cfg.duration_s) if cfg.progress else None
+    run_s = cfg.warmup_s + cfg.duration_s
+    display = ProgressDisplay(human, None if cfg.web else run_s) if cfg.progress else None
     last_sample = 0.0
     waiting_note = 0.0
     with _Interrupts() as interrupts:
@@ -200,9 +269,25 @@ def _drive(
                     deadline = now + 10
                 else:
                     swarm.kill()
+            if (state.dead_target or state.oversaturated) and not interrupts.count:
+                swarm.interrupt()
+                interrupts.count = handled = 1
+                deadline = now + 10
             if now - last_sample >= 1.0:
                 last_sample = now
                 monitor.sample()
+                sustained = monitor.sustained_cpu("locust", CPU_WINDOW_S)
+                if sustained is not None and sustained >= CPU_WARN_PERCENT:
+                    state.cpu_warnings += 1
+                    state.cpu_sustained_max = max(state.cpu_sustained_max, sustained)
+                    if state.cpu_warnings == 1:
+                        _note(
+                            display,
+                            human,
+                            f"warning: Locust's CPU averaged {sustained:.0f} % over the last "
+                            f"{CPU_WINDOW_S:g} s: its timings are no longer to be trusted "
+                            "(use --processes)",
+                        )
                 if display is not None and state.started is not None and state.stopped is None:
                     display.update(state.last, time.time() - state.started)
                 elif state.started is None and cfg.master and now - waiting_note > 5:
@@ -216,7 +301,7 @@ def _drive(
             if deadline is None and not cfg.web and state.started is not None:
                 deadline = (
                     time.monotonic()
-                    + cfg.duration_s
+                    + run_s
                     - (time.time() - state.started)
                     + cfg.stop_timeout_s
                     + EXIT_GRACE_S
@@ -271,15 +356,15 @@ def _on_event(
                 f"run stopped ({summary['requests']['total']} requests); report: "
                 f"{run_dir / 'report.html'} (start another run, or Ctrl-C to quit)",
             )
-    elif kind == "cpu_warning":
-        state.cpu_warnings += 1
-        if state.cpu_warnings == 1:
-            _note(
-                display,
-                human,
-                f"warning: Locust CPU at {ev.get('cpu')} %: its timings are no "
-                "longer to be trusted (use --processes)",
-            )
+    if kind == "sample" and cfg.oversaturation_limit and state.oversaturated is None:
+        state.in_flight.append(int(ev.get("in_flight") or 0))
+        state.oversaturated = oversaturation_reason(state.in_flight, cfg.oversaturation_limit)
+        if state.oversaturated:
+            _note(display, human, f"stopping this level early: {state.oversaturated}")
+    if kind == "sample" and state.dead_target is None and state.started is not None:
+        state.dead_target = dead_target_reason(ev, time.time() - state.started)
+        if state.dead_target:
+            _note(display, human, f"stopping: {state.dead_target}")
 
 
 def _save_web_files(cfg: BenchConfig, run_dir: Path) -> None:
@@ -324,10 +409,17 @@ def _cleanup(swarm: Swarm | None, server: EmbeddedServer | None) -> None:
 
 def _describe(cfg: BenchConfig, target: str, server: EmbeddedServer | None) -> str:
     where = f"embedded simulator at {target}" if server else target
+    if cfg.trace:
+        load = f"trace {cfg.trace}" + (f" at {cfg.trace_speed:g}x" if cfg.trace_speed else "")
+    elif cfg.rate is not None:
+        load = f"{cfg.rate:g} requests/s ({cfg.arrival or 'poisson'})"
+    else:
+        load = f"{cfg.users} users"
+    warm = f" after {cfg.warmup_s:g} s of warm-up" if cfg.warmup_s else ""
     mode = (
         f"web UI at http://{cfg.web_host}:{cfg.web_port}"
         if cfg.web
-        else (f"{cfg.users} users for {cfg.duration_s:g} s")
+        else f"{load} for {cfg.duration_s:g} s{warm}"
     )
     extra = ""
     if cfg.processes:

@@ -56,6 +56,7 @@ METRICS.update(
         "output_tps": ("per_s", lambda s: _dig(s, "tokens", "output_per_s")),
         "input_tps": ("per_s", lambda s: _dig(s, "tokens", "input_per_s")),
         "rps": ("per_s", lambda s: _dig(s, "requests", "per_s")),
+        "goodput": ("per_s", lambda s: _dig(s, "goodput", "per_s")),
         "requests": ("count", lambda s: _dig(s, "requests", "total")),
         "failures": ("count", lambda s: _dig(s, "requests", "failed")),
     }

@@ -55,6 +55,17 @@ def workload_args(cfg: BenchConfig) -> list[str]:
         args += ["--llm-max-tokens", str(cfg.max_tokens)]
     if cfg.stream is False:
         args.append("--llm-no-stream")
+    for flag, value in (
+        ("--llm-rate", cfg.rate),
+        ("--llm-arrival", cfg.arrival),
+        ("--llm-max-in-flight", cfg.max_in_flight),
+        ("--llm-trace", str(Path(cfg.trace).resolve()) if cfg.trace else None),
+        ("--llm-trace-speed", cfg.trace_speed),
+        ("--llm-prefix-tokens", cfg.prefix_tokens),
+        ("--llm-prefix-groups", cfg.prefix_groups),
+    ):
+        if value is not None:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if not cfg.locustfile:
         args.append(API_USERS[cfg.api])  # a user class name: run only that one
     return args
@@ -62,11 +73,12 @@ def workload_args(cfg: BenchConfig) -> list[str]:
 
 def locust_command(cfg: BenchConfig, host: str, run_dir: Path) -> list[str]:
     args = ["-m", "locust", "-f", locustfile_arg(cfg.locustfile), "--host", host]
-    args += ["-u", str(cfg.users), "-r", f"{cfg.effective_spawn_rate:g}"]
+    args += ["-u", str(cfg.locust_users), "-r", f"{cfg.effective_spawn_rate:g}"]
     if cfg.web:
         args += ["--web-host", cfg.web_host, "--web-port", str(cfg.web_port)]
     else:
-        args += ["--headless", "-t", f"{max(1, round(cfg.duration_s))}s", "--only-summary"]
+        run_s = max(1, round(cfg.warmup_s + cfg.duration_s))
+        args += ["--headless", "-t", f"{run_s}s", "--only-summary"]
     args += [
         "--csv",
         str(run_dir / LOCUST_CSV_PREFIX),

@@ -62,13 +62,18 @@ def run_table(s: Mapping[str, Any]) -> Table:
     tok = s.get("tokens") or {}
     rate = req.get("error_rate")
     peak = s.get("users_peak")
+    cfg = s.get("config") or {}
+    if cfg.get("trace"):
+        load = ["load", f"trace {cfg['trace']} (open loop)"]
+    elif cfg.get("rate") is not None:
+        load = ["load", f"{fmt_num(cfg['rate'], 2)} requests/s, {cfg.get('arrival')} (open loop)"]
+    else:
+        load = ["users", f"{s.get('users')} (peak {'-' if peak is None else peak})"]
+    win = s.get("window") or {}
     rows = [
         ["target", f"{s.get('target')} ({s.get('target_kind')})"],
         ["model", str(s.get("model") or "-")],
-        [
-            "users",
-            f"{s.get('users')} (peak {'-' if peak is None else peak})",
-        ],
+        load,
         [
             "duration",
             f"{fmt_num(s.get('duration_s'))} s"
@@ -87,15 +92,58 @@ def run_table(s: Mapping[str, Any]) -> Table:
         ["token counts from", str(tok.get("source") or "-")],
         ["started", str(s.get("started_at"))],
     ]
+    if win:
+        rows.insert(
+            4,
+            [
+                "headline figures",
+                f"{win.get('basis')}: {fmt_num(win.get('start_s'))} s to "
+                f"{fmt_num((win.get('start_s') or 0) + (win.get('duration_s') or 0))} s; "
+                f"latency from {win.get('latency_from')}",
+            ],
+        )
+    if req.get("dropped"):
+        rows.insert(6, ["dropped (max in flight)", fmt_num(req["dropped"], 0)])
+    good = s.get("goodput")
+    if good:
+        frac = good.get("fraction")
+        rows.insert(
+            6,
+            [
+                "goodput",
+                f"{fmt_num(good.get('per_s'), 2)}/s ({'-' if frac is None else f'{100 * frac:.1f}'}"
+                f" % of requests met {', '.join(good.get('objectives') or [])})",
+            ],
+        )
     return ["", ""], rows
+
+
+def by_name_table(s: Mapping[str, Any]) -> Table | None:
+    """One row per request name (mixed workloads): count, failures, TTFT/TPOT/E2E p50 and p95."""
+    names = s.get("by_name") or {}
+    if len(names) < 2:
+        return None
+    rows = []
+    for name, b in names.items():
+        cells = [name, fmt_num(b.get("requests"), 0), fmt_num(b.get("failed"), 0)]
+        for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            st = b.get(key) or {}
+            cells += [fmt_ms(st.get("p50")), fmt_ms(st.get("p95"))]
+        rows.append(cells)
+    head = ["name", "requests", "failed", "TTFT p50", "p95", "TPOT p50", "p95", "E2E p50", "p95"]
+    return head, rows
 
 
 def errors_table(s: Mapping[str, Any]) -> Table | None:
     errors = s.get("errors") or {}
     if not errors:
         return None
-    rows = [[k, fmt_num(v, 0)] for k, v in sorted(errors.items(), key=lambda kv: -kv[1])]
-    return ["error", "count"], rows
+    samples = s.get("error_samples") or {}
+    rows = [
+        [k, fmt_num(v, 0), samples.get(k, "")]
+        for k, v in sorted(errors.items(), key=lambda kv: -kv[1])
+    ]
+    return ["error", "count", "first message"], rows
 
 
 def slo_table(s: Mapping[str, Any]) -> Table | None:

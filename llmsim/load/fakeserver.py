@@ -6,6 +6,7 @@ The request's "model" picks the behaviour: ok (stream max_tokens tokens), burst 
 stream in one write, for client throughput benchmarks), http_500, http_429, no_done, malformed,
 error_event, error_object, not_sse, drop (close mid-stream), hangup (close before responding),
 slow (stall 5 s before the headers), no_usage. It prints "listening on http://127.0.0.1:PORT/v1".
+`GET /fake/stats` answers {"events": N}: SSE events sent so far (benchmarks count with it).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def _read_request(sock: socket.socket, buf: bytes) -> tuple[dict[str, Any], byte
             return None
         buf += data
     head, _, rest = buf.partition(b"\r\n\r\n")
+    if head.startswith(b"GET /fake/stats"):
+        return {"model": "__stats__"}, rest
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -88,6 +91,7 @@ def _head(status: str, ctype: str, extra: str = "") -> bytes:
 class FakeServer:
     def __init__(self, tbt_ms: float = 0.0) -> None:
         self.tbt = tbt_ms / 1000.0
+        self.events_sent = 0
 
     def handle(self, sock: socket.socket, _addr: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -108,6 +112,14 @@ class FakeServer:
     def respond(self, sock: socket.socket, body: dict[str, Any]) -> bool:
         """Send one response; False when the connection must close."""
         mode = str(body.get("model", "ok"))
+        if mode == "__stats__":
+            payload = json.dumps({"events": self.events_sent}).encode()
+            sock.sendall(
+                _head("200 OK", "application/json")
+                + b"Content-Length: %d\r\n\r\n" % len(payload)
+                + payload
+            )
+            return True
         n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if mode.startswith("http_"):
@@ -161,6 +173,7 @@ class FakeServer:
             if self.tbt:
                 gevent.sleep(self.tbt)
             sock.sendall(_chunk(ev))
+            self.events_sent += 1
         if mode not in ("no_done", "malformed", "error_event", "error_object"):
             sock.sendall(_chunk(b"data: [DONE]\n\n"))
         sock.sendall(b"0\r\n\r\n")

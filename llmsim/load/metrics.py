@@ -22,10 +22,12 @@ HISTOGRAMS = (
     "e2e_ms",
     "fidelity_ttft_ms",
     "output_tokens_per_s",
+    "schedule_lag_ms",
 )
 
 ROW_FIELDS = (
     "start_time",
+    "scheduled_time",
     "end_time",
     "status",
     "error_kind",
@@ -38,6 +40,7 @@ ROW_FIELDS = (
     "output_tokens_per_s",
     "planned_ttft_ms",
     "name",
+    "schedule_lag_ms",
 )
 
 PAYLOAD_KEY = "llmsim"
@@ -63,10 +66,15 @@ class RequestRecord:
     output_tokens_per_s: float | None
     planned_ttft_ms: float | None
     name: str
+    scheduled_time: float | None = None  # open loop: when the schedule wanted it to start
+    schedule_lag_ms: float | None = None  # open loop: start - scheduled
+    error_message: str | None = None
 
     def row(self) -> list[Any]:
+        """This request as a requests.csv row (ROW_FIELDS order)."""
         return [
             round(self.start_time, 6),
+            "" if self.scheduled_time is None else round(self.scheduled_time, 6),
             round(self.end_time, 6),
             self.status,
             self.error_kind or "",
@@ -79,6 +87,7 @@ class RequestRecord:
             _r3(self.output_tokens_per_s),
             _r3(self.planned_ttft_ms),
             self.name,
+            _r3(self.schedule_lag_ms),
         ]
 
 
@@ -103,6 +112,8 @@ class LLMMetrics:
         self.output_tokens = 0
         self.token_sources: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        self.error_samples: dict[str, str] = {}  # kind -> the first message seen
+        self.dropped = 0  # open loop: arrivals not sent because --llm-max-in-flight was reached
         # second -> [requests, failures, input tokens, output tokens], by completion time
         self.per_second: dict[int, list[int]] = {}
         self.rows: list[list[Any]] = []
@@ -132,6 +143,8 @@ class LLMMetrics:
                 hist["output_tokens_per_s"].add(rec.output_tokens_per_s)
             if itl_ms:
                 hist["itl_ms"].add_many(itl_ms)
+            if rec.schedule_lag_ms is not None:
+                hist["schedule_lag_ms"].add(rec.schedule_lag_ms)
             if rec.input_tokens:
                 self.input_tokens += rec.input_tokens
                 slot[2] += rec.input_tokens
@@ -147,6 +160,8 @@ class LLMMetrics:
             slot[1] += 1
             kind = rec.error_kind or "unknown"
             self.errors[kind] = self.errors.get(kind, 0) + 1
+            if kind not in self.error_samples and rec.error_message:
+                self.error_samples[kind] = rec.error_message
         if self.first_request is None or rec.start_time < self.first_request:
             self.first_request = rec.start_time
         if self.last_request is None or rec.end_time > self.last_request:
@@ -169,6 +184,8 @@ class LLMMetrics:
             "output_tokens": self.output_tokens,
             "token_sources": self.token_sources,
             "errors": self.errors,
+            "error_samples": self.error_samples,
+            "dropped": self.dropped,
             "per_second": [[k, *v] for k, v in self.per_second.items()],
             "rows": self.rows,
             "first_request": self.first_request,
@@ -191,6 +208,9 @@ class LLMMetrics:
             self.token_sources[src] = self.token_sources.get(src, 0) + n
         for kind, n in delta.get("errors", {}).items():
             self.errors[kind] = self.errors.get(kind, 0) + n
+        for kind, msg in delta.get("error_samples", {}).items():
+            self.error_samples.setdefault(kind, msg)
+        self.dropped += delta.get("dropped", 0)
         for sec, *vals in delta.get("per_second", []):
             slot = self.per_second.setdefault(int(sec), [0, 0, 0, 0])
             for i, v in enumerate(vals):

@@ -11,11 +11,13 @@ class attribute: that is what lets a locustfile mix classes with different promp
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from llmsim.load.arrivals import Arrival, parse_arrival
 from llmsim.load.workload import Distribution, parse_distribution
 
 
@@ -116,6 +118,58 @@ OPTIONS: tuple[Opt, ...] = (
         "Seconds to wait for a connection or for the next bytes of a response.",
     ),
     Opt(
+        "rate",
+        "--llm-rate",
+        "LOCUST_LLM_RATE",
+        "float",
+        "Open loop: requests per second for the whole swarm (each request in its own greenlet "
+        "at its scheduled time, whatever the replies do). Run one user per process.",
+    ),
+    Opt(
+        "arrival",
+        "--llm-arrival",
+        "LOCUST_LLM_ARRIVAL",
+        "str",
+        "Open loop: poisson, constant or gamma:cv=C (default poisson).",
+    ),
+    Opt(
+        "max_in_flight",
+        "--llm-max-in-flight",
+        "LOCUST_LLM_MAX_IN_FLIGHT",
+        "int",
+        "Open loop: at most this many requests in flight (swarm-wide); arrivals beyond it are "
+        "dropped and counted, not queued.",
+    ),
+    Opt(
+        "trace",
+        "--llm-trace",
+        "LOCUST_LLM_TRACE",
+        "str",
+        "Open loop: replay a Mooncake JSONL (timestamp ms, input_length, output_length, "
+        "hash_ids) or CSV trace.",
+    ),
+    Opt(
+        "trace_speed",
+        "--llm-trace-speed",
+        "LOCUST_LLM_TRACE_SPEED",
+        "float",
+        "Trace replay: time runs this many times faster (2: twice the rate).",
+    ),
+    Opt(
+        "prefix_tokens",
+        "--llm-prefix-tokens",
+        "LOCUST_LLM_PREFIX_TOKENS",
+        "int",
+        "Each prompt starts with one of --llm-prefix-groups shared prefixes this long.",
+    ),
+    Opt(
+        "prefix_groups",
+        "--llm-prefix-groups",
+        "LOCUST_LLM_PREFIX_GROUPS",
+        "int",
+        "How many distinct shared prefixes (default 1).",
+    ),
+    Opt(
         "api_key",
         "--llm-api-key",
         "OPENAI_API_KEY",
@@ -124,6 +178,22 @@ OPTIONS: tuple[Opt, ...] = (
         secret=True,
     ),
 )
+
+# What a user class without the open-loop attributes (one not built on LLMUser) gets.
+OPEN_LOOP_DEFAULTS: dict[str, Any] = {
+    "rate": None,
+    "arrival": "poisson",
+    "max_in_flight": None,
+    "trace": None,
+    "trace_speed": 1.0,
+    "prefix_tokens": 0,
+    "prefix_groups": 1,
+}
+
+# Set by the master at test start (not by users): how many users and processes share the
+# open-loop rate. Locust sends custom options to its workers with every spawn message.
+SWARM_USERS = "llm_swarm_users"
+SWARM_PROCESSES = "llm_swarm_processes"
 
 RESULTS_DIR = Opt(
     "results_dir",
@@ -151,6 +221,15 @@ def add_arguments(parser: Any) -> None:
             kwargs["include_in_web_ui"] = False
         dest = opt.flag[2:].replace("-", "_")
         parser.add_argument(opt.flag, dest=dest, **kwargs)
+    for dest in (SWARM_USERS, SWARM_PROCESSES):
+        parser.add_argument(
+            "--" + dest.replace("_", "-"),
+            dest=dest,
+            type=int,
+            default=None,
+            include_in_web_ui=False,
+            help=argparse.SUPPRESS,
+        )
 
 
 def option_dest(opt: Opt) -> str:
@@ -211,7 +290,19 @@ class LLMConfig:
     requests_per_user: int
     seed: int | None
     timeout: float
+    rate: float | None
+    arrival: Arrival
+    max_in_flight: int | None
+    trace: str | None
+    trace_speed: float
+    prefix_tokens: int
+    prefix_groups: int
     api_key: str | None
+
+    @property
+    def open_loop(self) -> bool:
+        """Requests follow a schedule (--llm-rate or --llm-trace), not the replies."""
+        return self.rate is not None or self.trace is not None
 
 
 def resolve_config(user_class: type, parsed_options: Any) -> LLMConfig:
@@ -222,7 +313,7 @@ def resolve_config(user_class: type, parsed_options: Any) -> LLMConfig:
         if given:
             values[opt.attr] = convert(opt, raw)
         else:
-            values[opt.attr] = getattr(user_class, opt.attr)
+            values[opt.attr] = getattr(user_class, opt.attr, OPEN_LOOP_DEFAULTS.get(opt.attr))
     values["prompt_tokens"] = parse_distribution(values["prompt_tokens"])
     values["max_tokens"] = parse_distribution(values["max_tokens"])
     values["extra_headers"] = dict(values["extra_headers"] or {})
@@ -230,6 +321,22 @@ def resolve_config(user_class: type, parsed_options: Any) -> LLMConfig:
     values["turns"] = max(1, int(values["turns"] or 1))
     values["requests_per_user"] = max(0, int(values["requests_per_user"] or 0))
     values["timeout"] = float(values["timeout"])
+    values["arrival"] = parse_arrival(values["arrival"] or "poisson")
+    if values["rate"] is not None and not values["rate"] > 0:
+        raise ValueError(f"--llm-rate must be above 0, got {values['rate']:g}")
+    if values["max_in_flight"] is not None and values["max_in_flight"] < 1:
+        raise ValueError(f"--llm-max-in-flight must be at least 1, got {values['max_in_flight']}")
+    values["trace_speed"] = float(values["trace_speed"] or 1.0)
+    if not values["trace_speed"] > 0:
+        raise ValueError(f"--llm-trace-speed must be above 0, got {values['trace_speed']:g}")
+    if (values["rate"] is not None or values["trace"]) and values["turns"] > 1:
+        raise ValueError("open-loop arrivals are single requests: --llm-turns needs closed loop")
+    if values["rate"] is not None and values["trace"]:
+        raise ValueError("--llm-rate and --llm-trace do not mix: the trace has its own times")
+    values["prefix_tokens"] = max(0, int(values["prefix_tokens"] or 0))
+    values["prefix_groups"] = int(values["prefix_groups"] or 1)
+    if values["prefix_groups"] < 1:
+        raise ValueError(f"--llm-prefix-groups must be at least 1, got {values['prefix_groups']}")
     if not values["api_key"]:
         values["api_key"] = os.environ.get("OPENAI_API_KEY") or None
     return LLMConfig(**values)

@@ -17,7 +17,13 @@ from locust.stats import StatsCSV
 
 from llmsim.load.histogram import install_bucketing
 from llmsim.load.metrics import PAYLOAD_KEY
-from llmsim.load.options import add_arguments, resolve_config, results_dir
+from llmsim.load.options import (
+    SWARM_PROCESSES,
+    SWARM_USERS,
+    add_arguments,
+    resolve_config,
+    results_dir,
+)
 from llmsim.load.runtime import get_runtime
 from llmsim.load.webui import install_web_ui
 from llmsim.load.workload import warm_up
@@ -56,33 +62,42 @@ def install() -> None:
 def _validate_and_warm_up(environment: Any) -> None:
     """Fail fast on bad settings, and load encodings and datasets before any request is timed:
     loading o200k takes about 0.5 s, during which every greenlet of the process would stall."""
-    from llmsim.load.users import OpenAIChatUser
+    from llmsim.load.base import LLMUser
 
     for cls in environment.user_classes or []:
-        if issubclass(cls, OpenAIChatUser):
+        if issubclass(cls, LLMUser):
             try:
                 cfg = resolve_config(cls, environment.parsed_options)
                 warm_up(cfg.model, cfg.system_prompt, cfg.dataset)
+                if cfg.trace:
+                    from llmsim.load.trace import load_trace
+
+                    load_trace(cfg.trace)
             except (ValueError, OSError) as e:
                 raise SystemExit(f"llmsim: invalid setting for {cls.__name__}: {e}") from None
 
 
 def _finite(environment: Any) -> bool:
     """Every user class is ours and stops after --llm-requests-per-user requests."""
-    from llmsim.load.users import OpenAIChatUser
+    from llmsim.load.base import LLMUser
 
     classes = environment.user_classes or []
-    return bool(classes) and all(
-        issubclass(cls, OpenAIChatUser)
-        and resolve_config(cls, environment.parsed_options).requests_per_user > 0
-        for cls in classes
-    )
+
+    def finite(cls: type) -> bool:
+        cfg = resolve_config(cls, environment.parsed_options)
+        return bool(cfg.trace) or (cfg.requests_per_user > 0 and not cfg.open_loop)
+
+    return bool(classes) and all(issubclass(cls, LLMUser) and finite(cls) for cls in classes)
 
 
 def _end_when_all_users_are_done(environment: Any) -> None:
     # Locust keeps a run going after every user has stopped; a run of N requests per user
     # should end when the last one is done (workers report their user counts every 3 s).
     runner = environment.runner
+    # Users must have been seen first: a master can be "running" with 0 users while its
+    # workers are still spawning (their reports come every 3 s, late on a busy machine).
+    while not (runner.state == STATE_RUNNING and runner.user_count > 0):
+        gevent.sleep(0.2)
     while not (runner.state == STATE_RUNNING and runner.user_count == 0):
         gevent.sleep(0.5)
     logger.info("llmsim: every user made its --llm-requests-per-user requests, stopping")
@@ -98,12 +113,26 @@ def _end_when_all_users_are_done(environment: Any) -> None:
 def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any) -> None:
     rt = get_runtime(environment)
     _validate_and_warm_up(environment)
+    # libev caches the loop's clock: after a blocking warm-up (seconds on a busy machine), the
+    # --run-time timer Locust sets next would start from a stale "now" and cut the run short.
+    gevent.get_hub().loop.update_now()
     ev = environment.events
 
     watcher: list[gevent.Greenlet] = []
 
     def on_test_start(**_: Any) -> None:
-        rt.on_test_start(results_dir(environment.parsed_options))
+        opts = environment.parsed_options
+        if opts is not None and not rt.is_worker:
+            # Open-loop users split the rate among the swarm: tell them its size (Locust sends
+            # custom options to workers with the spawn messages that follow).
+            r = environment.runner
+            setattr(opts, SWARM_USERS, int(getattr(r, "target_user_count", 0) or 0) or None)
+            if isinstance(r, MasterRunner):
+                workers = len(r.clients.ready) + len(r.clients.running) + len(r.clients.spawning)
+                setattr(opts, SWARM_PROCESSES, max(1, workers))
+            else:
+                setattr(opts, SWARM_PROCESSES, 1)
+        rt.on_test_start(results_dir(opts))
         if not rt.is_worker and _finite(environment):
             watcher.append(gevent.spawn(_end_when_all_users_are_done, environment))
 

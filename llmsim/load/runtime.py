@@ -10,6 +10,7 @@ import gevent
 
 from llmsim.load.metrics import HISTOGRAMS, LLMMetrics
 from llmsim.load.results import ResultsWriter
+from llmsim.load.timeline import STEP_S, Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ DEFINITIONS = {
     "e2e_ms": "request start to the last byte of the response",
     "fidelity_ttft_ms": "measured TTFT minus the server's x-llmsim-ttft-ms plan",
     "output_tokens_per_s": "per request: output_tokens / e2e",
+    "schedule_lag_ms": "open loop: actual start minus scheduled start (latencies count from the "
+    "scheduled start)",
     "tokens": "from the server's usage when sent, else counted (chunks); see tokens.source",
 }
 
@@ -35,6 +38,7 @@ class LLMRuntime:
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.samples: dict[int, tuple[int, int]] = {}  # second -> (users, in-flight)
+        self.timeline = Timeline()  # the web UI's charts
         self._sampler: gevent.Greenlet | None = None
 
     @property
@@ -51,6 +55,7 @@ class LLMRuntime:
         self.metrics.remote_in_flight.clear()
         self.metrics.keep_rows = bool(results_dir)
         self.samples = {}
+        self.timeline.reset()
         self.start_time = time.time()
         self.end_time = None
         if self.is_worker:
@@ -96,9 +101,15 @@ class LLMRuntime:
 
     def _sample_loop(self) -> None:
         # Aligned to wall-clock seconds so the series lines up with per-second request counts.
+        last_point = 0.0
         while True:
             gevent.sleep(1.0 - (time.time() % 1.0))
             self._sample()
+            now = time.time()
+            if now - last_point >= STEP_S - 0.05:
+                last_point = now
+                runner = self.environment.runner
+                self.timeline.sample(self.metrics, runner.user_count if runner else 0, now)
             self._drain_rows()
             if self.writer is not None:
                 self.writer.flush()
@@ -125,6 +136,8 @@ class LLMRuntime:
             "user_classes": user_classes,
             "requests": {"total": m.requests, "ok": m.requests - m.failed, "failed": m.failed},
             "errors": dict(sorted(m.errors.items())),
+            "error_samples": dict(sorted(m.error_samples.items())),
+            "dropped": m.dropped,
             "tokens": {
                 "input": m.input_tokens,
                 "output": m.output_tokens,

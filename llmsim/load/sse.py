@@ -1,21 +1,15 @@
-"""Incremental Server-Sent Events reading: each event is handed over as soon as its bytes arrive.
+"""Incremental Server-Sent Events parsing: each event is handed over as soon as its bytes arrive.
 
 Locust's `iter_lines()`/`iter_content(1024)` wait for 1,024 bytes or the end of the stream, which
 delays a slow stream's first event by hundreds of milliseconds. Here every `recv()` is parsed as
-it returns and stamped with the time it returned, so TTFT and inter-token gaps measure the wire,
-not our parsing.
+it returns (llmsim/load/reactor.py reads the bytes), so TTFT and inter-token gaps measure the
+wire, not our parsing.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from typing import Any
-
 # One SSE event: (event name or None for the default "message", data as bytes).
 Event = tuple[bytes | None, bytes]
-
-RECV_SIZE = 65536
 
 
 class SSEParser:
@@ -28,6 +22,18 @@ class SSEParser:
         self._cr = False  # the previous chunk ended in CR: a following LF belongs to it
 
     def feed(self, chunk: bytes) -> list[Event]:
+        """The events completed by `chunk` (bytes of the stream as they arrived)."""
+        if (
+            chunk[:6] == b"data: "
+            and not self._buf
+            and not self._cr
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk[-1:] == b"\n"
+            and b"\r" not in chunk
+        ):
+            # Fastest path: exactly one "data: ...\n\n" event, what every OpenAI-style server
+            # sends per write (and so per recv).
+            return [(None, chunk[6:-2])]
         if self._cr:
             self._cr = False
             if chunk.startswith(b"\n"):
@@ -85,49 +91,3 @@ def _parse_block(block: bytes, events: list[Event]) -> None:
 
 class StreamClosed(Exception):
     """The connection closed before the HTTP response body was complete."""
-
-
-def iter_body_chunks(response: Any, recv_size: int = RECV_SIZE) -> Iterator[tuple[float, bytes]]:
-    """Yield (perf_counter when received, body bytes) from a geventhttpclient response.
-
-    Reads the socket directly: the response's own `read(n)` waits for n bytes, and its iterator
-    for a 4 KiB block, both of which would hold back small SSE events.
-    """
-    raw = getattr(response, "_response", response)  # accept CompatResponse or the raw response
-    body = getattr(raw, "_body_buffer", None)
-    if body is None or not hasattr(raw, "feed"):
-        yield from _iter_lines_fallback(raw)
-        return
-    perf = time.perf_counter
-    if body:
-        data = bytes(body)
-        del body[:]
-        yield perf(), data
-    while not raw.message_complete:
-        sock = raw._sock
-        if sock is None:
-            raise StreamClosed("connection released before the response was complete")
-        try:
-            data = sock.recv(recv_size)
-            now = perf()
-            raw.feed(data)  # llhttp strips chunked framing into _body_buffer; b"" means EOF
-        except BaseException:
-            raw.release()
-            raise
-        if body:
-            chunk = bytes(body)
-            del body[:]
-            yield now, chunk
-        if not data and not raw.message_complete:
-            raw.release()
-            raise StreamClosed("connection closed mid-stream")
-
-
-def _iter_lines_fallback(raw: Any) -> Iterator[tuple[float, bytes]]:
-    # For response objects without the internals used above: a line as soon as it arrives.
-    perf = time.perf_counter
-    while True:
-        line = raw.readline(b"\n")
-        if not line:
-            return
-        yield perf(), line

@@ -1,8 +1,12 @@
-"""The "LLM" tab of Locust's web UI, and its CSV download.
+"""The "LLM" tab of Locust's web UI, its CSV download, and the live LLM charts page.
 
 Locust renders extra table tabs from template args (extended_tabs / extended_tables /
 extended_csv_files) and fills them from an `extended_stats` list in /stats/requests, which we add
 in an after_request hook (Locust's examples/extend_web_ui.py does the same).
+
+Charts need more than a table tab (Locust's own Charts tab is a build of its React app), so
+/llm/charts is a page of its own, linked from every page of the UI: uPlot (vendored, MIT, in
+static/uplot) drawing /llm/series, the runtime's timeline (llmsim/load/timeline.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import io
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from flask import Response, make_response, request
@@ -19,6 +24,20 @@ from llmsim.load.runtime import LLMRuntime
 
 TAB_KEY = "llm"
 CSV_ROUTE = "/llm/csv"
+CHARTS_ROUTE = "/llm/charts"
+STATIC = Path(__file__).resolve().parent / "static"
+_FILES = {
+    "charts": ("llm.html", "text/html; charset=utf-8"),
+    "uplot.js": ("uplot/uPlot.iife.min.js", "application/javascript"),
+    "uplot.css": ("uplot/uPlot.min.css", "text/css"),
+}
+# A link to the charts on every page of Locust's UI (its React app owns the rest of the DOM).
+CHARTS_LINK = (
+    '<a href="./llm/charts" target="_blank" id="llmsim-charts" style="position:fixed;'
+    "right:24px;top:74px;z-index:2000;background:#1f77b4;color:#fff;padding:8px 14px;"
+    "border-radius:18px;font:600 13px system-ui,sans-serif;text-decoration:none;"
+    'box-shadow:0 2px 6px rgba(0,0,0,.3)">LLM charts ↗</a>'
+)
 
 COLUMNS = (
     ("metric", "Metric"),
@@ -111,7 +130,54 @@ def install_web_ui(web_ui: Any, rt: LLMRuntime) -> None:
             data = json.loads(response.get_data())
             data["extended_stats"] = [{"key": TAB_KEY, "data": table_rows(rt)}]
             response.set_data(json.dumps(data))
+        elif (
+            response.mimetype == "text/html"
+            and not request.path.startswith("/llm/")
+            and not response.direct_passthrough
+        ):
+            page = response.get_data(as_text=True)
+            if "</body>" in page and "llmsim-charts" not in page:
+                response.set_data(page.replace("</body>", CHARTS_LINK + "</body>", 1))
         return response
+
+    def _file(name: str) -> Response:
+        path, ctype = _FILES[name]
+        resp = make_response((STATIC / path).read_bytes())
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    @web_ui.auth_required_if_enabled
+    def _charts() -> Response:
+        return _file("charts")
+
+    @web_ui.auth_required_if_enabled
+    def _asset(name: str) -> Response:
+        if name not in ("uplot.js", "uplot.css"):
+            return make_response(("not found", 404))
+        return _file(name)
+
+    @web_ui.auth_required_if_enabled
+    def _series() -> Response:
+        try:
+            since = float(request.args.get("since", "0") or 0)
+        except ValueError:
+            since = 0.0
+        points = rt.timeline.since(since)
+        first = rt.timeline.points[0]["t"] if rt.timeline.points else None
+        runner = rt.environment.runner
+        body = {
+            "points": points,
+            # The page has points of an earlier run: start over.
+            "reset": bool(since and first is not None and first > since + 60),
+            "state": getattr(runner, "state", ""),
+        }
+        resp = make_response(json.dumps(body))
+        resp.headers["Content-Type"] = "application/json"
+        return resp
+
+    app.add_url_rule(CHARTS_ROUTE, "llmsim_llm_charts", _charts)
+    app.add_url_rule("/llm/<name>", "llmsim_llm_asset", _asset)
+    app.add_url_rule("/llm/series", "llmsim_llm_series", _series)
 
     @web_ui.auth_required_if_enabled
     def _llm_csv() -> Response:

@@ -157,6 +157,19 @@ def synthetic_text(n_tokens: int, model: str, rng: random.Random) -> str:
     return " ".join(rng.choices(word_pool(model), k=n_tokens))
 
 
+@lru_cache(maxsize=4096)
+def shared_text(model: str, key: tuple[Any, ...], n_tokens: int) -> str:
+    """`n_tokens` one-token words fixed by `key`: equal keys give equal text, in every process
+    and run, so prompts built from it share a prefix a server's cache can see."""
+    rng = random.Random(repr(key))
+    return " ".join(rng.choices(word_pool(model), k=n_tokens))
+
+
+def framing_tokens(model: str, system_prompt: str | None) -> int:
+    """Tokens a one-user-message chat prompt costs beyond its text."""
+    return _framing(model, system_prompt)
+
+
 @lru_cache(maxsize=256)
 def _framing(model: str, system_prompt: str | None) -> int:
     messages: list[dict[str, Any]] = []
@@ -171,18 +184,30 @@ USER_MESSAGE_OVERHEAD = TOKENS_PER_MESSAGE + 1
 
 
 def synthetic_messages(
-    target: int, model: str, system_prompt: str | None, rng: random.Random
+    target: int,
+    model: str,
+    system_prompt: str | None,
+    rng: random.Random,
+    prefix: tuple[tuple[Any, ...], int] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Messages whose whole chat prompt is `target` tokens (or the least possible, if larger).
 
-    Returns the messages and their exact prompt token count.
+    `prefix` (key, k): the text starts with `shared_text(model, key, k)`. Returns the messages
+    and their exact prompt token count.
     """
     overhead = _framing(model, system_prompt)
     n = max(1, target - overhead)
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
-    messages.append({"role": "user", "content": synthetic_text(n, model, rng)})
+    if prefix is not None:
+        key, k = prefix
+        k = min(k, n)
+        rest = synthetic_text(n - k, model, rng)
+        text = shared_text(model, key, k) + (" " + rest if rest else "")
+    else:
+        text = synthetic_text(n, model, rng)
+    messages.append({"role": "user", "content": text})
     return messages, overhead + n
 
 
@@ -281,6 +306,8 @@ class Workload:
     dataset: tuple[DatasetItem, ...] | None = None
     turns: int = 1
     rng: random.Random = field(default_factory=random.Random)
+    prefix_tokens: int = 0  # each prompt starts with one of `prefix_groups` shared prefixes
+    prefix_groups: int = 1
     _history: list[dict[str, Any]] = field(default_factory=list)
     _history_tokens: int | None = 0
     _turn: int = 0
@@ -297,8 +324,16 @@ class Workload:
         if self.dataset is not None:
             return self._next_from_dataset(max_tokens)
         if self._turn == 0:
+            prefix = None
+            if self.prefix_tokens > 0:
+                group = self.rng.randrange(max(1, self.prefix_groups))
+                prefix = (("prefix", group), self.prefix_tokens)
             messages, n = synthetic_messages(
-                self.prompt_tokens.sample(self.rng), self.model, self.system_prompt, self.rng
+                self.prompt_tokens.sample(self.rng),
+                self.model,
+                self.system_prompt,
+                self.rng,
+                prefix,
             )
             self._history, self._history_tokens = messages, n
         else:
@@ -364,9 +399,11 @@ __all__ = [
     "Distribution",
     "PlannedRequest",
     "Workload",
+    "framing_tokens",
     "load_dataset",
     "parse_distribution",
     "prompt_tokens_of",
+    "shared_text",
     "synthetic_messages",
     "synthetic_text",
     "word_pool",

@@ -61,6 +61,9 @@ class _Progress:
         out["output_tokens"] = metrics.output_tokens
         out["llm_requests"] = metrics.requests
         out["llm_failed"] = metrics.failed
+        out["errors"] = dict(metrics.errors)
+        out["error_samples"] = dict(metrics.error_samples)
+        out["dropped"] = metrics.dropped
         return out
 
     def sample(self) -> dict[str, Any]:
@@ -98,13 +101,13 @@ def _workload(environment: Any) -> dict[str, Any]:
     """The resolved workload of each llmsim user class (model, lengths, streaming), key left out:
     what the run actually asked for, whether it came from bench's flags, the class or the UI."""
     try:
+        from llmsim.load.base import LLMUser
         from llmsim.load.options import resolve_config
-        from llmsim.load.users import OpenAIChatUser
     except ImportError:
         return {}
     out: dict[str, Any] = {}
     for cls in environment.user_classes or []:
-        if not issubclass(cls, OpenAIChatUser):
+        if not issubclass(cls, LLMUser):
             continue
         try:
             cfg = resolve_config(cls, environment.parsed_options)
