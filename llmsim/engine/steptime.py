@@ -1,0 +1,150 @@
+"""How long one engine step takes on the GPU, from a preset (llmsim/engine/presets/*.json).
+
+A step's time is composed the way Vidur composes it from its per-operator profiles:
+- the dense part (embedding, and per layer: norms, QKV and output projections, rotary, MLP,
+  residual adds, and the tensor-parallel all-reduces) depends only on the number of tokens in
+  the batch: a table by token count, interpolated linearly between its points;
+- decode attention reads each decoding sequence's whole context: a cost per step plus a cost
+  per token of context attended;
+- prefill attention of a chunk of c tokens after k cached ones costs per chunk plus per
+  query-key pair, c × (k + c / 2);
+- plus a fixed overhead per step (scheduler, sampler), when the preset has one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StepTimeModel:
+    """Step time in seconds from the batch's composition (see the module docstring)."""
+
+    table_tokens: tuple[int, ...]
+    table_ms: tuple[float, ...]
+    decode_step_ms: float = 0.0
+    decode_ctx_ms: float = 0.0  # per token of context attended by a decode
+    prefill_chunk_ms: float = 0.0
+    prefill_pair_ms: float = 0.0  # per query-key pair of a prefill chunk
+    overhead_ms: float = 0.0
+
+    def dense_ms(self, n_tokens: int) -> float:
+        xs, ys = self.table_tokens, self.table_ms
+        if n_tokens <= xs[0]:
+            return ys[0]
+        i = bisect.bisect_left(xs, n_tokens)
+        if i >= len(xs):  # past the table: extrapolate the last segment
+            i = len(xs) - 1
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (n_tokens - x0) / (x1 - x0)
+
+    def step_ms(
+        self,
+        n_tokens: int,
+        decodes: int,
+        decode_ctx: int,
+        prefills: Iterable[tuple[int, int]] = (),
+    ) -> float:
+        """Milliseconds for a step of `n_tokens` tokens: `decodes` decoding sequences that
+        attend `decode_ctx` tokens in all, and prefill chunks given as (tokens, cached before).
+        """
+        ms = self.overhead_ms + self.dense_ms(n_tokens)
+        if decodes:
+            ms += self.decode_step_ms + self.decode_ctx_ms * decode_ctx
+        for c, k in prefills:
+            ms += self.prefill_chunk_ms + self.prefill_pair_ms * c * (k + c / 2)
+        return ms
+
+    def step_s(
+        self,
+        n_tokens: int,
+        decodes: int,
+        decode_ctx: int,
+        prefills: Iterable[tuple[int, int]] = (),
+    ) -> float:
+        return self.step_ms(n_tokens, decodes, decode_ctx, prefills) / 1000.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepTimeModel:
+        table = d["dense_ms_by_tokens"]
+        return cls(
+            table_tokens=tuple(int(n) for n, _ in table),
+            table_ms=tuple(float(ms) for _, ms in table),
+            decode_step_ms=float(d["decode_attention"]["per_step_ms"]),
+            decode_ctx_ms=float(d["decode_attention"]["per_context_token_ms"]),
+            prefill_chunk_ms=float(d["prefill_attention"]["per_chunk_ms"]),
+            prefill_pair_ms=float(d["prefill_attention"]["per_query_key_pair_ms"]),
+            overhead_ms=float(d.get("overhead_ms", 0.0)),
+        )
+
+    def scaled(self, factor: float) -> StepTimeModel:
+        """The same shape, every step `factor` times as long (tests use fast presets)."""
+        return StepTimeModel(
+            self.table_tokens,
+            tuple(ms * factor for ms in self.table_ms),
+            self.decode_step_ms * factor,
+            self.decode_ctx_ms * factor,
+            self.prefill_chunk_ms * factor,
+            self.prefill_pair_ms * factor,
+            self.overhead_ms * factor,
+        )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One model on one kind of hardware: step times, KV geometry, engine defaults."""
+
+    name: str
+    model: str
+    hardware: str
+    max_model_len: int
+    num_gpu_blocks: int  # at block_size 16
+    kv_bytes_per_token: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    step_time: StepTimeModel
+    raw: dict[str, Any]
+
+    def gpu_blocks(self, block_size: int) -> int:
+        """Blocks of `block_size` tokens that fit the same memory as the preset's."""
+        return max(1, self.num_gpu_blocks * 16 // block_size)
+
+
+def preset_names() -> list[str]:
+    root = resources.files("llmsim.engine.presets")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
+
+
+_CACHE: dict[str, Preset] = {}
+
+
+def load_preset(name: str) -> Preset:
+    """A shipped preset by name; KeyError naming the known ones if there is none."""
+    cached = _CACHE.get(name)
+    if cached is not None:
+        return cached
+    if name not in preset_names():
+        raise KeyError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
+    text = resources.files("llmsim.engine.presets").joinpath(name + ".json").read_text("utf-8")
+    d = json.loads(text)
+    kv = d["kv_cache"]
+    defaults = d["engine_defaults"]
+    preset = Preset(
+        name=name,
+        model=d["model"],
+        hardware=d["hardware"],
+        max_model_len=int(d["max_model_len"]),
+        num_gpu_blocks=int(kv["num_gpu_blocks"]),
+        kv_bytes_per_token=int(kv["bytes_per_token"]),
+        max_num_seqs=int(defaults["max_num_seqs"]),
+        max_num_batched_tokens=int(defaults["max_num_batched_tokens"]),
+        step_time=StepTimeModel.from_dict(d["step_time"]),
+        raw=d,
+    )
+    _CACHE[name] = preset
+    return preset
