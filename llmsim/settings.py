@@ -17,6 +17,7 @@ import yaml
 
 from llmsim.engine.generators import make_generator
 from llmsim.engine.profiles import DISTRIBUTIONS, PROFILES
+from llmsim.engine.steptime import preset_names
 
 ENV_PREFIX = "LLMSIM_"
 
@@ -151,6 +152,11 @@ def _overflow_status(v: int) -> None:
 def _fraction(v: float) -> None:
     if v < 0:
         raise ValueError(f"must be at least 0, got {v}")
+
+
+def _block_size(v: int) -> None:
+    if not 1 <= v <= 256:
+        raise ValueError(f"must be from 1 to 256, got {v}")
 
 
 def _rate_check(v: float) -> None:
@@ -485,6 +491,93 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _at_least(0),
         "N",
     ),
+    # Engine mode (--engine vllm): continuous-batching replicas stepped on the server's clock.
+    Option(
+        "engine",
+        str,
+        "api",
+        "Timing model: api (hosted APIs: sampled TTFT and gaps) or vllm (simulated "
+        "continuous-batching replicas: TTFT and gaps come out of the schedule).",
+        _choice(("api", "vllm")),
+        "KIND",
+    ),
+    Option(
+        "replicas",
+        _int,
+        1,
+        "Engine replicas per worker process (--engine vllm); requests go to the least loaded.",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "preset",
+        str,
+        "llama-3-8b-a100",
+        f"Model x hardware step-time preset for --engine vllm ({', '.join(preset_names())}).",
+        _choice(tuple(preset_names())),
+        "NAME",
+    ),
+    Option(
+        "max_num_seqs",
+        _optional_int,
+        None,
+        "Sequences one replica batches at once (default: the preset's, 256).",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "max_num_batched_tokens",
+        _optional_int,
+        None,
+        "Tokens one step may compute (default: the preset's, 8192; without chunked prefill at "
+        "least max_model_len).",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "max_model_len",
+        _optional_int,
+        None,
+        "Longest prompt plus reply a replica accepts (default: the preset's).",
+        _at_least(16),
+        "N",
+    ),
+    Option(
+        "enable_chunked_prefill",
+        _bool,
+        True,
+        "Prefill prompts in chunks beside running decodes (vLLM V1); off: whole prompts in "
+        "prefill-only steps (vLLM V0).",
+        None,
+        None,
+        True,
+    ),
+    Option("block_size", _int, 16, "Tokens per KV-cache block.", _block_size, "N"),
+    Option(
+        "num_gpu_blocks_override",
+        _optional_int,
+        None,
+        "KV-cache blocks per replica (default: what the preset's GPU memory holds).",
+        _at_least(1),
+        "N",
+    ),
+    Option(
+        "enable_prefix_caching",
+        _bool,
+        True,
+        "Reuse the cached KV blocks of equal prompt prefixes (vLLM V1's default).",
+        None,
+        None,
+        True,
+    ),
+    Option(
+        "step_jitter_cv",
+        _float,
+        0.0,
+        "Coefficient of variation of each engine step's time (lognormal; 0: exact).",
+        _at_least(0),
+        "F",
+    ),
 )
 
 _BY_NAME = {o.name: o for o in SERVE_OPTIONS}
@@ -557,6 +650,17 @@ class Settings:
     context_window: int = 128_000
     max_output_tokens: int = 32_768
     request_log_size: int = 256
+    engine: str = "api"
+    replicas: int = 1
+    preset: str = "llama-3-8b-a100"
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    enable_chunked_prefill: bool = True
+    block_size: int = 16
+    num_gpu_blocks_override: int | None = None
+    enable_prefix_caching: bool = True
+    step_jitter_cv: float = 0.0
 
     def for_model(self, model: str) -> Settings:
         """These settings with the model's per_model overrides applied."""
@@ -631,6 +735,13 @@ def load_settings(
         if value is not None:
             values[name] = _coerce(_BY_NAME[name], value, _BY_NAME[name].flag)
     settings = Settings(**values)
+    if settings.engine == "vllm":
+        from llmsim.server.config import vllm_config
+
+        try:
+            vllm_config(settings).check()
+        except ValueError as exc:
+            raise SettingsError(f"--engine vllm: {exc}") from None
     if settings.fault_script:
         from llmsim.engine.faults import load_fault_script
 

@@ -280,6 +280,9 @@ def parse_messages_request(body: Any) -> tuple[EngineRequest, MessagesOptions]:
         stream=stream,
         prompt_text=block_text(last_user["content"]),
         output=output,
+        prefix_text=lambda: "\n".join(
+            [_system(body), *(block_text(m.get("content")) for m in messages)]
+        ),
     )
     return req, MessagesOptions(stream=stream, tool_choice=mode)
 

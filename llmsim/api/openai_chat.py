@@ -23,7 +23,7 @@ from llmsim.api.params import (
 )
 from llmsim.api.wire import RenderContext
 from llmsim.engine.request import Choice, EngineRequest, Reply
-from llmsim.engine.tokens import count_chat_prompt_tokens, message_text
+from llmsim.engine.tokens import count_chat_prompt_tokens, message_text, messages_text
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -129,6 +129,7 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
         prompt_text=message_text(last_user.get("content")),
         fingerprint=fingerprint,
         output=output,
+        prefix_text=lambda: messages_text(messages),
     )
     return req, ChatOptions(stream=stream, include_usage=include_usage)
 

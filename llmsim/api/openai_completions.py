@@ -123,6 +123,7 @@ def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOption
         stream=stream,
         prompt_text=prompts[0],
         fingerprint=json.dumps(prompts) if seed is not None else "",
+        prefix_text=lambda: prompts[0],
     )
     opts = CompletionOptions(
         stream=stream, include_usage=include_usage, echo_texts=prompts if echo else [], n=n

@@ -297,6 +297,7 @@ def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]
         prompt_text=_item_text(last_user) if last_user else "",
         output=output,
         reasoning_effort=effort,
+        prefix_text=lambda: "\n".join([instructions or "", *(_item_text(i) for i in items)]),
     )
     return req, ResponsesOptions(stream=stream, echo=echo)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,10 @@ class EngineRequest:
     # The API renders the whole reply at some point (non-streaming, or a Responses stream's
     # final events): n × max_tokens is then bounded, as it costs memory.
     whole_reply: bool = False
+    # The whole prompt's text in order (system, every message), for engine mode's prefix cache:
+    # equal prompt prefixes give equal token ids and so share KV blocks. A function, so api
+    # mode never pays for building it.
+    prefix_text: Callable[[], str] | None = None
 
 
 @dataclass

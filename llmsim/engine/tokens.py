@@ -186,3 +186,12 @@ def count_chat_prompt_tokens(messages: list[dict[str, Any]], model: str) -> int:
             total += len(enc.encode(str(fn.get("name", "")), disallowed_special=()))
             total += len(enc.encode(str(fn.get("arguments", "")), disallowed_special=()))
     return total
+
+
+def messages_text(messages: list[dict[str, Any]], system: str = "") -> str:
+    """A conversation as one text in order (system first), for prefix comparisons."""
+    parts = [system] if system else []
+    for m in messages:
+        parts.append(str(m.get("role", "")))
+        parts.append(message_text(m.get("content")))
+    return "\n".join(parts)

@@ -10,7 +10,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from llmsim import __version__
-from llmsim.api import anthropic_messages, errors
+from llmsim.api import anthropic_messages, errors, vllm_extras
 from llmsim.api.anthropic_messages import AnthropicMessages
 from llmsim.api.errors import ApiError
 from llmsim.api.openai_chat import OpenAIChat
@@ -55,6 +55,16 @@ def create_app(
     state = ServerState.create(settings, shared, engine)
     app.extensions["llmsim.state"] = state
     catalogue = list(dict.fromkeys(settings.models))
+    engines = state.engines
+    max_model_len = engines.max_model_len if engines is not None else None
+    if engines is not None:  # a vLLM server lists the model it serves first
+        catalogue = list(dict.fromkeys([engines.model, *catalogue]))
+    default_model = catalogue[0] if catalogue else "gpt-4o"
+
+    def with_context(obj: dict[str, Any]) -> dict[str, Any]:
+        if max_model_len is not None:
+            obj.update({"root": obj["id"], "parent": None, "max_model_len": max_model_len})
+        return obj
 
     # The wire format of the route being served, so errors come out in that API's shape.
     def wire() -> WireFormat:
@@ -91,7 +101,10 @@ def create_app(
     def list_models() -> Response:
         if _anthropic_request():
             return _json_response(anthropic_messages.models_page(catalogue, request.args))
-        return _json_response(models_list(catalogue))
+        listing = models_list(catalogue)
+        for obj in listing["data"]:
+            with_context(obj)
+        return _json_response(listing)
 
     @app.get("/v1/models/<path:model_id>")
     @app.get("/anthropic/v1/models/<path:model_id>")
@@ -100,7 +113,21 @@ def create_app(
             raise errors.model_not_found(model_id)
         if _anthropic_request():
             return _json_response(anthropic_messages.model_info(model_id))
-        return _json_response(model_object(model_id))
+        return _json_response(with_context(model_object(model_id)))
+
+    # vLLM's own endpoints (in api mode too: they only tokenize).
+    @app.post("/tokenize")
+    def tokenize() -> Response:
+        body = pipeline.read_json()
+        return _json_response(vllm_extras.tokenize(body, default_model, max_model_len))
+
+    @app.post("/detokenize")
+    def detokenize() -> Response:
+        return _json_response(vllm_extras.detokenize(pipeline.read_json(), default_model))
+
+    @app.get("/version")
+    def version() -> Response:
+        return _json_response(vllm_extras.version())
 
     @app.get("/health")
     def health() -> Response:
@@ -115,6 +142,21 @@ def create_app(
                 "in_flight": len(loop),
                 "sweeps": loop.sweeps,
                 "fired": loop.fired,
+            }
+        if engines is not None and state.shared.engine_stats is not None:
+            rc = engines.replica_config
+            snap["engine"] = {
+                "kind": "vllm",
+                "preset": engines.preset.name,
+                "model": engines.model,
+                "hardware": engines.preset.hardware,
+                "max_model_len": rc.max_model_len,
+                "max_num_seqs": rc.max_num_seqs,
+                "max_num_batched_tokens": rc.max_num_batched_tokens,
+                "block_size": rc.block_size,
+                "chunked_prefill": rc.chunked_prefill,
+                "prefix_caching": rc.prefix_caching,
+                "replicas": state.shared.engine_stats.replica_rows(),
             }
         return _json_response(snap)
 
@@ -132,7 +174,10 @@ def create_app(
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(render_metrics(state.stats), mimetype=None, content_type=CONTENT_TYPE)
+        body = render_metrics(
+            state.stats, state.shared.engine_stats, engines.model if engines else None
+        )
+        return Response(body, mimetype=None, content_type=CONTENT_TYPE)
 
     def error_response(err: ApiError) -> Response:
         return Response(

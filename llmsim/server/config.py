@@ -6,6 +6,7 @@ from llmsim.engine.capacity import PoolConfig
 from llmsim.engine.catalogue import limits_for
 from llmsim.engine.config import EngineConfig, ModelConfig
 from llmsim.engine.profiles import PROFILES, profile_name_for_model
+from llmsim.engine.replicas import VllmConfig
 from llmsim.engine.timing import ChunkSpec, TimingConfig
 from llmsim.settings import Settings
 
@@ -67,3 +68,20 @@ def pool_config(settings: Settings, model: str) -> tuple[str | None, PoolConfig]
     own = "max_concurrency" in settings.per_model.get(model, {})
     s = settings.for_model(model) if own else settings
     return (model if own else None), PoolConfig(s.max_concurrency, s.queue_limit, s.load_factor)
+
+
+def vllm_config(settings: Settings) -> VllmConfig:
+    """Engine mode's replicas (`--engine vllm`)."""
+    return VllmConfig(
+        preset=settings.preset,
+        replicas=settings.replicas,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_model_len=settings.max_model_len,
+        chunked_prefill=settings.enable_chunked_prefill,
+        block_size=settings.block_size,
+        num_gpu_blocks=settings.num_gpu_blocks_override,
+        prefix_caching=settings.enable_prefix_caching,
+        step_jitter_cv=settings.step_jitter_cv,
+        seed=settings.seed,
+    )

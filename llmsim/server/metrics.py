@@ -17,6 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from llmsim.engine.engine_stats import EngineStats
 from llmsim.engine.stats import (
     E2E_BUCKETS,
     FINISH_REASONS,
@@ -43,8 +44,14 @@ def _histogram(
 
 
 class LlmsimCollector(Collector):
-    def __init__(self, stats: Stats) -> None:
+    """Every metric of /metrics; with engine stats, the scheduler's `vllm:` series too."""
+
+    def __init__(
+        self, stats: Stats, engine: EngineStats | None = None, engine_model: str | None = None
+    ) -> None:
         self.stats = stats
+        self.engine = engine
+        self.engine_model = engine_model or ""
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -77,8 +84,9 @@ class LlmsimCollector(Collector):
             "llmsim_requests_failed", "Requests that ended in an error.", labels=["model_name"]
         )
         for name, v in models:
-            running.add_metric([name], v[m["running"]])
-            waiting.add_metric([name], v[m["waiting"]])
+            if self.engine is None:  # engine mode reports the schedulers' queues instead
+                running.add_metric([name], v[m["running"]])
+                waiting.add_metric([name], v[m["waiting"]])
             prompt.add_metric([name], v[m["prompt_tokens"]])
             generation.add_metric([name], v[m["completion_tokens"]])
             requests.add_metric([name], v[m["requests"]])
@@ -86,7 +94,11 @@ class LlmsimCollector(Collector):
             for i, reason in enumerate(FINISH_REASONS):
                 if v[lay.m_finish + i]:
                     success.add_metric([name, reason], v[lay.m_finish + i])
-        yield from (running, waiting, prompt, generation, success, requests, failed)
+        if self.engine is not None:
+            yield from self._engine_metrics()
+        else:
+            yield from (running, waiting)
+        yield from (prompt, generation, success, requests, failed)
         yield _histogram(
             "vllm:time_to_first_token_seconds",
             "Time to first token.",
@@ -129,8 +141,66 @@ class LlmsimCollector(Collector):
             "llmsim_queue_overflow", "Requests refused by a full queue.", totals["queue_overflow"]
         )
 
+    def _engine_metrics(self) -> Iterator[Metric]:
+        """vLLM's scheduler and cache series, one sample per replica (label `engine`)."""
+        assert self.engine is not None
+        model = self.engine_model
+        labels = ["model_name", "engine"]
+        gauges = {
+            "running": GaugeMetricFamily(
+                "vllm:num_requests_running", "Requests in a replica's batch.", labels=labels
+            ),
+            "waiting": GaugeMetricFamily(
+                "vllm:num_requests_waiting", "Requests waiting to be scheduled.", labels=labels
+            ),
+            "kv_cache_usage": GaugeMetricFamily(
+                "vllm:kv_cache_usage_perc",
+                "KV-cache usage (1 means 100 percent).",
+                labels=labels,
+            ),
+        }
+        counters = {
+            "preemptions": CounterMetricFamily(
+                "vllm:num_preemptions", "Preemptions (recompute).", labels=labels
+            ),
+            "prefix_cache_queries": CounterMetricFamily(
+                "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                labels=labels,
+            ),
+            "prefix_cache_hits": CounterMetricFamily(
+                "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                labels=labels,
+            ),
+        }  # fmt: skip
+        for row in self.engine.replica_rows():
+            key = [model, row["replica"]]
+            for field, fam in gauges.items():
+                fam.add_metric(key, row[field])
+            for field, fam in counters.items():
+                fam.add_metric(key, row[field])
+        yield from gauges.values()
+        yield from counters.values()
+        hists = (
+            ("queue_time", "vllm:request_queue_time_seconds", "Time waiting to be scheduled."),
+            ("prefill_time", "vllm:request_prefill_time_seconds", "Time in prefill."),
+            ("decode_time", "vllm:request_decode_time_seconds", "Time in decode."),
+            ("inter_token", "vllm:inter_token_latency_seconds", "Time between tokens."),
+            ("iteration_tokens", "vllm:iteration_tokens_total", "Tokens per engine step."),
+        )
+        for key, name, doc in hists:
+            bounds, counts, total, _n = self.engine.histogram(key)
+            fam = HistogramMetricFamily(name, doc, labels=["model_name"])
+            cumulative, buckets = 0.0, []
+            for bound, c in zip((*(str(b) for b in bounds), "+Inf"), counts, strict=True):
+                cumulative += c
+                buckets.append((bound, cumulative))
+            fam.add_metric([model], buckets, sum_value=total)
+            yield fam
 
-def render_metrics(stats: Stats) -> bytes:
+
+def render_metrics(
+    stats: Stats, engine: EngineStats | None = None, engine_model: str | None = None
+) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LlmsimCollector(stats))
+    registry.register(LlmsimCollector(stats, engine, engine_model))
     return generate_latest(registry)

@@ -209,6 +209,12 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
             violation = state.engine.check_limits(req)
             if violation is not None:
                 raise fmt.limit_error(violation)
+        if state.engines is not None and req.max_tokens is not None:
+            from llmsim.server.engine_respond import context_error
+
+            too_long = context_error(state.engines, req, req.max_tokens)
+            if too_long is not None:
+                raise too_long
     except ApiError as err:
         stats.request_failed(None, error_kind(err.status))
         raise _counted(err) from None
@@ -300,6 +306,12 @@ def _respond(
     headers: dict[str, str],
     environ: dict[str, Any],
 ) -> Response:
+    if state.engines is not None:
+        from llmsim.server import engine_respond
+
+        return engine_respond.respond(
+            fmt, state, gen, req, reply, opts, fault, start, headers, environ
+        )
     engine = state.engine
     loop = state.stream_loop()
     gen.reply, gen.start = reply, start
@@ -376,6 +388,22 @@ def _respond(
         raise
     now = time.monotonic()
     loop.events.add(event_log, last, reply.completion_tokens, schedule.due(last_token), now - start)
+    return finish_plain(fmt, state, gen, reply, opts, fault, start, headers, environ, ctx)
+
+
+def finish_plain(
+    fmt: WireFormat,
+    state: ServerState,
+    gen: Generation,
+    reply: Reply,
+    opts: Any,
+    fault: str | None,
+    start: float,
+    headers: dict[str, str],
+    environ: dict[str, Any],
+    ctx: RenderContext,
+) -> Response:
+    """The end of a non-streaming reply once its last token is due: a fault, or the JSON."""
     if fault == "drop":
         gen.finish("fault_drop", reply, start)
         _drop_connection(environ)

@@ -149,7 +149,7 @@ def serve_on_socket(
     if settings.seed is not None and worker:
         settings = replace(settings, seed=settings.seed + worker)
     if shared is not None:
-        shared.stats.bind_worker(worker)
+        shared.bind_worker(worker)
     app = create_app(settings, shared=shared)
     server = WSGIServer(
         sock,
@@ -183,6 +183,11 @@ def serve_on_socket(
 
 def startup_line(settings: Settings, url: str) -> str:
     profile = f"profile {settings.profile}" if settings.profile else "profile by model name"
+    if settings.engine == "vllm":
+        n = settings.replicas
+        profile = f"engine vllm, preset {settings.preset}, {n} replica{'s' if n != 1 else ''}"
+        if settings.workers > 1:
+            profile += " per worker"
     workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
     return (
         f"llmsim {__version__} serving the OpenAI API at {url}/v1 ({workers}, {profile}); "

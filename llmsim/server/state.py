@@ -6,12 +6,14 @@ import random
 from dataclasses import dataclass, field
 
 from llmsim.engine.capacity import Capacity
+from llmsim.engine.engine_stats import EngineStats
 from llmsim.engine.faults import FaultInjector, load_fault_script, parse_fault_rates
 from llmsim.engine.limits import RateLimiter
 from llmsim.engine.loop import StreamLoop
+from llmsim.engine.replicas import EnginePool
 from llmsim.engine.simulator import Engine
 from llmsim.engine.stats import Stats
-from llmsim.server.config import engine_config, pool_config
+from llmsim.server.config import engine_config, pool_config, vllm_config
 from llmsim.settings import Settings
 
 
@@ -21,10 +23,22 @@ class Shared:
 
     stats: Stats
     limiter: RateLimiter
+    engine_stats: EngineStats | None = None  # engine mode only
+    worker: int = 0
 
     @classmethod
     def create(cls, settings: Settings) -> Shared:
-        return cls(Stats(settings.workers, settings.stats_max_models), RateLimiter())
+        engine_stats = None
+        if settings.engine == "vllm":
+            engine_stats = EngineStats(settings.workers, settings.replicas)
+        return cls(Stats(settings.workers, settings.stats_max_models), RateLimiter(), engine_stats)
+
+    def bind_worker(self, worker: int) -> None:
+        """Make this process write its own sections of the shared tables (once, after fork)."""
+        self.worker = worker
+        self.stats.bind_worker(worker)
+        if self.engine_stats is not None:
+            self.engine_stats.bind_worker(worker)
 
 
 @dataclass
@@ -41,6 +55,8 @@ class ServerState:
         if self.loop is None:
             self.loop = StreamLoop(log_size=self.settings.request_log_size)
         return self.loop
+
+    engines: EnginePool | None = None  # --engine vllm: this worker's replicas
 
     @property
     def stats(self) -> Stats:
@@ -62,11 +78,18 @@ class ServerState:
             engine.cooperate = lambda: gevent.sleep(0)
         rules = load_fault_script(settings.fault_script) if settings.fault_script else []
         seed = None if settings.seed is None else settings.seed ^ 0x5EED
+        shared = shared or Shared.create(settings)
+        engines = None
+        known = set(settings.models)
+        if settings.engine == "vllm":
+            engines = EnginePool(vllm_config(settings), shared.engine_stats, shared.worker)
+            known.add(engines.model)  # what a vLLM server serves: the preset's model
         return cls(
             settings=settings,
             engine=engine,
-            shared=shared or Shared.create(settings),
+            shared=shared,
             capacity=Capacity(settings.workers, lambda m: pool_config(settings, m)),
             faults=FaultInjector(parse_fault_rates(settings.fault), rules, random.Random(seed)),
-            known_models=frozenset(settings.models),
+            known_models=frozenset(known),
+            engines=engines,
         )

@@ -1,0 +1,138 @@
+"""Drive one engine replica in pure simulation (no server, no clock): open-loop arrivals.
+
+Used by the fidelity benchmark and the plots in docs/engine.md. Every request's TTFT, inter-token
+gaps and TPOT come out of the schedule, as they do through `llmsim serve --engine vllm`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import statistics
+from dataclasses import dataclass, field
+
+from llmsim.engine.scheduler import Replica, ReplicaConfig, Seq, SeqListener
+from llmsim.engine.steptime import load_preset
+
+
+@dataclass
+class Result:
+    """What one simulated request saw."""
+
+    arrival: float
+    tokens: list[float] = field(default_factory=list)
+
+    @property
+    def ttft(self) -> float:
+        return self.tokens[0] - self.arrival
+
+    @property
+    def tpot(self) -> float | None:
+        if len(self.tokens) < 2:
+            return None
+        return (self.tokens[-1] - self.tokens[0]) / (len(self.tokens) - 1)
+
+    @property
+    def itls(self) -> list[float]:
+        return [b - a for a, b in zip(self.tokens, self.tokens[1:], strict=False)]
+
+
+class _Collect(SeqListener):
+    def __init__(self) -> None:
+        self.results: dict[str, Result] = {}
+
+    def on_tokens(self, seq: Seq, n: int, now: float) -> None:
+        self.results[seq.request_id].tokens.extend([now] * n)
+
+
+def replica_for(preset: str = "llama-3-8b-a100", **overrides) -> Replica:
+    p = load_preset(preset)
+    block_size = overrides.pop("block_size", 16)
+    cfg = ReplicaConfig(
+        max_num_seqs=overrides.pop("max_num_seqs", p.max_num_seqs),
+        max_num_batched_tokens=overrides.pop("max_num_batched_tokens", p.max_num_batched_tokens),
+        block_size=block_size,
+        num_gpu_blocks=overrides.pop("num_gpu_blocks", p.gpu_blocks(block_size)),
+        max_model_len=overrides.pop("max_model_len", p.max_model_len),
+        **overrides,
+    )
+    return Replica(cfg, p.step_time)
+
+
+def run_open_loop(
+    replica: Replica,
+    rate: float,
+    n: int,
+    prompt: int = 512,
+    output: int = 128,
+    seed: int = 0,
+    shared_prefix: float = 0.0,
+    prompt_sampler=None,
+) -> list[Result]:
+    """Poisson arrivals at `rate` req/s, `n` requests; the results in arrival order.
+
+    With shared_prefix F, each prompt's first F × prompt tokens are the same for every request
+    (a system prompt), the rest unique: the prefix cache can serve the shared part.
+    """
+    rng = random.Random(seed)
+    collect = _Collect()
+    arrivals = []
+    t = 0.0
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        arrivals.append(t)
+    shared_len = int(prompt * shared_prefix)
+    shared_ids = list(range(10_000_000, 10_000_000 + shared_len))
+    i = 0
+    now = 0.0
+    busy_until: float | None = None
+    events: list[float] = []
+    while i < n or not replica.idle or busy_until is not None:
+        next_arrival = arrivals[i] if i < n else float("inf")
+        if busy_until is not None and busy_until <= next_arrival:
+            now = busy_until
+            replica.finish_step(now)
+            busy_until = None
+        elif busy_until is None and not replica.idle and next_arrival > now:
+            pass  # step now (below)
+        else:
+            now = max(now, next_arrival)
+            rid = str(i)
+            p_len, o_len = prompt_sampler(rng) if prompt_sampler else (prompt, output)
+            ids = [*shared_ids, *range(i * 100_000, i * 100_000 + p_len - shared_len)]
+            collect.results[rid] = Result(arrival=now)
+            replica.add(Seq(rid, p_len, o_len, token_ids=ids, listener=collect), now)
+            i += 1
+            if busy_until is not None:
+                continue
+        if busy_until is None:
+            dt = replica.step(now)
+            if dt is not None:
+                busy_until = now + dt
+                heapq.heappush(events, busy_until)
+    return [collect.results[str(k)] for k in range(n)]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def summary(results: list[Result], warmup: float = 0.1) -> dict[str, float]:
+    """TTFT/TPOT p50/p90 (ms), output throughput (tok/s), skipping the first `warmup` share."""
+    kept = results[int(len(results) * warmup) :]
+    ttft = [r.ttft * 1000 for r in kept]
+    tpot = [t * 1000 for r in kept if (t := r.tpot) is not None]
+    start = min(r.arrival for r in kept)
+    end = max(r.tokens[-1] for r in kept)
+    out_tokens = sum(len(r.tokens) for r in kept)
+    return {
+        "ttft_p50": pct(ttft, 50),
+        "ttft_p90": pct(ttft, 90),
+        "tpot_p50": pct(tpot, 50),
+        "tpot_p90": pct(tpot, 90),
+        "throughput": out_tokens / (end - start),
+    }

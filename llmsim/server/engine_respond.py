@@ -1,0 +1,184 @@
+"""Engine mode's half of the request pipeline: a request becomes a sequence in a replica.
+
+The reply's text is planned as in api mode (same tokens, chunking, finish reasons, faults), but
+no timing is sampled: the request joins the least-loaded replica's queue, and the stream loop
+writes each event when the step that produced its last token ends. TTFT is queueing plus
+prefill, gaps are step times.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent.event
+from flask import Response
+
+from llmsim.api.errors import ApiError
+from llmsim.api.wire import RenderContext, WireFormat
+from llmsim.engine.ids import hex_id
+from llmsim.engine.loop import Stream
+from llmsim.engine.replicas import EngineOwner, EnginePool, LoopTokens
+from llmsim.engine.request import EngineRequest, Reply
+from llmsim.engine.scheduler import Replica, Seq
+from llmsim.engine.tokens import encoding_for_model
+from llmsim.server.state import ServerState
+from llmsim.server.takeover import LoopBody
+
+
+def context_error(pool: EnginePool, req: EngineRequest, completion: int) -> ApiError | None:
+    """vLLM's 400 for a prompt plus reply beyond max_model_len, or None if it fits."""
+    limit = pool.max_model_len
+    total = req.prompt_tokens + completion
+    if total <= limit:
+        return None
+    return ApiError(
+        400,
+        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"{total} tokens ({req.prompt_tokens} in the messages, {completion} in the completion). "
+        "Please reduce the length of the messages or completion.",
+        type="BadRequestError",
+        param="max_tokens",
+        code="context_length_exceeded",
+    )
+
+
+def prompt_token_ids(pool: EnginePool, req: EngineRequest) -> list[int]:
+    """The prompt's token ids for prefix hashing ([] when prefix caching is off)."""
+    if not pool.replica_config.prefix_caching or req.prefix_text is None:
+        return []
+    # Bounded work whatever the body holds: the cache only ever needs max_model_len tokens.
+    text = req.prefix_text()[: pool.max_model_len * 16]
+    enc = encoding_for_model(req.model)
+    return enc.encode(text, disallowed_special=())[: req.prompt_tokens]
+
+
+def respond(
+    fmt: WireFormat,
+    state: ServerState,
+    gen: Any,
+    req: EngineRequest,
+    reply: Reply,
+    opts: Any,
+    fault: str | None,
+    start: float,
+    headers: dict[str, str],
+    environ: dict[str, Any],
+) -> Response:
+    """Serve a planned reply through a replica (see the module docstring)."""
+    from llmsim.server import pipeline  # the shared fault and error helpers
+
+    pool = state.engines
+    assert pool is not None
+    loop = state.stream_loop()
+    gen.reply, gen.start = reply, start
+    tokens = max((len(c.tokens) for c in reply.choices), default=0)
+    err = context_error(pool, req, tokens)
+    if err is not None:
+        gen.finish("bad_request")
+        raise pipeline.CountedError(
+            err.status, err.message, err.type, err.param, err.code, err.headers
+        )
+    request_id = "req_" + hex_id(12)
+    seq = Seq(
+        request_id,
+        req.prompt_tokens,
+        max(1, tokens),
+        token_ids=prompt_token_ids(pool, req),
+        arrival=loop.clock(),
+    )
+    stats = state.shared.engine_stats
+    event_log = loop.events.open(
+        request_id,
+        {
+            "request_id": request_id,
+            "model": reply.model,
+            "stream": bool(opts.stream),
+            "engine": pool.preset.name,
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "chunk_tokens": str(reply.chunking._spec),
+        },
+    )
+    ctx = RenderContext(state.engine.system_fingerprint)
+    cut = state.faults.cut_point(reply.steps) if fault in ("drop", "stream-error") else None
+    headers.update(
+        {
+            "x-request-id": request_id,
+            "x-llmsim-engine": pool.preset.name,
+            "openai-model": reply.model,
+        }
+    )
+
+    def submit() -> Replica:
+        try:
+            return pool.submit(seq, loop)
+        except ValueError as exc:  # can never fit this replica's KV cache
+            gen.finish("bad_request")
+            raise pipeline.CountedError(
+                400, str(exc), "BadRequestError", None, None, None
+            ) from None
+
+    if opts.stream:
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"
+        owner = EngineOwner(gen)
+        # The replica is chosen now, so the headers can name it; the stream joins its batch
+        # when the response starts.
+        listener = LoopTokens(stats, loop.clock)
+        seq.listener = listener
+        replica = submit()
+        owner.replica, owner.seq = replica, seq
+        headers["x-llmsim-replica"] = replica.name
+
+        def begin(sink: Any) -> Stream:
+            stream = Stream(
+                loop,
+                iter(fmt.stream_events(reply, opts, ctx)),
+                reply.step_end,
+                sink,
+                owner,
+                start,
+                event_log,
+                cut,
+                fault,
+                lambda sent: fmt.stream_error(pipeline.fault_error("stream-error", {}), sent),
+            )
+            listener.stream = stream
+            if seq.produced:  # tokens made before the response began (a fast step)
+                stream.emit(seq.produced, loop.clock())
+            if seq.done:
+                if seq.state == "done":
+                    stream.finish()
+                else:
+                    stream.fail("server_error")
+            return stream
+
+        body = LoopBody(environ, begin)
+        response = Response(body, headers=headers, mimetype="text/event-stream")
+
+        def closed() -> None:  # also when the client vanished before the stream began
+            replica.abort(seq)
+            gen.finish("client_disconnect", reply, start)
+
+        response.call_on_close(closed)
+        if fault == "drop":
+            response.call_on_close(lambda: pipeline._drop_connection(environ))
+        return response
+
+    last = max(reply.steps - 1, 0) if cut is None else min(cut, max(reply.steps - 1, 0))
+    woken = gevent.event.Event()
+    seq.listener = LoopTokens(stats, loop.clock, wake=woken.set, wake_at=reply.step_end(last))
+    replica = submit()
+    headers["x-llmsim-replica"] = replica.name
+    try:
+        woken.wait()
+    except BaseException:
+        replica.abort(seq)
+        gen.finish("client_disconnect", reply, start)
+        raise
+    replica.abort(seq)  # a fault's cut: the rest is never generated
+    now = loop.clock()
+    gen.first_s = seq.first_token_at if seq.first_token_at is not None else now
+    planned = (seq.last_token_at or now) - start
+    loop.events.add(event_log, last, reply.completion_tokens, planned, now - start)
+    return pipeline.finish_plain(fmt, state, gen, reply, opts, fault, start, headers, environ, ctx)
