@@ -6,7 +6,6 @@ gaps and TPOT come out of the schedule, as they do through `llmsim serve --engin
 
 from __future__ import annotations
 
-import heapq
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -59,6 +58,32 @@ def replica_for(preset: str = "llama-3-8b-a100", **overrides) -> Replica:
     return Replica(cfg, p.step_time)
 
 
+def simulate(replica: Replica, requests: list[tuple[float, int, int, list[int]]]) -> list[Result]:
+    """Requests (arrival s, prompt tokens, reply tokens, prompt token ids) in arrival order."""
+    collect = _Collect()
+    now, i, busy = 0.0, 0, None
+    n = len(requests)
+    while i < n or not replica.idle or busy is not None:
+        nxt = requests[i][0] if i < n else float("inf")
+        if busy is not None and busy <= nxt:
+            now = busy
+            replica.finish_step(now)
+            busy = None
+        elif i < n and (busy is not None or replica.idle):
+            now = max(now, nxt)
+            arrival, p_len, o_len, ids = requests[i]
+            rid = str(i)
+            collect.results[rid] = Result(arrival=arrival)
+            replica.add(Seq(rid, p_len, o_len, token_ids=ids, listener=collect), now)
+            i += 1
+            continue
+        if busy is None:
+            dt = replica.step(now)
+            if dt is not None:
+                busy = now + dt
+    return [collect.results[str(k)] for k in range(n)]
+
+
 def run_open_loop(
     replica: Replica,
     rate: float,
@@ -75,42 +100,18 @@ def run_open_loop(
     (a system prompt), the rest unique: the prefix cache can serve the shared part.
     """
     rng = random.Random(seed)
-    collect = _Collect()
-    arrivals = []
     t = 0.0
-    for _ in range(n):
+    requests = []
+    for i in range(n):
         t += rng.expovariate(rate)
-        arrivals.append(t)
-    shared_len = int(prompt * shared_prefix)
-    shared_ids = list(range(10_000_000, 10_000_000 + shared_len))
-    i = 0
-    now = 0.0
-    busy_until: float | None = None
-    events: list[float] = []
-    while i < n or not replica.idle or busy_until is not None:
-        next_arrival = arrivals[i] if i < n else float("inf")
-        if busy_until is not None and busy_until <= next_arrival:
-            now = busy_until
-            replica.finish_step(now)
-            busy_until = None
-        elif busy_until is None and not replica.idle and next_arrival > now:
-            pass  # step now (below)
-        else:
-            now = max(now, next_arrival)
-            rid = str(i)
-            p_len, o_len = prompt_sampler(rng) if prompt_sampler else (prompt, output)
-            ids = [*shared_ids, *range(i * 100_000, i * 100_000 + p_len - shared_len)]
-            collect.results[rid] = Result(arrival=now)
-            replica.add(Seq(rid, p_len, o_len, token_ids=ids, listener=collect), now)
-            i += 1
-            if busy_until is not None:
-                continue
-        if busy_until is None:
-            dt = replica.step(now)
-            if dt is not None:
-                busy_until = now + dt
-                heapq.heappush(events, busy_until)
-    return [collect.results[str(k)] for k in range(n)]
+        p_len, o_len = prompt_sampler(rng) if prompt_sampler else (prompt, output)
+        shared = int(p_len * shared_prefix)
+        ids = [
+            *range(10_000_000, 10_000_000 + shared),
+            *range(i * 100_000, i * 100_000 + p_len - shared),
+        ]
+        requests.append((t, p_len, o_len, ids))
+    return simulate(replica, requests)
 
 
 def pct(values: list[float], q: float) -> float:
