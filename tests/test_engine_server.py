@@ -66,14 +66,14 @@ def test_tpot_grows_with_the_batch(engine_server) -> None:
     # One long system prompt, prefilled once and then served from the prefix cache: every
     # sequence still attends its whole context at each decode step.
     system = {"role": "system", "content": _words(1800, 0)}
-    body = {"model": MODEL, "max_tokens": 64, "ignore_eos": True}
+    body = {"model": MODEL, "max_tokens": 48, "ignore_eos": True}
     alone = stream_chat(base, {**body, "messages": [system, {"role": "user", "content": "a"}]})
-    assert alone.status == 200 and len(alone.content_times) == 64
+    assert alone.status == 200 and len(alone.content_times) == 48
     bodies = [
         {**body, "messages": [system, {"role": "user", "content": f"q{i}"}]} for i in range(48)
     ]
     batch = _parallel(base, bodies)
-    assert all(len(r.content_times) == 64 for r in batch)
+    assert all(len(r.content_times) == 48 for r in batch)
     # 48 decodes a step, each reading ~1,850 tokens of KV cache: about 18 ms a step against a
     # lone sequence's ~10.5 ms.
     batched = statistics.median(_tpot(r) for r in batch)
@@ -119,14 +119,14 @@ def test_tiny_kv_cache_preempts_and_every_request_completes_exactly(llmsim_serve
         "--engine", "vllm", "--num-gpu-blocks-override", "48", "--block-size", "16",
         "--max-model-len", "640", "--generator", "sequence",
     )  # fmt: skip
-    body = {"model": MODEL, "max_tokens": 80, "ignore_eos": True}
+    body = {"model": MODEL, "max_tokens": 60, "ignore_eos": True}
     # Ten prompts of ~140 tokens: five fit the 48 blocks at admission (9 blocks each), then
-    # their 80 tokens need 5 more blocks apiece, which are not there: preemption.
+    # their 60 tokens need 4 more blocks apiece, which are not there: preemption.
     bodies = [
         {**body, "messages": [{"role": "user", "content": _words(100, 400 + i)}]} for i in range(10)
     ]
     results = _parallel(server.base_url, bodies)
-    expected = "".join(sequence_tokens(80))
+    expected = "".join(sequence_tokens(60))
     for r in results:
         assert r.status == 200 and r.done
         assert r.text == expected
