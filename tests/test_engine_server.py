@@ -174,10 +174,15 @@ def test_engine_mode_keeps_the_apis_faults_and_limits(llmsim_server) -> None:
     # mid-stream gives its KV blocks back.
     other = threading.Thread(
         target=client.chat.completions.create,
-        kwargs={"model": MODEL, "messages": [{"role": "user", "content": "y"}], "max_tokens": 30},
+        kwargs={"model": MODEL, "messages": [{"role": "user", "content": "y"}], "max_tokens": 100},
     )
     other.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the first request is in replica 0's batch
+        rows = httpx.get(server.url + "/llmsim/stats").json()["engine"]["replicas"]
+        if rows[0]["running"] + rows[0]["waiting"]:
+            break
+        time.sleep(0.01)
     with httpx.stream(
         "POST",
         server.base_url + "/chat/completions",
