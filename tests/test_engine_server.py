@@ -170,29 +170,22 @@ def test_engine_mode_keeps_the_apis_faults_and_limits(llmsim_server) -> None:
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=9000
         )
-    # Two requests at once go to the two replicas (least loaded); a client that hangs up
-    # mid-stream gives its KV blocks back.
-    other = threading.Thread(
-        target=client.chat.completions.create,
-        kwargs={"model": MODEL, "messages": [{"role": "user", "content": "y"}], "max_tokens": 100},
-    )
-    other.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # until the first request is in replica 0's batch
-        rows = httpx.get(server.url + "/llmsim/stats").json()["engine"]["replicas"]
-        if rows[0]["running"] + rows[0]["waiting"]:
-            break
-        time.sleep(0.01)
-    with httpx.stream(
-        "POST",
-        server.base_url + "/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": _words(600, 9)}],
-              "stream": True, "max_tokens": 2000, "ignore_eos": True},
-        timeout=30,
-    ) as r:  # fmt: skip
-        next(r.iter_raw())
-        replica_of_stream = r.headers["x-llmsim-replica"]
-    other.join(10)
+    # Two requests at once go to the two replicas (least loaded); clients that hang up
+    # mid-stream give their KV blocks back.
+    long_body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _words(600, 9)}],
+        "stream": True,
+        "max_tokens": 2000,
+        "ignore_eos": True,
+    }
+    url = server.base_url + "/chat/completions"
+    with httpx.Client(timeout=30) as client2, client2.stream("POST", url, json=long_body) as first:
+        reading = first.iter_raw()  # kept: a dropped iterator closes the response
+        next(reading)  # in replica 0's batch, and ~20 s from done
+        with httpx.stream("POST", url, json=long_body, timeout=30) as second:
+            next(second.iter_raw())
+            replicas = (first.headers["x-llmsim-replica"], second.headers["x-llmsim-replica"])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         rows = httpx.get(server.url + "/llmsim/stats").json()["engine"]["replicas"]
@@ -202,7 +195,7 @@ def test_engine_mode_keeps_the_apis_faults_and_limits(llmsim_server) -> None:
         time.sleep(0.05)
     else:
         raise AssertionError(rows)
-    assert len(rows) == 2 and replica_of_stream == "1"
+    assert len(rows) == 2 and replicas == ("0", "1")
     assert all(row["finished"] + row["iterations"] > 0 for row in rows)
     tok = httpx.post(server.url + "/tokenize", json={"prompt": "hello world"}).json()
     assert tok["count"] == len(tok["tokens"]) and tok["max_model_len"] == 8192
