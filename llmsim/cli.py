@@ -348,5 +348,35 @@ def worker(
     exec_worker(locustfile, master_host, master_port, processes, locust_args)
 
 
+@cli.command(context_settings={"show_default": True})
+@click.option(
+    "--target", required=True, metavar="URL", help="The API to record, e.g. http://host:port."
+)
+@click.option(
+    "--port", type=int, default=8090, metavar="PORT", help="Port to listen on (0: a free one)."
+)
+@click.option("--host", default="127.0.0.1", metavar="ADDR", help="Address to bind.")
+@click.option("--out", required=True, metavar="FILE", help="Recording to append JSON lines to.")
+@click.option(
+    "--with-bodies",
+    is_flag=True,
+    help="Also store each reply's text (needed by serve --replay; it may hold sensitive data).",
+)
+@click.option(
+    "--timeout", "timeout_s", type=float, default=600.0, metavar="S", help="Upstream read timeout."
+)
+def record(target: str, port: int, host: str, out: str, with_bodies: bool, timeout_s: float) -> int:
+    """Proxy TARGET and record every request's timing, tokens and errors as JSON lines."""
+    from llmsim.record.proxy import RecordConfig, RecordError, run
+
+    if not 0 <= port <= 65535:
+        raise click.BadParameter(f"{port} is not a port number", param_hint="--port")
+    cfg = RecordConfig(target, out, host, port, with_bodies, timeout_s)
+    try:
+        return run(cfg)
+    except RecordError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def main() -> None:
     cli(prog_name="llmsim")
