@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -277,6 +278,11 @@ def serve(config: str | None, **flags: Any) -> int:
     help="Show the live progress line.",
     show_default=False,
 )
+@click.option(
+    "--record/--no-record",
+    default=True,
+    help="With --target: write every request's timing to recording.jsonl (llmsim calibrate).",
+)
 @simulator_options(embedded=True)
 @click.argument("locust_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- LOCUST ARGS…]")
 def bench(config: str | None, locust_args: tuple[str, ...], **options: Any) -> int:
@@ -376,6 +382,29 @@ def record(target: str, port: int, host: str, out: str, with_bodies: bool, timeo
         return run(cfg)
     except RecordError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--out", required=True, metavar="FILE", help="Profile file to write (YAML).")
+def calibrate(files: tuple[str, ...], out: str) -> int:
+    """Fit a profile per model from recordings (llmsim record, llmsim bench) into a YAML file."""
+    from llmsim.record.calibrate import calibrate as fit
+    from llmsim.record.calibrate import write_profile
+
+    for path in files:
+        if not Path(path).is_file():
+            raise click.BadParameter(f"{path}: no such file", param_hint="FILE")
+    cal = fit(files)
+    click.echo(cal.report())
+    try:
+        n = write_profile(cal, out)
+    except OSError as exc:
+        raise click.ClickException(f"--out {out}: cannot write it ({exc.strerror})") from None
+    if n == 0:
+        raise click.ClickException("no model could be fitted: nothing written")
+    click.echo(f"wrote {n} model profile{'s' if n != 1 else ''} to {out}")
+    return 0
 
 
 def main() -> None:

@@ -164,6 +164,18 @@ def _rate_check(v: float) -> None:
         raise ValueError(f"must be between 0 and 1, got {v:g}")
 
 
+def _profile_file(v: str) -> None:
+    from llmsim.record.profile_file import load_profile
+
+    load_profile(v)  # ProfileError (a ValueError) names the key
+
+
+def _replay_file(v: str) -> None:
+    from llmsim.record.replay import ReplayIndex
+
+    ReplayIndex.load(v)
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -578,6 +590,25 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _at_least(0),
         "F",
     ),
+    # Record, calibrate, replay (llmsim.record): behave like a recorded provider.
+    Option(
+        "profile_file",
+        str,
+        None,
+        "YAML profiles per model (`llmsim calibrate` writes them); other models keep the "
+        "built-in profiles.",
+        _profile_file,
+        "FILE",
+    ),
+    Option(
+        "replay",
+        str,
+        None,
+        "Recording (made with `llmsim record --with-bodies`) whose replies are replayed to "
+        "requests with the same model and messages; others are simulated.",
+        _replay_file,
+        "FILE",
+    ),
 )
 
 _BY_NAME = {o.name: o for o in SERVE_OPTIONS}
@@ -661,6 +692,8 @@ class Settings:
     num_gpu_blocks_override: int | None = None
     enable_prefix_caching: bool = True
     step_jitter_cv: float = 0.0
+    profile_file: str | None = None
+    replay: str | None = None
 
     def for_model(self, model: str) -> Settings:
         """These settings with the model's per_model overrides applied."""

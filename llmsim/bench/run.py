@@ -24,6 +24,7 @@ from llmsim.bench.preflight import check_port_free, check_reachable, normalize_t
 from llmsim.bench.progress import ProgressDisplay
 from llmsim.bench.reports import write_reports
 from llmsim.bench.swarm import LOCUST_CSV_PREFIX, LOCUST_HTML, Swarm, start_swarm
+from llmsim.record.bench_hook import RecorderProcess, start_recorder
 
 EXIT_OK, EXIT_SLO_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 POLL_S = 0.2
@@ -168,6 +169,7 @@ def run_bench(
     swarm: Swarm | None = None
     monitor = ProcessMonitor()
     state = RunState()
+    recorder = None
     try:
         if shared_server is not None:
             target = shared_server.base_url
@@ -178,9 +180,11 @@ def run_bench(
             )
             target = server.base_url
             monitor.watch("simulator", server.pid)
+        elif cfg.record:
+            recorder = start_recorder(target, run_dir)
         embedded = server or shared_server
         _say(human, f"llmsim bench: {_describe(cfg, target, embedded)}")
-        swarm = start_swarm(cfg, target, run_dir)
+        swarm = start_swarm(cfg, recorder.base_url if recorder else target, run_dir)
         monitor.watch("locust", swarm.pid)
         monitor.watch("bench", os.getpid())
         simulator = _simulator_settings(cfg) if embedded else None
@@ -201,15 +205,17 @@ def run_bench(
 
         _drive(cfg, swarm, monitor, state, human, run_dir, report)
     except BenchError:
-        _cleanup(swarm, server)
+        _cleanup(swarm, server, recorder)
         if state.started is None:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     except BaseException:
-        _cleanup(swarm, server)
+        _cleanup(swarm, server, recorder)
         raise
     locust_status = swarm.proc.returncode
     swarm.close()
+    if recorder is not None:
+        recorder.stop()
     if server is not None:
         server.stop()
 
@@ -395,7 +401,9 @@ def _say(stream: TextIO, text: str) -> None:
     stream.flush()
 
 
-def _cleanup(swarm: Swarm | None, server: EmbeddedServer | None) -> None:
+def _cleanup(
+    swarm: Swarm | None, server: EmbeddedServer | None, recorder: RecorderProcess | None = None
+) -> None:
     if swarm is not None:
         swarm.terminate()
         try:
@@ -405,6 +413,8 @@ def _cleanup(swarm: Swarm | None, server: EmbeddedServer | None) -> None:
         swarm.close()
     if server is not None:
         server.stop()
+    if recorder is not None:
+        recorder.stop()
 
 
 def _describe(cfg: BenchConfig, target: str, server: EmbeddedServer | None) -> str:

@@ -110,9 +110,17 @@ class FaultInjector:
     """Decides each request's fault. Scripted sequences advance per (rule, key, model)."""
 
     def __init__(
-        self, rates: dict[str, float], rules: list[ScriptRule], rng: random.Random
+        self,
+        rates: dict[str, float],
+        rules: list[ScriptRule],
+        rng: random.Random,
+        model_rates: dict[str, dict[str, float]] | None = None,
     ) -> None:
         self.rates = [(kind, rate) for kind, rate in rates.items() if rate > 0]
+        # A profile file's recorded error rates replace the global ones for its models.
+        self.model_rates = {
+            m: [(k, r) for k, r in v.items() if r > 0] for m, v in (model_rates or {}).items()
+        }
         self.rules = rules
         self._rng = rng
         self._positions: dict[tuple[int, str, str], int] = {}
@@ -120,7 +128,7 @@ class FaultInjector:
 
     @property
     def active(self) -> bool:
-        return bool(self.rates or self.rules)
+        return bool(self.rates or self.rules or self.model_rates)
 
     def decide(self, model: str, key: str, forced: str | None = None) -> str | None:
         """The fault kind for this request, or None. `forced` is the x-llmsim-fault header."""
@@ -139,11 +147,12 @@ class FaultInjector:
                 if pos < len(rule.sequence) or rule.repeat:
                     step = rule.sequence[pos % len(rule.sequence)]
                     return None if step == OK else step
-        if not self.rates:
+        rates = self.model_rates.get(model, self.rates)
+        if not rates:
             return None
         with self._lock:
             u = self._rng.random()
-        for kind, rate in self.rates:
+        for kind, rate in rates:
             if u < rate:
                 return kind
             u -= rate

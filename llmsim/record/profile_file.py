@@ -1,0 +1,347 @@
+"""The profile file: per model, the timing, lengths and errors `llmsim serve` plays.
+
+Written by `llmsim calibrate`, or by hand. Every key is checked; an unknown key or a bad value
+is a ProfileError whose message names it (`models.gpt-4o.itl.jitter_cv: must be at least 0`).
+
+    version: 1
+    models:
+      gpt-4o:
+        ttft:                       # time to first token
+          distribution: lognormal   # or empirical (then quantiles_ms)
+          mean_ms: 300
+          stddev_ms: 90
+          prefill_ms_per_1k: 0      # added per 1,000 prompt tokens
+        itl:                        # time between tokens
+          mean_ms: 25               # mean of the per-request mean
+          stddev_ms: 6              # spread of the per-request mean
+          jitter_cv: 0.2            # per-token variation around the request's mean
+          stall_probability: 0.0    # share of gaps that stall ...
+          stall_ms: 0               # ... for this long on average (exponential)
+        chunk_tokens: 1             # tokens per event: N, or {mean: M, stddev: S}
+        output_tokens: {mean: 256, stddev: 64}
+        errors: {"429": 0.01, "500": 0.002, drop: 0.0}   # share of requests, by kind
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMAT_VERSION = 1
+# What a profile's `errors` may hold: the simulator's fault kinds.
+ERROR_KINDS = ("429", "500", "502", "503", "529", "timeout", "drop", "stream-error")
+
+
+class ProfileError(ValueError):
+    """A bad profile file; str() is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class Ttft:
+    """Time to first token: lognormal (mean, stddev) or empirical quantiles, plus prefill."""
+
+    distribution: str = "lognormal"
+    mean_ms: float = 0.0
+    stddev_ms: float = 0.0
+    quantiles_ms: tuple[float, ...] = ()
+    prefill_ms_per_1k: float = 0.0
+
+    def sample_ms(self, rng: random.Random, prompt_tokens: int = 0) -> float:
+        """One TTFT for a prompt of this many tokens."""
+        if self.distribution == "empirical":
+            base = quantile_sample(self.quantiles_ms, rng.random())
+        else:
+            base = lognormal_ms(rng, self.mean_ms, self.stddev_ms)
+        return base + self.prefill_ms_per_1k * prompt_tokens / 1000.0
+
+
+@dataclass(frozen=True)
+class Itl:
+    """Time between tokens: a mean per request, then per-token jitter and stalls."""
+
+    mean_ms: float = 0.0
+    stddev_ms: float = 0.0
+    jitter_cv: float = 0.0
+    stall_probability: float = 0.0
+    stall_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A mean and a standard deviation (a length drawn lognormally around the mean)."""
+
+    mean: float
+    stddev: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What one model does, as recorded."""
+
+    ttft: Ttft
+    itl: Itl
+    chunk_tokens: Spread = Spread(1.0)
+    output_tokens: Spread | None = None
+    errors: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)  # informational, from calibrate
+
+    def sample_tbt_ms(self, rng: random.Random) -> float:
+        """One request's mean time between tokens."""
+        return lognormal_ms(rng, self.itl.mean_ms, self.itl.stddev_ms)
+
+    def sample_output_tokens(self, rng: random.Random) -> int | None:
+        """A reply's natural length, or None when the profile does not say."""
+        if self.output_tokens is None:
+            return None
+        return max(1, round(lognormal_ms(rng, self.output_tokens.mean, self.output_tokens.stddev)))
+
+
+@dataclass(frozen=True)
+class ProfileFile:
+    """A whole profile file: model name → ModelProfile."""
+
+    models: dict[str, ModelProfile]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, model: str) -> ModelProfile | None:
+        """The model's profile; None means: use the built-in one."""
+        return self.models.get(model)
+
+    def error_rates(self) -> dict[str, dict[str, float]]:
+        """Model → fault kind → rate, for the fault injector."""
+        return {name: dict(m.errors) for name, m in self.models.items()}
+
+
+def lognormal_ms(rng: random.Random, mean: float, stddev: float) -> float:
+    """A lognormal draw with this mean and standard deviation (mean itself when stddev is 0)."""
+    if stddev <= 0 or mean <= 0:
+        return max(0.0, mean)
+    sigma2 = math.log1p((stddev / mean) ** 2)
+    return rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
+
+
+def quantile_sample(quantiles: tuple[float, ...], u: float) -> float:
+    """Inverse CDF of evenly spaced quantiles (q[0] at p=0 … q[-1] at p=1), interpolated."""
+    x = u * (len(quantiles) - 1)
+    i = min(int(x), len(quantiles) - 2)
+    return quantiles[i] + (quantiles[i + 1] - quantiles[i]) * (x - i)
+
+
+def quantile_cdf(quantiles: tuple[float, ...], value: float) -> float:
+    """The CDF the quantiles describe, at value (for KS distances)."""
+    n = len(quantiles) - 1
+    if value <= quantiles[0]:
+        return 0.0
+    if value >= quantiles[-1]:
+        return 1.0
+    i = bisect.bisect_right(quantiles, value) - 1
+    lo, hi = quantiles[i], quantiles[i + 1]
+    frac = (value - lo) / (hi - lo) if hi > lo else 0.0
+    return (i + frac) / n
+
+
+# --- reading and checking -------------------------------------------------------------------
+
+
+def _fail(where: str, what: str) -> ProfileError:
+    return ProfileError(f"{where}: {what}")
+
+
+def _mapping(value: Any, where: str, known: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a mapping, got {value!r}")
+    for key in value:
+        if key not in known:
+            raise _fail(f"{where}.{key}", f"unknown key (known: {', '.join(known)})")
+    return value
+
+
+def _number(value: Any, where: str, low: float = 0.0, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(where, f"expected a number, got {value!r}")
+    if value < low:
+        raise _fail(where, f"must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise _fail(where, f"must be at most {high:g}, got {value:g}")
+    return float(value)
+
+
+def _ttft(raw: Any, where: str) -> Ttft:
+    keys = ("distribution", "mean_ms", "stddev_ms", "quantiles_ms", "prefill_ms_per_1k")
+    m = _mapping(raw, where, keys)
+    dist = m.get("distribution", "lognormal")
+    if dist not in ("lognormal", "empirical"):
+        raise _fail(f"{where}.distribution", f"must be lognormal or empirical, got {dist!r}")
+    prefill = _number(m.get("prefill_ms_per_1k", 0), f"{where}.prefill_ms_per_1k")
+    if dist == "empirical":
+        q = m.get("quantiles_ms")
+        if not isinstance(q, list) or len(q) < 2:
+            raise _fail(f"{where}.quantiles_ms", "expected a list of at least 2 numbers")
+        values = tuple(_number(v, f"{where}.quantiles_ms[{i}]") for i, v in enumerate(q))
+        if any(b < a for a, b in itertools.pairwise(values)):
+            raise _fail(f"{where}.quantiles_ms", "must not decrease")
+        return Ttft("empirical", sum(values) / len(values), 0.0, values, prefill)
+    if "mean_ms" not in m:
+        raise _fail(f"{where}.mean_ms", "missing (the lognormal's mean)")
+    return Ttft(
+        "lognormal",
+        _number(m["mean_ms"], f"{where}.mean_ms"),
+        _number(m.get("stddev_ms", 0), f"{where}.stddev_ms"),
+        (),
+        prefill,
+    )
+
+
+def _itl(raw: Any, where: str) -> Itl:
+    keys = ("mean_ms", "stddev_ms", "jitter_cv", "stall_probability", "stall_ms")
+    m = _mapping(raw, where, keys)
+    if "mean_ms" not in m:
+        raise _fail(f"{where}.mean_ms", "missing (the mean time between tokens)")
+    return Itl(
+        _number(m["mean_ms"], f"{where}.mean_ms"),
+        _number(m.get("stddev_ms", 0), f"{where}.stddev_ms"),
+        _number(m.get("jitter_cv", 0), f"{where}.jitter_cv", 0, 10),
+        _number(m.get("stall_probability", 0), f"{where}.stall_probability", 0, 1),
+        _number(m.get("stall_ms", 0), f"{where}.stall_ms"),
+    )
+
+
+def _spread(raw: Any, where: str, low: float) -> Spread:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return Spread(_number(raw, where, low))
+    m = _mapping(raw, where, ("mean", "stddev"))
+    if "mean" not in m:
+        raise _fail(f"{where}.mean", "missing")
+    return Spread(
+        _number(m["mean"], f"{where}.mean", low), _number(m.get("stddev", 0), f"{where}.stddev")
+    )
+
+
+def _errors(raw: Any, where: str) -> dict[str, float]:
+    m = _mapping(
+        {str(k): v for k, v in (raw or {}).items()} if isinstance(raw, dict) else raw,
+        where,
+        ERROR_KINDS,
+    )
+    rates = {k: _number(v, f"{where}.{k}", 0, 1) for k, v in m.items()}
+    if sum(rates.values()) > 1 + 1e-9:
+        raise _fail(where, f"rates add up to {sum(rates.values()):g}, more than 1")
+    return rates
+
+
+_MODEL_KEYS = ("ttft", "itl", "chunk_tokens", "output_tokens", "errors", "quality")
+
+
+def parse_model(raw: Any, where: str) -> ModelProfile:
+    """One model's entry, checked."""
+    m = _mapping(raw, where, _MODEL_KEYS)
+    for needed in ("ttft", "itl"):
+        if needed not in m:
+            raise _fail(f"{where}.{needed}", "missing")
+    quality = m.get("quality") or {}
+    if not isinstance(quality, dict):
+        raise _fail(f"{where}.quality", "expected a mapping")
+    return ModelProfile(
+        ttft=_ttft(m["ttft"], f"{where}.ttft"),
+        itl=_itl(m["itl"], f"{where}.itl"),
+        chunk_tokens=_spread(m.get("chunk_tokens", 1), f"{where}.chunk_tokens", 1),
+        output_tokens=(
+            None
+            if m.get("output_tokens") is None
+            else _spread(m["output_tokens"], f"{where}.output_tokens", 1)
+        ),
+        errors=_errors(m.get("errors"), f"{where}.errors"),
+        quality=quality,
+    )
+
+
+def parse_profile(raw: Any, name: str = "profile") -> ProfileFile:
+    """A decoded profile document, checked."""
+    top = _mapping(raw, name, ("version", "models", "source"))
+    version = top.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise _fail(f"{name}: version", f"must be {FORMAT_VERSION}, got {version!r}")
+    models = top.get("models")
+    if not isinstance(models, dict) or not models:
+        raise _fail(f"{name}: models", "expected a mapping of model name: profile")
+    return ProfileFile(
+        {str(k): parse_model(v, f"{name}: models.{k}") for k, v in models.items()},
+        top.get("source") or {},
+    )
+
+
+def load_profile(path: str | Path) -> ProfileFile:
+    """Read and check a profile file; ProfileError (one line) when it is not usable."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{p}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ProfileError(f"{p}: not valid YAML{where}") from None
+    return parse_profile(raw, str(p))
+
+
+def _clean(v: float) -> float | int:
+    r = round(v, 3)
+    return int(r) if r == int(r) else r
+
+
+def model_to_dict(m: ModelProfile) -> dict[str, Any]:
+    """The YAML form of one model's profile (what parse_model reads back)."""
+    t = m.ttft
+    ttft: dict[str, Any] = {"distribution": t.distribution}
+    if t.distribution == "empirical":
+        ttft["quantiles_ms"] = [_clean(q) for q in t.quantiles_ms]
+    else:
+        ttft.update(mean_ms=_clean(t.mean_ms), stddev_ms=_clean(t.stddev_ms))
+    ttft["prefill_ms_per_1k"] = _clean(t.prefill_ms_per_1k)
+    i = m.itl
+    out: dict[str, Any] = {
+        "ttft": ttft,
+        "itl": {
+            "mean_ms": _clean(i.mean_ms),
+            "stddev_ms": _clean(i.stddev_ms),
+            "jitter_cv": _clean(i.jitter_cv),
+            "stall_probability": _clean(i.stall_probability),
+            "stall_ms": _clean(i.stall_ms),
+        },
+        "chunk_tokens": (
+            _clean(m.chunk_tokens.mean)
+            if m.chunk_tokens.stddev == 0
+            else {"mean": _clean(m.chunk_tokens.mean), "stddev": _clean(m.chunk_tokens.stddev)}
+        ),
+    }
+    if m.output_tokens is not None:
+        out["output_tokens"] = {
+            "mean": _clean(m.output_tokens.mean),
+            "stddev": _clean(m.output_tokens.stddev),
+        }
+    out["errors"] = {k: round(v, 6) for k, v in m.errors.items()}
+    if m.quality:
+        out["quality"] = m.quality
+    return out
+
+
+def dump_profile(pf: ProfileFile) -> str:
+    """The profile file's text."""
+    doc = {
+        "version": FORMAT_VERSION,
+        "source": pf.source,
+        "models": {k: model_to_dict(v) for k, v in pf.models.items()},
+    }
+    head = (
+        "# llmsim profile file (docs/record-calibrate.md); serve it: llmsim serve --profile-file\n"
+    )
+    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
