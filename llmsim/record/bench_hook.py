@@ -35,14 +35,19 @@ class RecorderProcess:
         stop(self.proc, signal.SIGTERM, timeout=20)
 
 
-def start_recorder(target: str, run_dir: Path, timeout: float = 30.0) -> RecorderProcess:
-    """Start the recorder on a free loopback port for `target` (an OpenAI base URL)."""
+def start_recorder(
+    target: str, run_dir: Path, timeout: float = 30.0, with_bodies: bool = False
+) -> RecorderProcess:
+    """Start the recorder on a free loopback port for `target` (an OpenAI base URL); it writes
+    `run_dir`/recording.jsonl."""
     from llmsim.bench.errors import BenchError
     from llmsim.bench.processes import spawn, stop
 
     log_path = run_dir / "recorder.log"
     args = ["-m", "llmsim", "record", "--target", target, "--host", "127.0.0.1", "--port", "0"]
     args += ["--out", str(run_dir / RECORDING), "--timeout", "3600"]
+    if with_bodies:
+        args.append("--with-bodies")
     with open(log_path, "wb") as log:
         proc = spawn(args, log)
     deadline = time.monotonic() + timeout

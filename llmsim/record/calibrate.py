@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -19,8 +20,8 @@ GENERATING_APIS = frozenset(
 MIN_REQUESTS = 50  # below this a model's fits get a warning
 MIN_PROMPT_CV = 0.05  # prompts must vary this much for a prompt-length term to be tried
 PREFILL_MIN_T = 4.0  # ... and the slope be this many standard errors above zero
-STALL_FACTOR = 4.0  # a gap this many times the request's median gap is a stall ...
-STALL_MIN_MS = 20.0  # ... and at least this much longer than it
+STALL_SPREADS = 5.0  # a gap this many robust spreads above the request's median is a stall ...
+STALL_MIN_MS = 20.0  # ... and at least this much above it
 NATURAL_FINISH = frozenset({"stop", "end_turn", "STOP", "completed", "stop_sequence"})
 # Recorded error kinds → the simulator's fault kinds; other 4xx are the client's own mistakes.
 _FAULT_OF = {"429": "429", "500": "500", "502": "502", "503": "503", "529": "529"}
@@ -74,40 +75,52 @@ def _per_token_gaps(line: dict[str, Any]) -> list[tuple[float, int]]:
 
 
 def _itl(ok: list[dict[str, Any]], m: ModelFit) -> Itl:
-    means, ratios = [], []
-    gaps_total = stalls = 0
-    stall_excess: list[float] = []
+    means: list[float] = []
+    devs: list[float] = []  # per-token relative deviations of the gaps that are not stalls
+    gaps_total = 0
+    excess: list[float] = []  # how far each stall went beyond its detection threshold
+    thresholds: list[float] = []
     for line in ok:
         pairs = _per_token_gaps(line)
         if not pairs:
             continue
-        per_token = [g / k for g, k in pairs]
-        median = statistics.median(per_token)
+        med = statistics.median(g / k for g, k in pairs)
+        # An event of k tokens spans k per-token gaps: its deviation, in per-token terms, is
+        # sqrt(k) times larger than its per-token average's. A robust spread (MAD) keeps the
+        # stalls themselves from widening the threshold that finds them.
+        scaled = [(g / k - med) * math.sqrt(k) for g, k in pairs]
+        spread = 1.4826 * statistics.median(abs(d) for d in scaled)
         normal = []
-        for (g, k), pt in zip(pairs, per_token, strict=True):
+        for g, k in pairs:
             gaps_total += 1
-            if g > STALL_FACTOR * median * k and g - median * k > STALL_MIN_MS:
-                stalls += 1
-                stall_excess.append(g - median * k)
+            c = max(STALL_MIN_MS, STALL_SPREADS * spread * math.sqrt(k))
+            if g - med * k > c:
+                excess.append(g - med * k - c)
+                thresholds.append(c)
             else:
-                normal.append(pt)
+                normal.append((g / k, k))
         if not normal:
             continue
-        mean = sum(normal) / len(normal)
+        mean = sum(pt for pt, _ in normal) / len(normal)
         means.append(mean)
         if mean > 0:
-            ratios += [pt / mean for pt in normal]
+            devs += [(pt / mean - 1.0) * math.sqrt(k) for pt, k in normal]
     if not means:
         m.warnings.append("no stream with two or more content events: ITL not fitted (0)")
         return Itl(0.0)
     fit = fits.fit_lognormal(means)
-    cv = statistics.pstdev(ratios) if len(ratios) > 1 else 0.0
-    p_stall = stalls / gaps_total if gaps_total else 0.0
-    stall_ms = sum(stall_excess) / len(stall_excess) if stall_excess else 0.0
+    cv = math.sqrt(sum(d * d for d in devs) / len(devs)) if devs else 0.0
+    # Stalls are exponential, so memoryless: beyond its threshold a stall still lasts stall_ms
+    # on average, and the share found is exp(-threshold / stall_ms) of those that happened.
+    stall_ms = sum(excess) / len(excess) if excess else 0.0
+    p_stall = 0.0
+    if excess and gaps_total:
+        seen = sum(math.exp(-c / stall_ms) for c in thresholds) / len(thresholds)
+        p_stall = min(1.0, len(excess) / gaps_total / max(seen, 1e-9))
     m.notes.append(
         f"itl: per-request mean lognormal mean {fit.mean:.2f} ms, stddev {fit.stddev:.2f} ms "
-        f"(KS {fit.ks:.3f}, n={fit.n}); jitter CV {cv:.3f} over {len(ratios)} gaps; "
-        f"stalls {p_stall:.4f} of gaps, {stall_ms:.1f} ms on average"
+        f"(KS {fit.ks:.3f}, n={fit.n}); per-token jitter CV {cv:.3f} over {len(devs)} gaps; "
+        f"stalls {p_stall:.4f} of gaps ({len(excess)} seen), {stall_ms:.1f} ms on average"
     )
     return Itl(fit.mean, fit.stddev, cv, p_stall, stall_ms)
 
