@@ -212,6 +212,9 @@ def test_slo_failure_exits_1_against_a_separate_target(bench: Bench, llmsim_serv
     assert 50 <= summary["ttft_ms"]["p50"] <= 56  # see the headless test
     assert "FAIL" in out and "SLO FAILED" in out
     assert server.proc.poll() is None  # bench never stops a target it did not start
+    # Against a target bench records every request through llmsim record (llmsim calibrate).
+    recorded = (bench.run_dir() / "recording.jsonl").read_text().splitlines()
+    assert len(recorded) >= summary["requests"]["total"] > 0
 
 
 # --------------------------------------------------------------------------- distributed

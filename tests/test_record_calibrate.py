@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from llmsim.cli import cli
 from llmsim.record.calibrate import calibrate
 from llmsim.record.profile_file import ProfileError, dump_profile, load_profile, parse_profile
 from llmsim.record.recording import read_recordings
@@ -102,14 +102,9 @@ def test_truncated_and_foreign_lines_are_skipped_and_counted(tmp_path):
     rec = read_recordings([path])
     assert len(rec.lines) == 60 and rec.skipped == 5
     out = tmp_path / "p.yaml"
-    run = subprocess.run(
-        [sys.executable, "-m", "llmsim", "calibrate", str(path), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "5 truncated or foreign, skipped" in run.stdout and out.exists()
+    result = CliRunner().invoke(cli, ["calibrate", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "5 truncated or foreign, skipped" in result.stdout and out.exists()
     assert load_profile(out).models["m"].ttft.mean_ms > 0
 
 
@@ -147,12 +142,7 @@ def test_bad_profile_values_are_named(change, message):
 def test_serve_rejects_a_bad_profile_file_in_one_line(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("version: 1\nmodels:\n  gpt-4o:\n    ttft: {mean_ms: 1}\n    itl: {mean: 3}\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "llmsim", "serve", "--port", "0", "--profile-file", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 2
-    (line,) = run.stderr.strip().splitlines()
+    result = CliRunner().invoke(cli, ["serve", "--port", "0", "--profile-file", str(path)])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
     assert line.startswith("llmsim: error: --profile-file:") and "models.gpt-4o.itl.mean" in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import time
@@ -11,8 +12,10 @@ import anthropic
 import httpx
 import openai
 import pytest
+import yaml
 
 from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
+from llmsim.record.proxy import LineWriter, RecordConfig, Recorder
 
 SECRET = "sk-test-secret-key-0123456789"
 
@@ -62,7 +65,6 @@ def test_proxy_passes_every_api_through_and_records_one_line_each(recorder, tmp_
         model="claude-sonnet-4", max_tokens=9, messages=[{"role": "user", "content": "hi"}]
     ) as s:
         claude_text = s.get_final_text()
-    assert httpx.get(rec.url + "/health").json()["status"] == "ok"
 
     rec.proc.send_signal(signal.SIGTERM)
     assert rec.proc.wait(15) == 0
@@ -89,33 +91,109 @@ def test_proxy_passes_every_api_through_and_records_one_line_each(recorder, tmp_
     assert msg["stream"] and msg["output_tokens"] == 9 and "".join(msg["texts"]) == claude_text
 
 
-def test_proxy_forwards_each_event_as_it_arrives(recorder, llmsim_server, tmp_path):
-    slow = llmsim_server("--ttft-ms", "50", "--ttft-stddev-ms", "0", "--tbt-ms", "150")
-    rec = recorder(slow.base_url, with_bodies=False)
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
-    seen = []
+PROFILE = {
+    "version": 1,
+    "models": {
+        "rec-model": {
+            "ttft": {"mean_ms": 80, "stddev_ms": 0, "prefill_ms_per_1k": 1000},
+            "itl": {"mean_ms": 5, "stddev_ms": 0},
+            "output_tokens": {"mean": 12, "stddev": 0},
+        },
+        "fail-model": {
+            "ttft": {"distribution": "empirical", "quantiles_ms": [10, 20]},
+            "itl": {"mean_ms": 1},
+            "errors": {"503": 1.0},
+        },
+    },
+}
+
+
+def _chat(url: str, model: str, **extra) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+
+
+def _content_events(url: str, content: str) -> tuple[list[str], list[float], httpx.Headers]:
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": content}],
+        "stream": True,
+        "max_tokens": 4,
+    }
+    texts, times = [], []
     t0 = time.monotonic()
-    with httpx.stream(
-        "POST", rec.base_url + "/chat/completions", json={**body, "max_tokens": 4}, timeout=10
-    ) as r:
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
         for line in r.iter_lines():
-            if '"content":"' in line and '"content":""' not in line:
-                seen.append(time.monotonic() - t0)
+            if line.startswith("data: {"):
+                choices = json.loads(line[6:])["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    texts.append(choices[0]["delta"]["content"])
+                    times.append(time.monotonic() - t0)
+        return texts, times, r.headers
+
+
+def test_events_pass_unbuffered_and_replay_plays_them_back(recorder, llmsim_server, tmp_path):
+    slow = llmsim_server(
+        "--ttft-ms", "100", "--ttft-stddev-ms", "0", "--tbt-ms", "150", "--tbt-stddev-ms", "0"
+    )
+    rec = recorder(slow.base_url)
+    recorded, seen, _ = _content_events(rec.url, "the recorded question")
     # 4 tokens 150 ms apart: buffered, they would arrive together at the end.
-    assert len(seen) == 4
-    assert seen[-1] - seen[0] > 0.3
+    assert len(seen) == 4 and seen[-1] - seen[0] > 0.3
     rec.stop()
     (line,) = _lines(tmp_path / RECORDING)
-    assert "texts" not in line  # only with --with-bodies
     assert all(g > 100 for g in line["gaps_ms"])
 
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump(PROFILE))
+    replay = llmsim_server(
+        "--replay",
+        str(tmp_path / RECORDING),
+        "--profile-file",
+        str(profile),
+        "--profile",
+        "instant",
+    )
+    texts, times, headers = _content_events(replay.url, "the recorded question")
+    assert texts == recorded and headers["x-llmsim-replay"] == "hit"
+    assert float(headers["x-llmsim-ttft-ms"]) == round(line["ttft_ms"], 3)
+    # The recorded gaps (~150 ms each), not the instant profile's zero.
+    assert times[-1] - times[0] > 0.5 * sum(line["gaps_ms"]) / 1000
+    other, _, headers = _content_events(replay.url, "a question never recorded")
+    assert other and "x-llmsim-replay" not in headers
 
-def test_unreachable_upstream_gets_502_and_a_line(recorder, tmp_path):
+    # The same server's --profile-file: its models follow it, others keep the built-in ones.
+    r = _chat(replay.url, "rec-model")
+    assert r.status_code == 200
+    prompt = r.json()["usage"]["prompt_tokens"]
+    # 80 ms plus the profile's own 1 ms per prompt token; 5 ms per token; 12 tokens.
+    assert float(r.headers["x-llmsim-ttft-ms"]) == 80 + prompt
+    assert float(r.headers["x-llmsim-tbt-ms"]) == 5
+    assert r.json()["usage"]["completion_tokens"] == 12
+    failing = _chat(replay.url, "fail-model")
+    assert failing.status_code == 503 and failing.json()["error"]["code"] == "overloaded"
+    other = _chat(replay.url, "gpt-4o", max_tokens=3)
+    assert other.status_code == 200 and float(other.headers["x-llmsim-tbt-ms"]) == 0
+
+
+def test_unreachable_upstream_gets_502_and_a_line():
+    from werkzeug.test import Client
+
     from conftest import free_port
 
-    rec = recorder(f"http://127.0.0.1:{free_port()}/v1")
-    r = httpx.post(rec.base_url + "/chat/completions", json={"model": "m", "messages": []})
-    assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
-    rec.stop()
-    (line,) = _lines(tmp_path / RECORDING)
-    assert line["error_kind"] == "upstream_unreachable" and line["status"] == 502
+    out = io.StringIO()
+    rec = Recorder(RecordConfig(f"http://127.0.0.1:{free_port()}/v1", "-"), LineWriter(out, False))
+    r = Client(rec).post("/v1/chat/completions", json={"model": "m", "messages": []})
+    assert r.status_code == 502 and "unreachable" in r.get_json()["error"]["message"]
+    rec.queue.put(None)
+    rec.write_loop()
+    line = json.loads(out.getvalue())
+    assert line["error_kind"] == "upstream_unreachable" and line["model"] == "m"
+
+
+def test_proxy_health_is_its_own():
+    rec = Recorder(RecordConfig("http://127.0.0.1:9/v1", "rec.jsonl"), print)
+    from werkzeug.test import Client
+
+    health = Client(rec).get("/health").get_json()
+    assert health["recording"] == "rec.jsonl" and health["recorded"] == 0

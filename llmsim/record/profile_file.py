@@ -225,11 +225,11 @@ def _spread(raw: Any, where: str, low: float) -> Spread:
 
 
 def _errors(raw: Any, where: str) -> dict[str, float]:
-    m = _mapping(
-        {str(k): v for k, v in (raw or {}).items()} if isinstance(raw, dict) else raw,
-        where,
-        ERROR_KINDS,
-    )
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        raw = {str(k): v for k, v in raw.items()}  # YAML reads 429: as an integer key
+    m = _mapping(raw, where, ERROR_KINDS)
     rates = {k: _number(v, f"{where}.{k}", 0, 1) for k, v in m.items()}
     if sum(rates.values()) > 1 + 1e-9:
         raise _fail(where, f"rates add up to {sum(rates.values()):g}, more than 1")

@@ -1,0 +1,139 @@
+"""What `llmsim record` adds to TTFT and inter-token gaps: the same streaming client against the
+simulator directly and through the recorder, rounds alternating, all in one run.
+
+    python benchmarks/record_overhead.py [--streams 100] [--rounds 3] [--duration-s 5]
+
+The upstream is `llmsim serve` with exact timing (TTFT 200 ms, 20 ms per token, 50 tokens), so
+every difference between the two paths is the recorder's (plus the machine's noise, which is
+why rounds alternate and the CPU other processes used is printed). The client is
+benchmarks/serve_timing.py (raw sockets and epoll), keep-alive, one closed loop per stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+_SERVE = re.compile(r"(http://127\.0\.0\.1:\d+)/v1")
+_RECORD = re.compile(r" at (http://127\.0\.0\.1:\d+) into ")
+
+
+def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    """Start a llmsim command and return it with the URL its start-up line names."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
+    f = open(log, "w")  # noqa: SIM115  (the child writes to it until it stops)
+    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    # serve: "... at http://127.0.0.1:P/v1 ..."; record: "... at http://127.0.0.1:P into ..."
+    pattern = _SERVE if "serve" in cmd else _RECORD
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = pattern.search(log.read_text())
+        if m:
+            return proc, m.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit(f"{' '.join(cmd[2:4])} did not start: {log.read_text()}")
+
+
+def timing(url: str, args: argparse.Namespace) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "serve_timing.py"), "timing", "--url", url,
+         "--streams", str(args.streams), "--tokens", "50", "--ramp-s", "1.2",
+         "--duration-s", str(args.duration_s), "--drain-s", "5"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def others_cpu(ours: list[psutil.Process], wall: float, before: dict) -> float:
+    """Cores used by processes that are not ours during the window (from /proc/stat)."""
+    total = psutil.cpu_times()
+    busy = (total.user + total.system + total.nice) - before["busy"]
+    mine = sum(_cpu(p) for p in ours) - before["mine"]
+    return max(0.0, (busy - mine) / wall)
+
+
+def _cpu(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+    except psutil.Error:
+        return 0.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration-s", type=float, default=5.0)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="llmsim-record-overhead-"))
+    exact = ["--ttft-ms", "200", "--ttft-stddev-ms", "0", "--tbt-ms", "20", "--tbt-stddev-ms", "0"]
+    serve = [sys.executable, "-m", "llmsim", "serve", "--port", "0", *exact]
+    up, up_url = start(serve, tmp / "serve.log")
+    rec_cmd = [sys.executable, "-m", "llmsim", "record", "--target", up_url, "--port", "0",
+               "--out", str(tmp / "rec.jsonl")]  # fmt: skip
+    rec, rec_url = start(rec_cmd, tmp / "record.log")
+    me = psutil.Process()
+    ours = [me, psutil.Process(up.pid), psutil.Process(rec.pid)]
+    rows = []
+    try:
+        for r in range(args.rounds):
+            order = [("direct", up_url), ("recorded", rec_url)]
+            if r % 2:
+                order.reverse()
+            for name, url in order:
+                t = psutil.cpu_times()
+                before = {"busy": t.user + t.system + t.nice, "mine": sum(_cpu(x) for x in ours)}
+                rec_cpu0 = _cpu(ours[2])
+                t0 = time.monotonic()
+                res = timing(url, args)
+                wall = time.monotonic() - t0
+                res.update(
+                    path=name,
+                    round=r,
+                    recorder_cpu_pct=round(100 * (_cpu(ours[2]) - rec_cpu0) / wall, 1),
+                    other_cores=round(others_cpu(ours, wall, before), 2),
+                )
+                rows.append(res)
+    finally:
+        for proc in (rec, up):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+    print(f"{'round':>5} {'path':>9} {'streams':>7} {'TTFT p50':>9} {'p90':>8} {'p99':>8} "
+          f"{'gap p50':>8} {'p99':>7} {'rec CPU':>8} {'others':>7}")  # fmt: skip
+    for x in rows:
+        t, g = x["ttft_ms"], x["gap_ms"]
+        print(f"{x['round']:>5} {x['path']:>9} {x['streams_done']:>7} {t['p50']:>9.2f} "
+              f"{t['p90']:>8.2f} {t['p99']:>8.2f} {g['p50']:>8.2f} {g['p99']:>7.2f} "
+              f"{x['recorder_cpu_pct']:>7.1f}% {x['other_cores']:>7.2f}")  # fmt: skip
+    print("\nadded by the recorder (recorded − direct, per round, ms):")
+    for r in range(args.rounds):
+        d = {x["path"]: x for x in rows if x["round"] == r}
+        diff = {
+            k: round(d["recorded"]["ttft_ms"][k] - d["direct"]["ttft_ms"][k], 2)
+            for k in ("p50", "p90", "p99")
+        }
+        gap = round(d["recorded"]["gap_ms"]["p99"] - d["direct"]["gap_ms"]["p99"], 2)
+        print(f"  round {r}: TTFT p50 {diff['p50']:+.2f}, p90 {diff['p90']:+.2f}, "
+              f"p99 {diff['p99']:+.2f}; gap p99 {gap:+.2f}")  # fmt: skip
+    lines = (tmp / "rec.jsonl").read_text().count("\n")
+    print(f"recording: {lines} lines in {tmp / 'rec.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
