@@ -397,6 +397,8 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
     finally:
         rec.queue.put(None)
         writer.join(timeout=30)
-        os.close(write_fd)  # the analysis process writes what is left, then ends
+        # The analysis process writes what is left, then ends. Closed through a file object:
+        # gevent's patched os.close defers the close to a loop iteration that never comes.
+        open(write_fd, "wb", buffering=0).close()
     print(f"llmsim record: {rec.recorded} requests recorded in {cfg.out}", file=out, flush=True)
     return 0
