@@ -209,12 +209,17 @@ def test_slo_failure_exits_1_against_a_separate_target(bench: Bench, llmsim_serv
     results = {r["slo"]: r["passed"] for r in summary["slo"]["results"]}
     assert results == {"ttft_p50<=20ms": False, "error_rate<=1%": True}
     assert summary["fidelity"] is not None  # the target is llmsim: it sends its plan
-    assert 50 <= summary["ttft_ms"]["p50"] <= 56  # see the headless test
+    # See the headless test; through the recorder bench runs in front of a target: one more
+    # loopback hop, and a process of its own to schedule on a loaded machine.
+    assert 50 <= summary["ttft_ms"]["p50"] <= 60
     assert "FAIL" in out and "SLO FAILED" in out
     assert server.proc.poll() is None  # bench never stops a target it did not start
     # Against a target bench records every request through llmsim record (llmsim calibrate).
-    recorded = (bench.run_dir() / "recording.jsonl").read_text().splitlines()
+    lines = (bench.run_dir() / "recording.jsonl").read_text().splitlines()
+    recorded = [json.loads(x) for x in lines]
     assert len(recorded) >= summary["requests"]["total"] > 0
+    ttfts = sorted(x["ttft_ms"] for x in recorded if x["ttft_ms"] is not None)
+    assert 50 <= ttfts[len(ttfts) // 2] <= 60  # the recorder saw the first token, unbuffered
 
 
 # --------------------------------------------------------------------------- distributed

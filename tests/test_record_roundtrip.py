@@ -17,6 +17,7 @@ from llmsim.engine.request import EngineRequest
 from llmsim.engine.simulator import Engine
 from llmsim.record.bench_hook import RECORDING, start_recorder
 from llmsim.record.calibrate import calibrate, write_profile
+from llmsim.server.config import engine_config
 from llmsim.settings import load_settings
 
 A = ("--ttft-ms", "300", "--ttft-stddev-ms", "90", "--tbt-ms", "25", "--tbt-stddev-ms", "6")
@@ -27,14 +28,14 @@ def _quantiles(values: list[float], ps=(0.5, 0.9)) -> list[float]:
     return [v[min(len(v) - 1, int(p * len(v)))] for p in ps]
 
 
-def _drive(base_url: str, seconds: float, users: int = 16) -> int:
-    """Streamed chat requests from `users` threads for `seconds`: how many were sent."""
+def _drive(base_url: str, each: int, users: int = 16, limit_s: float = 60) -> int:
+    """`each` streamed chat requests from each of `users` threads: how many were sent."""
 
     def user(i: int) -> int:
         sent = 0
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + limit_s
         with httpx.Client(base_url=base_url, timeout=30) as client:
-            while time.monotonic() < deadline:
+            while sent < each and time.monotonic() < deadline:
                 body = {
                     "model": "gpt-4o",
                     "messages": [{"role": "user", "content": f"user {i} request {sent}"}],
@@ -55,12 +56,12 @@ def test_recorded_noisy_simulator_calibrates_back_to_its_parameters(llmsim_serve
     server = llmsim_server(*A, "--output-tokens", "30", "--fault", "500=0.1", "--seed", "5")
     rec = start_recorder(server.base_url, tmp_path)
     try:
-        sent = _drive(rec.base_url, 4.0)
+        sent = _drive(rec.base_url, 5)
     finally:
         rec.stop()
     recording = tmp_path / RECORDING
     lines = [json.loads(x) for x in recording.read_text().splitlines()]
-    assert len(lines) == sent > 40
+    assert len(lines) == sent == 80
     cal = calibrate([recording])
     (fit,) = cal.models
     p = fit.profile
@@ -80,8 +81,8 @@ def test_recorded_noisy_simulator_calibrates_back_to_its_parameters(llmsim_serve
     write_profile(cal, profile)
     model = lines[0]["model"]
     known = {"ttft_ms": 300, "ttft_stddev_ms": 90, "tbt_ms": 25, "tbt_stddev_ms": 6}
-    a = Engine(load_settings(env={}, overrides={**known, "seed": 1}))
-    b = Engine(load_settings(env={}, overrides={"profile_file": str(profile), "seed": 2}))
+    a = Engine(engine_config(load_settings(env={}, overrides={**known, "seed": 1})))
+    b = Engine(engine_config(load_settings(env={}, overrides={"profile_file": str(profile)})))
     req = EngineRequest(model=model, prompt_tokens=20, max_tokens=1)
     plans = {name: [e.plan(req) for _ in range(3000)] for name, e in (("a", a), ("b", b))}
     for attr, rel in (("ttft_s", 0.2), ("tbt_s", 0.15)):

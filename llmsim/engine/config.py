@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmsim.engine.catalogue import ModelLimits
 from llmsim.engine.timing import ChunkSpec, TimingConfig
@@ -43,3 +44,5 @@ class EngineConfig:
     tool_call_rate: float = 1.0
     model: Callable[[str], ModelConfig] = field(default=_default_model)
     max_total_output_tokens: int = MAX_TOTAL_OUTPUT_TOKENS
+    # Recorded replies (llmsim.record.replay): request → its recorded Reply, or None.
+    replay: Callable[[Any], Any] | None = None

@@ -39,6 +39,7 @@ class EngineRequest:
     # equal prompt prefixes give equal token ids and so share KV blocks. A function, so api
     # mode never pays for building it.
     prefix_text: Callable[[], str] | None = None
+    replay_key: str | None = None  # model and conversation digest, set when replaying
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Reply:
     reasoning_tokens: int = 0  # hidden thinking of reasoning models, spent within the TTFT
     chunking: Chunking = field(default_factory=lambda: Chunking(ONE_PER_EVENT, 0))
     prefill_s: float = 0.0  # the prompt's prefill time, added to the TTFT
+    # A replayed reply (llmsim.record.replay): token i is due first_s + offsets_s[i].
+    offsets_s: list[float] | None = None
 
     @property
     def first_s(self) -> float:

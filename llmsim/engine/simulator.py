@@ -202,6 +202,10 @@ class Engine:
         `api_chunks` is the API's default tokens per event, used unless the model's settings
         give chunk_tokens.
         """
+        if self.config.replay is not None and req.replay_key is not None:
+            recorded = self.config.replay(req)
+            if recorded is not None:
+                return recorded
         mcfg = self.model(req.model)
         timing = mcfg.timing
         with self._lock:

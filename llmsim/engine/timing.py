@@ -127,6 +127,9 @@ class TimingConfig:
     prefill_ms_per_1k: float = 0.0
     output_tokens: int = 256
     output_tokens_stddev: float | None = None
+    # A recorded TTFT distribution (llmsim.record): values at evenly spaced probabilities from
+    # 0 to 1, drawn by inverse CDF instead of the lognormal when given.
+    ttft_quantiles_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """The profile-file spelling of this config (chunk_tokens as its text)."""
@@ -161,7 +164,13 @@ class RequestTiming:
 
 def plan(cfg: TimingConfig, rng: random.Random, prompt_tokens: int) -> RequestTiming:
     """Sample one request's TTFT and mean TBT."""
-    ttft = sample_ms(rng, cfg.ttft_ms, cfg.ttft_stddev_ms, cfg.latency_distribution)
+    q = cfg.ttft_quantiles_ms
+    if q:
+        x = rng.random() * (len(q) - 1)
+        i = min(int(x), len(q) - 2)
+        ttft = q[i] + (q[i + 1] - q[i]) * (x - i)
+    else:
+        ttft = sample_ms(rng, cfg.ttft_ms, cfg.ttft_stddev_ms, cfg.latency_distribution)
     tbt = sample_ms(rng, cfg.tbt_ms, cfg.tbt_stddev_ms, cfg.latency_distribution)
     prefill = cfg.prefill_ms_per_1k * prompt_tokens / 1000.0
     return RequestTiming(ttft / 1000.0, prefill / 1000.0, tbt / 1000.0)

@@ -24,10 +24,8 @@ is a ProfileError whose message names it (`models.gpt-4o.itl.jitter_cv: must be 
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,14 +50,6 @@ class Ttft:
     stddev_ms: float = 0.0
     quantiles_ms: tuple[float, ...] = ()
     prefill_ms_per_1k: float = 0.0
-
-    def sample_ms(self, rng: random.Random, prompt_tokens: int = 0) -> float:
-        """One TTFT for a prompt of this many tokens."""
-        if self.distribution == "empirical":
-            base = quantile_sample(self.quantiles_ms, rng.random())
-        else:
-            base = lognormal_ms(rng, self.mean_ms, self.stddev_ms)
-        return base + self.prefill_ms_per_1k * prompt_tokens / 1000.0
 
 
 @dataclass(frozen=True)
@@ -87,20 +77,10 @@ class ModelProfile:
 
     ttft: Ttft
     itl: Itl
-    chunk_tokens: Spread = Spread(1.0)
+    chunk_tokens: Spread | None = None  # None: the API's own default
     output_tokens: Spread | None = None
     errors: dict[str, float] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)  # informational, from calibrate
-
-    def sample_tbt_ms(self, rng: random.Random) -> float:
-        """One request's mean time between tokens."""
-        return lognormal_ms(rng, self.itl.mean_ms, self.itl.stddev_ms)
-
-    def sample_output_tokens(self, rng: random.Random) -> int | None:
-        """A reply's natural length, or None when the profile does not say."""
-        if self.output_tokens is None:
-            return None
-        return max(1, round(lognormal_ms(rng, self.output_tokens.mean, self.output_tokens.stddev)))
 
 
 @dataclass(frozen=True)
@@ -117,34 +97,6 @@ class ProfileFile:
     def error_rates(self) -> dict[str, dict[str, float]]:
         """Model → fault kind → rate, for the fault injector."""
         return {name: dict(m.errors) for name, m in self.models.items()}
-
-
-def lognormal_ms(rng: random.Random, mean: float, stddev: float) -> float:
-    """A lognormal draw with this mean and standard deviation (mean itself when stddev is 0)."""
-    if stddev <= 0 or mean <= 0:
-        return max(0.0, mean)
-    sigma2 = math.log1p((stddev / mean) ** 2)
-    return rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
-
-
-def quantile_sample(quantiles: tuple[float, ...], u: float) -> float:
-    """Inverse CDF of evenly spaced quantiles (q[0] at p=0 … q[-1] at p=1), interpolated."""
-    x = u * (len(quantiles) - 1)
-    i = min(int(x), len(quantiles) - 2)
-    return quantiles[i] + (quantiles[i + 1] - quantiles[i]) * (x - i)
-
-
-def quantile_cdf(quantiles: tuple[float, ...], value: float) -> float:
-    """The CDF the quantiles describe, at value (for KS distances)."""
-    n = len(quantiles) - 1
-    if value <= quantiles[0]:
-        return 0.0
-    if value >= quantiles[-1]:
-        return 1.0
-    i = bisect.bisect_right(quantiles, value) - 1
-    lo, hi = quantiles[i], quantiles[i + 1]
-    frac = (value - lo) / (hi - lo) if hi > lo else 0.0
-    return (i + frac) / n
 
 
 # --- reading and checking -------------------------------------------------------------------
@@ -251,7 +203,11 @@ def parse_model(raw: Any, where: str) -> ModelProfile:
     return ModelProfile(
         ttft=_ttft(m["ttft"], f"{where}.ttft"),
         itl=_itl(m["itl"], f"{where}.itl"),
-        chunk_tokens=_spread(m.get("chunk_tokens", 1), f"{where}.chunk_tokens", 1),
+        chunk_tokens=(
+            None
+            if m.get("chunk_tokens") is None
+            else _spread(m["chunk_tokens"], f"{where}.chunk_tokens", 1)
+        ),
         output_tokens=(
             None
             if m.get("output_tokens") is None
@@ -317,12 +273,14 @@ def model_to_dict(m: ModelProfile) -> dict[str, Any]:
             "stall_probability": _clean(i.stall_probability),
             "stall_ms": _clean(i.stall_ms),
         },
-        "chunk_tokens": (
-            _clean(m.chunk_tokens.mean)
-            if m.chunk_tokens.stddev == 0
-            else {"mean": _clean(m.chunk_tokens.mean), "stddev": _clean(m.chunk_tokens.stddev)}
-        ),
     }
+    c = m.chunk_tokens
+    if c is not None:
+        out["chunk_tokens"] = (
+            _clean(c.mean)
+            if c.stddev == 0
+            else {"mean": _clean(c.mean), "stddev": _clean(c.stddev)}
+        )
     if m.output_tokens is not None:
         out["output_tokens"] = {
             "mean": _clean(m.output_tokens.mean),

@@ -7,13 +7,19 @@ recorded several times is answered with each recording in turn.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmsim.engine.ids import hex_id
+from llmsim.engine.request import Choice, EngineRequest, Reply
+from llmsim.engine.timing import Chunking, ChunkSpec
 from llmsim.record.recording import read_recordings
 
 _LENGTH = frozenset({"length", "max_tokens", "MAX_TOKENS", "incomplete"})
@@ -28,7 +34,8 @@ class Recorded:
     """One recorded reply: its text pieces, when each is due, and how it ended."""
 
     tokens: tuple[str, ...]
-    offsets_s: tuple[float, ...]  # from the first token
+    offsets_s: tuple[float, ...]  # each token's, from the first token
+    sizes: tuple[int, ...]  # tokens per recorded event
     ttft_s: float
     length_cut: bool
 
@@ -59,6 +66,7 @@ def _recorded(line: dict[str, Any], count: Any) -> Recorded | None:
     first_ms = line.get("ttft_ms") if line.get("ttft_ms") is not None else line.get("e2e_ms")
     tokens: list[str] = []
     offsets: list[float] = []
+    sizes: list[int] = []
     t = 0.0
     for i, text in enumerate(texts):
         if i > 0 and i - 1 < len(gaps):
@@ -67,11 +75,14 @@ def _recorded(line: dict[str, Any], count: Any) -> Recorded | None:
         pieces = [p for p in split_text(text, n) if p]
         tokens += pieces
         offsets += [t] * len(pieces)
+        if pieces:
+            sizes.append(len(pieces))
     if not tokens:
         return None
     return Recorded(
         tuple(tokens),
         tuple(offsets),
+        tuple(sizes),
         (first_ms or 0.0) / 1000.0,
         line.get("finish_reason") in _LENGTH,
     )
@@ -126,23 +137,86 @@ class ReplayIndex:
             return next(turns)
 
 
-def replay_reply(rec: Recorded, model: str, prompt_tokens: int, max_tokens: int | None) -> Any:
-    """The engine's Reply for a recorded one, cut at max_tokens."""
-    from llmsim.engine.ids import hex_id
-    from llmsim.engine.request import Choice, Reply
+class RecordedChunking(Chunking):
+    """Tokens per event as recorded: step i carries the tokens of recorded event i."""
 
-    tokens, offsets = list(rec.tokens), list(rec.offsets_s)
+    __slots__ = ("_ends",)
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__(ChunkSpec(), sum(sizes))
+        self._spec = "recorded"  # what the event log shows
+        self._ends = list(itertools.accumulate(sizes))
+        self._k = 1 if all(n == 1 for n in sizes) else None
+
+    def end(self, step: int) -> int:
+        """Tokens out once step `step` is (capped at the reply's length)."""
+        if not self._ends:
+            return 0
+        return min(self.total, self._ends[min(step, len(self._ends) - 1)])
+
+    def steps_for(self, tokens: int) -> int:
+        """How many recorded events carry the first `tokens` tokens."""
+        if tokens <= 0:
+            return 1
+        return min(bisect.bisect_left(self._ends, tokens) + 1, len(self._ends))
+
+
+class RecordedSchedule:
+    """TokenSchedule's `due` for a replayed reply: each token when its event was recorded."""
+
+    __slots__ = ("first_s", "offsets_s")
+
+    def __init__(self, first_s: float, offsets_s: list[float]) -> None:
+        self.first_s = first_s
+        self.offsets_s = offsets_s
+
+    def due(self, i: int) -> float:
+        """Token i's offset from the request's arrival."""
+        if not self.offsets_s:
+            return self.first_s
+        return self.first_s + self.offsets_s[min(i, len(self.offsets_s) - 1)]
+
+
+def replay_reply(rec: Recorded, req: EngineRequest) -> Reply:
+    """The engine's Reply for a recorded one, cut at the request's max_tokens."""
+    tokens, offsets, sizes = list(rec.tokens), list(rec.offsets_s), list(rec.sizes)
     finish = "length" if rec.length_cut else "stop"
-    if max_tokens is not None and len(tokens) > max_tokens:
-        tokens, offsets, finish = tokens[:max_tokens], offsets[:max_tokens], "length"
+    if req.max_tokens is not None and len(tokens) > req.max_tokens:
+        tokens, offsets, finish = tokens[: req.max_tokens], offsets[: req.max_tokens], "length"
+        kept, left = [], req.max_tokens
+        for n in sizes:
+            if left <= 0:
+                break
+            kept.append(min(n, left))
+            left -= n
+        sizes = kept
     mean_gap = offsets[-1] / (len(offsets) - 1) if len(offsets) > 1 else 0.0
     return Reply(
-        id="chatcmpl-" + hex_id(12),
+        id=hex_id(12),
         created=int(time.time()),
-        model=model,
-        prompt_tokens=prompt_tokens,
+        model=req.model,
+        prompt_tokens=req.prompt_tokens,
         ttft_s=rec.ttft_s,
         tbt_s=mean_gap,
         choices=[Choice(0, tokens, finish)],
+        chunking=RecordedChunking(sizes),
         offsets_s=offsets,
     )
+
+
+def replayer(path: str) -> Callable[[EngineRequest], Reply | None]:
+    """The engine's replay hook for a recording: a request → its recorded Reply, or None."""
+    index = _index(path)
+
+    def replay(req: EngineRequest) -> Reply | None:
+        if req.n != 1 or req.output is not None:  # n > 1, tools, formats: simulated
+            return None
+        rec = index.find(req.model, req.replay_key)
+        return None if rec is None else replay_reply(rec, req)
+
+    return replay
+
+
+@functools.cache
+def _index(path: str) -> ReplayIndex:
+    return ReplayIndex.load(path)

@@ -8,6 +8,8 @@ from llmsim.engine.config import EngineConfig, ModelConfig
 from llmsim.engine.profiles import PROFILES, profile_name_for_model
 from llmsim.engine.replicas import VllmConfig
 from llmsim.engine.timing import ChunkSpec, TimingConfig
+from llmsim.record.replay import replayer
+from llmsim.record.served import fitted_model
 from llmsim.settings import Settings
 
 
@@ -48,6 +50,9 @@ def model_config(settings: Settings, model: str) -> ModelConfig:
         own.get("max_output_tokens"),
     )
     chunks = ChunkSpec.parse(s.chunk_tokens) if s.chunk_tokens else None
+    fitted = fitted_model(settings.profile_file, model) if settings.profile_file else None
+    if fitted is not None:  # --profile-file: what a recording of this model showed
+        return ModelConfig(fitted.timing, limits, fitted.chunk_tokens or chunks)
     if chunks is None and exact:
         chunks = ChunkSpec()  # exact runs: one token per event whatever the API's default
     return ModelConfig(timing, limits, chunks)
@@ -60,6 +65,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         seed=settings.seed,
         tool_call_rate=settings.tool_call_rate,
         model=lambda name: model_config(settings, name),
+        replay=replayer(settings.replay) if settings.replay else None,
     )
 
 

@@ -29,6 +29,8 @@ from llmsim.engine.limits import LimitDecision
 from llmsim.engine.loop import Stream, TimedStream, Wake
 from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.timing import TokenClock, TokenSchedule
+from llmsim.record.apis import request_key
+from llmsim.record.replay import RecordedSchedule
 from llmsim.server.state import ServerState
 from llmsim.server.takeover import LoopBody
 
@@ -202,7 +204,10 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
     start = environ.get(START_KEY) or time.monotonic()
     settings, stats = state.settings, state.stats
     try:
-        req, opts = fmt.parse(read_json(environ, settings.max_body_bytes))
+        body = read_json(environ, settings.max_body_bytes)
+        req, opts = fmt.parse(body)
+        if settings.replay:
+            req.replay_key = request_key(req.model, body)
         if settings.strict_models and req.model not in state.known_models:
             raise errors.model_not_found(req.model)
         if getattr(fmt, "checks_limits", True):
@@ -320,6 +325,9 @@ def _respond(
     pool = gen.cap.pool if gen.cap is not None else None
     clock = TokenClock(engine.timing_for(req.model), reply.tbt_s, engine.rng)
     schedule = TokenSchedule(first_s, clock, pool)
+    if reply.offsets_s is not None:  # a replayed reply keeps its recorded times
+        schedule = RecordedSchedule(first_s, reply.offsets_s)
+        headers["x-llmsim-replay"] = "hit"
     request_id = "req_" + hex_id(12)
     headers.update(
         {

@@ -13,6 +13,7 @@ from llmsim.engine.loop import StreamLoop
 from llmsim.engine.replicas import EnginePool
 from llmsim.engine.simulator import Engine
 from llmsim.engine.stats import Stats
+from llmsim.record.served import profile_error_rates
 from llmsim.server.config import engine_config, pool_config, vllm_config
 from llmsim.settings import Settings
 
@@ -89,7 +90,12 @@ class ServerState:
             engine=engine,
             shared=shared,
             capacity=Capacity(settings.workers, lambda m: pool_config(settings, m)),
-            faults=FaultInjector(parse_fault_rates(settings.fault), rules, random.Random(seed)),
+            faults=FaultInjector(
+                parse_fault_rates(settings.fault),
+                rules,
+                random.Random(seed),
+                profile_error_rates(settings.profile_file) if settings.profile_file else None,
+            ),
             known_models=frozenset(known),
             engines=engines,
         )
