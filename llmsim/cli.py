@@ -372,7 +372,7 @@ def worker(
     "--timeout", "timeout_s", type=float, default=600.0, metavar="S", help="Upstream read timeout."
 )
 def record(target: str, port: int, host: str, out: str, with_bodies: bool, timeout_s: float) -> int:
-    """Proxy TARGET and record every request's timing, tokens and errors as JSON lines."""
+    """Proxy --target and append one JSON line per request: timing, tokens, errors."""
     from llmsim.record.proxy import RecordConfig, RecordError, run
 
     if not 0 <= port <= 65535:

@@ -32,9 +32,11 @@ from typing import Any
 
 import yaml
 
+from llmsim.engine.faults import FAULT_KINDS
+
 FORMAT_VERSION = 1
 # What a profile's `errors` may hold: the simulator's fault kinds.
-ERROR_KINDS = ("429", "500", "502", "503", "529", "timeout", "drop", "stream-error")
+ERROR_KINDS = FAULT_KINDS
 
 
 class ProfileError(ValueError):
