@@ -281,7 +281,8 @@ def serve(config: str | None, **flags: Any) -> int:
 @click.option(
     "--record/--no-record",
     default=True,
-    help="With --target: write every request's timing to recording.jsonl (llmsim calibrate).",
+    help="With --target (not --master): write every request's timing to recording.jsonl "
+    "through a llmsim record proxy (for llmsim calibrate).",
 )
 @simulator_options(embedded=True)
 @click.argument("locust_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- LOCUST ARGS…]")

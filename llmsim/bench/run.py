@@ -180,7 +180,7 @@ def run_bench(
             )
             target = server.base_url
             monitor.watch("simulator", server.pid)
-        elif cfg.record:
+        elif cfg.record and not cfg.master:  # remote workers could not reach a loopback proxy
             recorder = start_recorder(target, run_dir)
         embedded = server or shared_server
         _say(human, f"llmsim bench: {_describe(cfg, target, embedded)}")

@@ -195,15 +195,18 @@ class Recorder:
             return self._json(start_response, "200 OK", self.health())
         method = environ.get("REQUEST_METHOD", "GET")
         length = environ.get("CONTENT_LENGTH") or ""
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        if length.isdigit():
+            body = b"" if int(length) > MAX_BODY_BYTES else environ["wsgi.input"].read(int(length))
+            too_large = int(length) > MAX_BODY_BYTES
+        else:  # chunked, or no body
+            body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+            too_large = len(body) > MAX_BODY_BYTES
+        if too_large:
             return self._json(
                 start_response,
                 "413 Request Entity Too Large",
                 {"error": {"message": f"llmsim record: body above {MAX_BODY_BYTES} bytes"}},
             )
-        body = environ["wsgi.input"].read(int(length)) if length.isdigit() else b""
-        if not length.isdigit() and "HTTP_TRANSFER_ENCODING" in environ:
-            body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
         headers = {}
         secrets = []
         for k, v in environ.items():
