@@ -280,9 +280,10 @@ def serve(config: str | None, **flags: Any) -> int:
 )
 @click.option(
     "--record/--no-record",
-    default=True,
-    help="With --target (not --master): write every request's timing to recording.jsonl "
-    "through a llmsim record proxy (for llmsim calibrate).",
+    default=False,
+    help="With --target (not --master): also write every request's timing to recording.jsonl "
+    "through a llmsim record proxy (for llmsim calibrate). Off by default: the proxy's hop "
+    "adds to the latencies bench reports under load.",
 )
 @simulator_options(embedded=True)
 @click.argument("locust_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- LOCUST ARGS…]")

@@ -159,7 +159,7 @@ def build_config(
         simulator_config=opts["config"],
         locust_args=list(locust_args),
         progress=opts["progress"],
-        record=opts.get("record", True),
+        record=opts.get("record", False),
     )
 
 

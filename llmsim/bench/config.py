@@ -55,7 +55,7 @@ class BenchConfig:
     simulator_config: str | None = None
     locust_args: list[str] = field(default_factory=list)  # passed through after `--`
     progress: bool = True
-    record: bool = True  # with a target: write recording.jsonl (llmsim.record.bench_hook)
+    record: bool = False  # with a target (opt-in): write recording.jsonl (llmsim.record.bench_hook)
 
     @property
     def open_loop(self) -> bool:
