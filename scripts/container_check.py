@@ -97,7 +97,7 @@ def check_image() -> dict[str, float]:
         stream = client.chat.completions.create(
             model="gpt-4o-mini",
             messages=[{"role": "user", "content": "Say hello"}],
-            max_tokens=60,
+            max_tokens=150,  # about 3 s: well past gevent's default 1 s stop timeout
             stream=True,
         )
         chunks = iter(stream)

@@ -285,3 +285,24 @@ def test_dashboard_engine_queries_exist_with_the_vllm_engine(llmsim_server):
     names = set().union(*(n for r, n in _dashboard_metrics().items() if r.startswith(ENGINE_ROW)))
     exposed = _scrape(llmsim_server("--engine", "vllm", *FAST))
     assert names <= exposed, f"not in /metrics: {sorted(names - exposed)}"
+
+
+def test_sigterm_lets_a_long_stream_finish():
+    # gevent's own stop() used to kill requests one second into the drain: a stream needing two
+    # more seconds was cut. This is what `docker stop` does to the container.
+    server = start_server("--ttft-ms", "20", "--tbt-ms", "25", "--ttft-stddev-ms", "0",
+                          "--tbt-stddev-ms", "0")  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2)
+        stream = client.chat.completions.create(  # on the same kept-alive connection
+            model="gpt-4o-mini", messages=MSG, max_tokens=80, stream=True
+        )
+        chunks = iter(stream)
+        next(chunks)
+        server.proc.terminate()
+        rest = [c for c in chunks if c.choices]
+        assert rest[-1].choices[0].finish_reason == "length" and len(rest) >= 80
+        assert server.proc.wait(15) == 0
+    finally:
+        server.stop()

@@ -196,6 +196,10 @@ def serve_on_socket(
 
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
+    # drain() calls close(), which also wakes serve_forever: that then runs gevent's own stop(),
+    # which kills every request still running after stop_timeout (1 s by default). Streams then
+    # died a second into the grace period (found stopping the container during a stream).
+    server.stop_timeout = settings.grace_period_s + 1
     # What exists now lives as long as the server: keep it out of the cyclic GC's scans, which
     # otherwise take ~8 ms per full collection for these objects alone, stalling every stream.
     gc.freeze()
