@@ -62,9 +62,12 @@ def test_azure_v1_paths_and_bearer(server):
 def test_azure_errors(server):
     url = server.url + "/openai/deployments/prod-chat/chat/completions"
     body = {"messages": MSG, "max_tokens": 2}
-    r = httpx.post(url, json=body, headers={"api-key": "k"})
-    assert r.status_code == 400
-    assert r.json()["error"]["code"] == "MissingApiVersionParameter"
+    r = httpx.post(url, json=body, headers={"api-key": "k"})  # no api-version: Azure's 404
+    assert r.status_code == 404 and r.json() == {
+        "error": {"code": "404", "message": "Resource not found"}
+    }
+    r = httpx.post(url, params={"api-version": "v7"}, json=body)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "API version not supported"
     bad = httpx.post(url, params={"api-version": VERSION}, json={"messages": "hi"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
     # A 429 in Azure's words, with Azure's retry headers.

@@ -13,6 +13,7 @@ prompt's filter results, and Azure's own 429 body (the retry-after headers are t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,13 +46,21 @@ _OPERATIONS = {
 _FILTERED_APIS = ("openai.chat", "openai.completions")
 
 
-def missing_api_version() -> ApiError:
-    """Azure's answer to a data-plane request without ?api-version=."""
-    return ApiError(
-        400,
-        "The api-version query parameter (?api-version=) is required for all requests.",
-        code="MissingApiVersionParameter",
-    )
+_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?|preview|latest")
+
+
+def api_version_error(version: str | None) -> ApiError | None:
+    """Azure's answer to a data-plane request whose ?api-version= is missing or malformed.
+
+    Missing: 404 "Resource not found", which is what Azure OpenAI really answers (reported in
+    MicrosoftDocs/azure-docs#114602 and by litellm and aisuite users), not a 400. A value that
+    is not a version: 400 "API version not supported".
+    """
+    if not version:
+        return ApiError(404, "Resource not found", code="404")
+    if not _VERSION.fullmatch(version):
+        return ApiError(400, "API version not supported", code="BadRequest")
+    return None
 
 
 def deployment_model(deployments: dict[str, str], name: str) -> str:
@@ -159,7 +168,7 @@ class AzureWire:
                 "The API deployment for this resource does not exist. If you created the "
                 "deployment within the last 5 minutes, please wait a moment and try again.",
             )
-        if err.code == "MissingApiVersionParameter":
+        if err.code in ("404", "BadRequest"):
             return _azure_error(err.code, err.message)
         if err.code == "unknown_url":
             return _azure_error("404", "Resource not found")

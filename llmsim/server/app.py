@@ -123,8 +123,9 @@ def create_app(
                 model = azure.deployment_model(settings.azure_deployment, deployment)
             fmt = azure.AzureWire(inner, model, version, settings.azure_deployment)
             request.llmsim_wire = fmt  # type: ignore[attr-defined]
-            if versioned and not version:
-                raise azure.missing_api_version()
+            bad_version = azure.api_version_error(version) if versioned else None
+            if bad_version is not None:
+                raise bad_version
             return pipeline.handle(fmt, state)
 
         return view
