@@ -190,7 +190,7 @@ def compose_bench(workers: int) -> dict[str, float]:
         run(*base, "down", "-v", "-t", "5", env=env, check=False)
         # podman-compose's down can leave a container behind (a stop that timed out): remove
         # what carries the project's label, so no worker of this check outlives it.
-        label = f"label=io.podman.compose.project={project}"
+        label = f"label=com.docker.compose.project={project}"
         left = run("podman", "ps", "-aq", "--filter", label, check=False).stdout.split()
         if left:
             run("podman", "rm", "-f", "-t", "2", *left, check=False)
