@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import httpx
 import openai
 import pytest
-
-from conftest import REPO
 
 MSG = [{"role": "user", "content": "hello there"}]
 VERSION = "2024-10-21"
@@ -168,20 +164,16 @@ def test_azure_locust_user_measures_the_planned_timing(server, tmp_path):
     assert 4 <= m["itl_ms"]["p50"] <= 10 and 4.5 <= m["tpot_ms"]["p50"] <= 9, m
 
 
-def test_bench_api_gemini_measures_the_planned_timing(tmp_path):
-    from test_load_apis import _env
+def test_gemini_locust_user_measures_the_planned_timing(server, tmp_path):
+    # `llmsim bench --api gemini` runs this class (test_load_apis checks the mapping).
+    from test_load_apis import WORKLOAD, run_locust
 
-    cmd = [sys.executable, "-m", "llmsim", "bench", "--api", "gemini", "--users", "2",
-           "--duration", "3s", "--max-tokens", "16", "--reports-dir", str(tmp_path),
-           "--no-progress", "--json", *EXACT]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=_env(), cwd=REPO)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    s = json.loads(proc.stdout)
-    assert s["model"] == "gemini-2.5-flash" and s["config"]["api"] == "gemini"
-    assert s["requests"]["ok"] > 0 and s["requests"]["failed"] == 0
-    assert s["tokens"]["source"] == "usage"
+    s, rows, output = run_locust("GeminiApiUser", server.base_url, tmp_path, *WORKLOAD)
+    assert s["requests"] == {"total": 16, "ok": 16, "failed": 0}, output[-2000:]
+    assert s["tokens"]["source"] == "usage" and {r["output_tokens"] for r in rows} == {"16"}
+    m = s["metrics"]
     # The first event holds the first token: TTFT as planned. Then one event per 8 tokens: the
-    # gaps a client sees are 8 token times, while TPOT stays per token.
-    assert 60 <= s["ttft_ms"]["p50"] <= 110, s["ttft_ms"]
-    assert 30 <= s["itl_ms"]["p50"] <= 60, s["itl_ms"]
-    assert 4.5 <= s["tpot_ms"]["p50"] <= 9, s["tpot_ms"]
+    # gaps a client sees are 8 token times (then 7 for the last), while TPOT stays per token.
+    assert 60 <= m["ttft_ms"]["p50"] <= 110, m["ttft_ms"]
+    assert m["itl_ms"]["count"] == 16 * 2 and 30 <= m["itl_ms"]["p50"] <= 60, m["itl_ms"]
+    assert 4.5 <= m["tpot_ms"]["p50"] <= 9, m["tpot_ms"]
