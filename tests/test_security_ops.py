@@ -264,7 +264,7 @@ def _exposed(metrics_text: str) -> set[str]:
 
 def _scrape(server, key: str = "") -> set[str]:
     body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 2}
-    auth = {"authorization": f"Bearer {key}"}
+    auth = {"authorization": f"Bearer {key}"} if key else {}
     assert httpx.post(server.base_url + "/chat/completions", json=body, headers=auth).is_success
     return _exposed(httpx.get(server.url + "/metrics").text)
 
