@@ -229,10 +229,12 @@ def serve(config: str | None, **flags: Any) -> int:
 )
 @click.option(
     "--api",
-    type=click.Choice(["chat", "responses", "anthropic", "completions", "embeddings"]),
+    type=click.Choice(
+        ["chat", "responses", "anthropic", "completions", "embeddings", "azure", "gemini"]
+    ),
     default="chat",
     help="Which API llmsim's user calls: chat completions, Responses, Anthropic Messages, "
-    "legacy completions or embeddings.",
+    "legacy completions, embeddings, Azure OpenAI chat or Gemini generateContent.",
 )
 @click.option("--reports-dir", default="reports", metavar="DIR", help="Where run reports go.")
 @click.option("--label", default=None, help="Appended to the report directory's name.")

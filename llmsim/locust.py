@@ -1,5 +1,6 @@
 """Public import point for Locust: ``from llmsim.locust import OpenAIChatUser`` (and
-AnthropicMessagesUser, OpenAIResponsesUser, OpenAICompletionsUser, OpenAIEmbeddingsUser).
+AnthropicMessagesUser, OpenAIResponsesUser, OpenAICompletionsUser, OpenAIEmbeddingsUser,
+AzureOpenAIUser, GeminiUser).
 
 A new API's user subclasses ``LLMUser`` with its path, body and an ``EventReader``; see
 llmsim/load/base.py.
@@ -19,6 +20,7 @@ from llmsim.load.apis import (  # noqa: E402
     OpenAIEmbeddingsUser,
     OpenAIResponsesUser,
 )
+from llmsim.load.azure_gemini import AzureOpenAIUser, GeminiUser  # noqa: E402
 from llmsim.load.base import ChatResult, LLMUser  # noqa: E402
 from llmsim.load.stream import EventReader, StreamState  # noqa: E402
 from llmsim.load.users import OpenAIChatUser, OpenLoopUser  # noqa: E402
@@ -26,9 +28,11 @@ from llmsim.load.workload import Distribution, parse_distribution  # noqa: E402
 
 __all__ = [
     "AnthropicMessagesUser",
+    "AzureOpenAIUser",
     "ChatResult",
     "Distribution",
     "EventReader",
+    "GeminiUser",
     "LLMUser",
     "OpenAIChatUser",
     "OpenAICompletionsUser",

@@ -159,6 +159,29 @@ def _block_size(v: int) -> None:
         raise ValueError(f"must be from 1 to 256, got {v}")
 
 
+def _readable_file(v: str) -> None:
+    if not os.path.isfile(v) or not os.access(v, os.R_OK):
+        raise ValueError(f"no readable file {v!r}")
+
+
+def _deployments(value: Any) -> dict[str, str]:
+    if isinstance(value, dict):  # YAML: {prod-chat: gpt-4o}
+        items = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        raise ValueError(f"expected NAME=MODEL items, got {value!r}")
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, model = item.partition("=")
+        if not sep or not name.strip() or not model.strip():
+            raise ValueError(f"expected NAME=MODEL, got {item!r}")
+        out[name.strip()] = model.strip()
+    return out
+
+
 def _rate_check(v: float) -> None:
     if not 0 <= v <= 1:
         raise ValueError(f"must be between 0 and 1, got {v:g}")
@@ -609,9 +632,57 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _replay_file,
         "FILE",
     ),
+    # Keys, TLS, live configuration and Azure deployments (docs/serve.md, docs/apis.md).
+    Option(
+        "api_keys",
+        _str_list,
+        [],
+        "Accept only these API keys (comma-separated); others get each API's own 401/403.",
+        None,
+        "KEY[,KEY…]",
+    ),
+    Option(
+        "api_key_file",
+        str,
+        None,
+        "File of accepted API keys, one per line (# comments); adds to --api-keys.",
+        _readable_file,
+        "PATH",
+    ),
+    Option(
+        "ssl_certfile", str, None, "TLS certificate (PEM): serve HTTPS.", _readable_file, "PATH"
+    ),
+    Option(
+        "ssl_keyfile",
+        str,
+        None,
+        "TLS private key (PEM) for --ssl-certfile.",
+        _readable_file,
+        "PATH",
+    ),
+    Option(
+        "admin_key",
+        str,
+        None,
+        "Key PATCH/GET /llmsim/config require (Bearer); without one they answer only on loopback.",
+        None,
+        "KEY",
+    ),
+    Option(
+        "azure_deployment",
+        _deployments,
+        {},
+        "Azure deployment name to model, e.g. prod-chat=gpt-4o (repeatable; default: the name).",
+        None,
+        "NAME=MODEL",
+        multiple=True,
+    ),
 )
 
 _BY_NAME = {o.name: o for o in SERVE_OPTIONS}
+
+# Never printed, logged or reported.
+SECRET_OPTIONS = ("api_keys", "admin_key")
 
 # What a model may override: how it behaves, not how the server runs.
 PER_MODEL_KEYS = frozenset(
@@ -694,6 +765,12 @@ class Settings:
     step_jitter_cv: float = 0.0
     profile_file: str | None = None
     replay: str | None = None
+    api_keys: list[str] = field(default_factory=list)
+    api_key_file: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    admin_key: str | None = None
+    azure_deployment: dict[str, str] = field(default_factory=dict)
 
     def for_model(self, model: str) -> Settings:
         """These settings with the model's per_model overrides applied."""
@@ -701,7 +778,12 @@ class Settings:
         return replace(self, **overrides) if overrides else self
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every option's value, keys masked: this goes into reports and /llmsim/config."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in SECRET_OPTIONS:
+            if out[name]:
+                out[name] = ["***"] * len(out[name]) if isinstance(out[name], list) else "***"
+        return out
 
 
 assert {f.name for f in fields(Settings)} == set(_BY_NAME), "Settings and SERVE_OPTIONS disagree"
@@ -775,6 +857,8 @@ def load_settings(
             vllm_config(settings).check()
         except ValueError as exc:
             raise SettingsError(f"--engine vllm: {exc}") from None
+    if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
+        raise SettingsError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
     if settings.fault_script:
         from llmsim.engine.faults import load_fault_script
 

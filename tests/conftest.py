@@ -18,7 +18,7 @@ from llmsim.bench.preflight import free_port  # noqa: F401  (tests import it fro
 
 REPO = Path(__file__).resolve().parent.parent
 OPENAPI = REPO.parent / "shared" / "openai" / "openapi.yaml"
-_URL = re.compile(r"(http://\S+?)/v1\b")
+_URL = re.compile(r"(https?://\S+?)/v1\b")
 
 
 @dataclass

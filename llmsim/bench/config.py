@@ -33,7 +33,7 @@ class BenchConfig:
     stream: bool | None = None
     processes: int | None = None  # Locust worker processes on this machine (-1: one per core)
     locustfile: str | None = None  # None: llmsim's user for `api`
-    api: str = "chat"  # chat, responses, anthropic, completions or embeddings
+    api: str = "chat"  # chat, responses, anthropic, completions, embeddings, azure or gemini
     reports_dir: str = "reports"
     label: str | None = None
     slos: list[SLO] = field(default_factory=list)

@@ -18,7 +18,7 @@ from llmsim.bench.errors import BenchError
 from llmsim.bench.processes import spawn, stop
 from llmsim.settings import SERVE_OPTIONS
 
-_URL = re.compile(r"(http://\S+?)/v1\b")
+_URL = re.compile(r"(https?://\S+?)/v1\b")
 _BY_NAME = {o.name: o for o in SERVE_OPTIONS}
 
 

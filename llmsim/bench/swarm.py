@@ -29,6 +29,8 @@ API_USERS = {
     "anthropic": "AnthropicUser",
     "completions": "CompletionsUser",
     "embeddings": "EmbeddingsUser",
+    "azure": "AzureUser",
+    "gemini": "GeminiApiUser",
 }
 
 # Names of the files Locust writes into the run directory.

@@ -10,7 +10,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from llmsim import __version__
-from llmsim.api import anthropic_messages, errors, vllm_extras
+from llmsim.api import anthropic_messages, azure, errors, gemini, vllm_extras
 from llmsim.api.anthropic_messages import AnthropicMessages
 from llmsim.api.errors import ApiError
 from llmsim.api.openai_chat import OpenAIChat
@@ -20,7 +20,8 @@ from llmsim.api.openai_models import model_object, models_list
 from llmsim.api.openai_responses import OpenAIResponses
 from llmsim.api.wire import WireFormat
 from llmsim.engine.simulator import Engine
-from llmsim.server import pipeline
+from llmsim.server import live_config, pipeline
+from llmsim.server.auth import KeyCheck, load_keys
 from llmsim.server.fastpath import FastRoutes
 from llmsim.server.metrics import CONTENT_TYPE, render_metrics
 from llmsim.server.pipeline import START_KEY  # noqa: F401  (re-exported for the runner)
@@ -34,10 +35,23 @@ ANTHROPIC = AnthropicMessages()
 RESPONSES = OpenAIResponses()
 COMPLETIONS = OpenAICompletions()
 EMBEDDINGS = OpenAIEmbeddings()
+AZURE = {"chat/completions": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
 
 
 def _anthropic_request() -> bool:
     return request.path.startswith("/anthropic/") or "anthropic-version" in request.headers
+
+
+def _gemini_request() -> bool:
+    # Gemini's SDK also uses /v1/models…: its key header or ?key= tells it from OpenAI's.
+    path = request.path
+    return (
+        path.startswith("/v1beta/")
+        or (path.startswith("/v1/models/") and ":" in path)
+        or "x-goog-api-key" in request.headers
+        or "x-goog-api-client" in request.headers
+        or "key" in request.args
+    )
 
 
 def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None):
@@ -69,6 +83,10 @@ def create_app(
     # The wire format of the route being served, so errors come out in that API's shape.
     def wire() -> WireFormat:
         fmt = getattr(request, "llmsim_wire", None)
+        if fmt is None and request.path.startswith("/openai/"):
+            return azure.AzureWire(CHAT)
+        if fmt is None and _gemini_request():
+            return gemini.GeminiWire()
         return fmt or (ANTHROPIC if _anthropic_request() else CHAT)
 
     def route(fmt: WireFormat):
@@ -96,9 +114,83 @@ def create_app(
             path + "/count_tokens", f"count_tokens{prefix}", count_tokens, methods=["POST"]
         )
 
+    # Azure OpenAI: the deployment in the path is the model (see llmsim.api.azure).
+    def azure_route(inner: WireFormat, versioned: bool):
+        def view(deployment: str | None = None) -> Response:
+            version = request.args.get("api-version")
+            model = None
+            if deployment is not None:
+                model = azure.deployment_model(settings.azure_deployment, deployment)
+            fmt = azure.AzureWire(inner, model, version, settings.azure_deployment)
+            request.llmsim_wire = fmt  # type: ignore[attr-defined]
+            bad_version = azure.api_version_error(version) if versioned else None
+            if bad_version is not None:
+                raise bad_version
+            return pipeline.handle(fmt, state)
+
+        return view
+
+    for op, inner in AZURE.items():
+        app.add_url_rule(
+            f"/openai/deployments/<deployment>/{op}",
+            f"azure_{op}",
+            azure_route(inner, versioned=True),
+            methods=["POST"],
+        )
+        app.add_url_rule(
+            f"/openai/v1/{op}", f"azure_v1_{op}", azure_route(inner, False), methods=["POST"]
+        )
+
+    @app.get("/openai/v1/models")
+    def azure_models() -> Response:
+        return _json_response(models_list(catalogue))
+
+    # Gemini: model and method in one path segment, models/{model}:{method}.
+    def gemini_call(target: str) -> Response:
+        request.llmsim_wire = gemini.GeminiWire()  # type: ignore[attr-defined]
+        model, _, method = target.rpartition(":")
+        model = model.removeprefix("models/")
+        if not model or method not in ("generateContent", "streamGenerateContent", "countTokens"):
+            raise gemini.not_found(f"Method not found: {target}")
+        if method == "countTokens":
+            tokens = gemini.prompt_tokens(pipeline.read_json(), model)
+            return _json_response(
+                {
+                    "totalTokens": tokens,
+                    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}],
+                }
+            )
+        stream = method == "streamGenerateContent"
+        fmt = gemini.GeminiWire(model, stream, sse=request.args.get("alt") == "sse")
+        request.llmsim_wire = fmt  # type: ignore[attr-defined]
+        return pipeline.handle(fmt, state)
+
+    for prefix in ("/v1beta", "/v1"):
+        app.add_url_rule(
+            f"{prefix}/models/<path:target>",
+            f"gemini{prefix}",
+            gemini_call,
+            methods=["POST"],
+        )
+
+    def gemini_models() -> Response:
+        listed = [m for m in catalogue if m.startswith("gemini")] or catalogue
+        return _json_response({"models": [gemini.model_info(m) for m in listed]})
+
+    def gemini_model(model_id: str) -> Response:
+        model_id = model_id.removeprefix("models/")
+        if settings.strict_models and model_id not in state.known_models:
+            raise gemini.not_found(f"models/{model_id} is not found for API version v1beta")
+        return _json_response(gemini.model_info(model_id))
+
+    app.add_url_rule("/v1beta/models", "gemini_models", gemini_models)
+    app.add_url_rule("/v1beta/models/<path:model_id>", "gemini_model", gemini_model)
+
     @app.get("/v1/models")
     @app.get("/anthropic/v1/models")
     def list_models() -> Response:
+        if _gemini_request():
+            return gemini_models()
         if _anthropic_request():
             return _json_response(anthropic_messages.models_page(catalogue, request.args))
         listing = models_list(catalogue)
@@ -109,6 +201,8 @@ def create_app(
     @app.get("/v1/models/<path:model_id>")
     @app.get("/anthropic/v1/models/<path:model_id>")
     def get_model(model_id: str) -> Response:
+        if _gemini_request():
+            return gemini_model(model_id)
         if settings.strict_models and model_id not in state.known_models:
             raise errors.model_not_found(model_id)
         if _anthropic_request():
@@ -132,6 +226,23 @@ def create_app(
     @app.get("/health")
     def health() -> Response:
         return _json_response({"status": "ok", "version": __version__})
+
+    @app.route("/llmsim/config", methods=["GET", "PATCH"])
+    def config() -> Response:
+        live_config.check_admin(settings, request.environ)
+        state.refresh()
+        if request.method == "PATCH":
+            changes = live_config.validate_patch(pipeline.read_json(), state.config_changes)
+            # Check the whole result too (e.g. a per_model entry), before any worker sees it.
+            try:
+                live_config.apply_changes(state.base_settings or settings, changes)
+            except Exception as exc:
+                raise ApiError(400, str(exc), code="invalid_value") from None
+            state.reconfigure(state.shared.config.write(changes), changes)
+            log.info("configuration changed: %s", ", ".join(sorted(changes)) or "reset")
+        return _json_response(
+            live_config.public_view(state.settings, state.config_changes, state.config_version)
+        )
 
     @app.get("/llmsim/stats")
     def stats() -> Response:
@@ -215,4 +326,7 @@ def create_app(
 
     # POST routes made by route() skip Flask's per-request machinery (see fastpath.py).
     app.wsgi_app = FastRoutes(app, lambda fmt, environ: pipeline.handle(fmt, state, environ))
+    keys = load_keys(settings)
+    if keys:  # only then: a server without keys pays nothing for the check
+        app.wsgi_app = KeyCheck(app.wsgi_app, keys)
     return app

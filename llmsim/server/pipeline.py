@@ -31,6 +31,7 @@ from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.timing import TokenClock, TokenSchedule
 from llmsim.record.apis import request_key
 from llmsim.record.replay import RecordedSchedule
+from llmsim.server.auth import presented_key
 from llmsim.server.state import ServerState
 from llmsim.server.takeover import LoopBody
 
@@ -75,11 +76,9 @@ def read_json(environ: dict[str, Any] | None = None, max_bytes: int | None = Non
 
 
 def api_key(environ: dict[str, Any] | None = None) -> str:
+    """The key rate limits count against, sent in any provider's way ("anonymous": none)."""
     env = request.environ if environ is None else environ
-    auth = env.get("HTTP_AUTHORIZATION", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return env.get("HTTP_X_API_KEY", "") or "anonymous"
+    return presented_key(env) or "anonymous"
 
 
 def _counted(err: ApiError) -> CountedError:
@@ -202,6 +201,7 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
     if environ is None:
         environ = request.environ
     start = environ.get(START_KEY) or time.monotonic()
+    state.refresh()  # a PATCH /llmsim/config in any worker applies from the next request
     settings, stats = state.settings, state.stats
     try:
         body = read_json(environ, settings.max_body_bytes)
@@ -376,7 +376,9 @@ def _respond(
 
         # A hang-up watcher costs two syscalls: not worth it for a reply due within ~5 ms.
         body = LoopBody(environ, begin, watch=reply.duration_s > 0.005)
-        response = Response(body, headers=headers, mimetype="text/event-stream")
+        # SSE, unless the API streams another way (Gemini's JSON array without alt=sse).
+        media = getattr(opts, "media_type", "text/event-stream")
+        response = Response(body, headers=headers, mimetype=media)
         # Runs when the server is done with the response, also when the client vanished.
         response.call_on_close(lambda: gen.finish("client_disconnect", reply, start))
         if fault == "drop":

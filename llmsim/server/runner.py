@@ -45,11 +45,29 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def base_url(sock: socket.socket) -> str:
+def base_url(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def check_tls(settings: Settings) -> None:
+    """Load the certificate and key once before serving, so a bad pair is one line, not a
+    traceback from the first handshake."""
+    if not settings.ssl_certfile:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.ssl_certfile, settings.ssl_keyfile
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ServeError(
+            f"cannot use --ssl-certfile {settings.ssl_certfile} with --ssl-keyfile "
+            f"{settings.ssl_keyfile}: {getattr(exc, 'reason', None) or exc}"
+        ) from None
 
 
 def _make_handler(access_log: bool = True):
@@ -151,9 +169,14 @@ def serve_on_socket(
     if shared is not None:
         shared.bind_worker(worker)
     app = create_app(settings, shared=shared)
+    tls = {}
+    if settings.ssl_certfile:
+        # gevent wraps each accepted connection; the handshake runs in its own greenlet.
+        tls = {"certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
     server = WSGIServer(
         sock,
         app,
+        **tls,
         handler_class=_make_handler(settings.access_log),
         spawn=Pool(),  # a pool, so shutdown can wait for the requests in flight
         log=sys.stderr if settings.access_log else None,
@@ -173,6 +196,10 @@ def serve_on_socket(
 
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
+    # drain() calls close(), which also wakes serve_forever: that then runs gevent's own stop(),
+    # which kills every request still running after stop_timeout (1 s by default). Streams then
+    # died a second into the grace period (found stopping the container during a stream).
+    server.stop_timeout = settings.grace_period_s + 1
     # What exists now lives as long as the server: keep it out of the cyclic GC's scans, which
     # otherwise take ~8 ms per full collection for these objects alone, stalling every stream.
     gc.freeze()
@@ -198,6 +225,7 @@ def startup_line(settings: Settings, url: str) -> str:
 def serve(settings: Settings, out: TextIO | None = None) -> int:
     """Run `llmsim serve`. Returns the exit status (0 after a graceful shutdown)."""
     out = out or sys.stdout
+    check_tls(settings)
     sock = bind_listener(settings.host, settings.port)
     # Load the tokenizers before saying we are ready (and before forking, so workers share
     # them): otherwise the first request of each encoding pays ~0.4 s inside its TTFT.
@@ -208,7 +236,7 @@ def serve(settings: Settings, out: TextIO | None = None) -> int:
 
     shared = Shared.create(settings)  # before forking: the workers share it
     gc.freeze()  # before forking too: a worker's GC then never writes to the shared pages
-    url = base_url(sock)
+    url = base_url(sock, tls=bool(settings.ssl_certfile))
     if settings.workers == 1:
         print(startup_line(settings, url), file=out, flush=True)
         serve_on_socket(settings, sock, 0, shared)

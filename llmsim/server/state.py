@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmsim.engine.capacity import Capacity
 from llmsim.engine.engine_stats import EngineStats
@@ -15,6 +16,7 @@ from llmsim.engine.simulator import Engine
 from llmsim.engine.stats import Stats
 from llmsim.record.served import profile_error_rates
 from llmsim.server.config import engine_config, pool_config, vllm_config
+from llmsim.server.live_config import CAPACITY, FAULTS, LATENCY, SharedConfig, apply_changes
 from llmsim.settings import Settings
 
 
@@ -26,6 +28,7 @@ class Shared:
     limiter: RateLimiter
     engine_stats: EngineStats | None = None  # engine mode only
     worker: int = 0
+    config: SharedConfig = field(default_factory=SharedConfig)  # PATCH /llmsim/config's changes
 
     @classmethod
     def create(cls, settings: Settings) -> Shared:
@@ -58,6 +61,9 @@ class ServerState:
         return self.loop
 
     engines: EnginePool | None = None  # --engine vllm: this worker's replicas
+    base_settings: Settings | None = None  # as the server started; live changes go on top
+    config_version: int = 0
+    config_changes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stats(self) -> Stats:
@@ -71,14 +77,11 @@ class ServerState:
     def create(
         cls, settings: Settings, shared: Shared | None = None, engine: Engine | None = None
     ) -> ServerState:
-        engine = engine or Engine(engine_config(settings))
+        engine = engine or _engine(settings)
         if engine.cooperate is None:
             import gevent
 
-            # Scanning a long reply for stop sequences lets other streams run meanwhile.
             engine.cooperate = lambda: gevent.sleep(0)
-        rules = load_fault_script(settings.fault_script) if settings.fault_script else []
-        seed = None if settings.seed is None else settings.seed ^ 0x5EED
         shared = shared or Shared.create(settings)
         engines = None
         known = set(settings.models)
@@ -89,13 +92,61 @@ class ServerState:
             settings=settings,
             engine=engine,
             shared=shared,
-            capacity=Capacity(settings.workers, lambda m: pool_config(settings, m)),
-            faults=FaultInjector(
-                parse_fault_rates(settings.fault),
-                rules,
-                random.Random(seed),
-                profile_error_rates(settings.profile_file) if settings.profile_file else None,
-            ),
+            capacity=_capacity(settings),
+            faults=_faults(settings),
             known_models=frozenset(known),
             engines=engines,
+            base_settings=settings,
         )
+
+    def refresh(self) -> None:
+        """Pick up a PATCH /llmsim/config made in any worker (cheap when nothing changed)."""
+        if self.shared.config.version != self.config_version:
+            version, changes = self.shared.config.read()
+            self.reconfigure(version, changes)
+
+    def reconfigure(self, version: int, changes: dict[str, Any]) -> None:
+        """Apply live changes over the start-up settings; rebuild only what they touch."""
+        base = self.base_settings or self.settings
+        new = apply_changes(base, changes)
+        old = self.settings
+        per_model = old.per_model != new.per_model
+
+        def differs(names: tuple[str, ...]) -> bool:
+            return per_model or any(getattr(old, n) != getattr(new, n) for n in names)
+
+        self.settings = new
+        if differs(LATENCY):
+            self.engine = _engine(new)
+        if differs(CAPACITY):
+            # Requests in flight keep (and give back) their slots in the old pools.
+            self.capacity = _capacity(new)
+        if differs(FAULTS):
+            self.faults = _faults(new)
+        self.config_version = version
+        self.config_changes = changes
+
+
+def _engine(settings: Settings) -> Engine:
+    engine = Engine(engine_config(settings))
+    if engine.cooperate is None:
+        import gevent
+
+        # Scanning a long reply for stop sequences lets other streams run meanwhile.
+        engine.cooperate = lambda: gevent.sleep(0)
+    return engine
+
+
+def _capacity(settings: Settings) -> Capacity:
+    return Capacity(settings.workers, lambda m: pool_config(settings, m))
+
+
+def _faults(settings: Settings) -> FaultInjector:
+    rules = load_fault_script(settings.fault_script) if settings.fault_script else []
+    seed = None if settings.seed is None else settings.seed ^ 0x5EED
+    return FaultInjector(
+        parse_fault_rates(settings.fault),
+        rules,
+        random.Random(seed),
+        profile_error_rates(settings.profile_file) if settings.profile_file else None,
+    )

@@ -189,8 +189,11 @@ class LoopBody:
 
     def __iter__(self) -> Iterator[bytes]:
         handler = self.environ.get(HANDLER_KEY)
-        raw = getattr(getattr(handler, "socket", None), "_sock", None)
-        if handler is None or raw is None:
+        sock = getattr(handler, "socket", None)
+        raw = getattr(sock, "_sock", None)
+        # A TLS connection (--ssl-certfile) must be written through its SSL object: raw sends
+        # would put plaintext on the wire, so its bytes go through this iterator instead.
+        if handler is None or raw is None or hasattr(sock, "getpeercert"):
             queue = QueueSink()
             self.stream = self.begin(queue)
             yield from queue

@@ -10,6 +10,8 @@ import gevent
 
 from llmsim.locust import (
     AnthropicMessagesUser,
+    AzureOpenAIUser,
+    GeminiUser,
     OpenAIChatUser,
     OpenAICompletionsUser,
     OpenAIEmbeddingsUser,
@@ -50,3 +52,11 @@ class CompletionsUser(_Staggered, OpenAICompletionsUser):
 
 class EmbeddingsUser(_Staggered, OpenAIEmbeddingsUser):
     """Embeds prompts back to back (--api embeddings)."""
+
+
+class AzureUser(_Staggered, AzureOpenAIUser):
+    """Streams Azure OpenAI chat completions back to back (--api azure)."""
+
+
+class GeminiApiUser(_Staggered, GeminiUser):
+    """Streams Gemini generateContent back to back (--api gemini)."""

@@ -1,0 +1,180 @@
+"""Azure OpenAI and Google Gemini, driven by their official SDKs against one real server."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+MSG = [{"role": "user", "content": "hello there"}]
+VERSION = "2024-10-21"
+EXACT = ("--ttft-ms", "60", "--ttft-stddev-ms", "0", "--tbt-ms", "5", "--tbt-stddev-ms", "0")
+
+
+@pytest.fixture(scope="module")
+def server():
+    from conftest import start_server
+
+    proc = start_server("--azure-deployment", "prod-chat=gpt-4o-mini", *EXACT)
+    yield proc
+    proc.stop()
+
+
+def test_azure_sdk_chat_stream_completions_embeddings(server):
+    client = openai.AzureOpenAI(
+        azure_endpoint=server.url, api_version=VERSION, api_key="az-key", max_retries=0
+    )
+    reply = client.chat.completions.create(model="prod-chat", messages=MSG, max_tokens=6)
+    assert reply.model == "gpt-4o-mini"  # the deployment's model
+    assert reply.usage.completion_tokens == 6 and reply.choices[0].message.content
+    raw = reply.model_extra
+    assert raw["prompt_filter_results"][0]["content_filter_results"]["hate"]["filtered"] is False
+    assert reply.choices[0].model_extra["content_filter_results"]["violence"]["severity"] == "safe"
+
+    chunks = list(
+        client.chat.completions.create(model="prod-chat", messages=MSG, max_tokens=5, stream=True)
+    )
+    assert chunks[0].choices == [] and chunks[0].model_extra["prompt_filter_results"]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].choices[0].finish_reason == "length"
+    with_text = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert all(c.choices[0].model_extra["content_filter_results"] for c in with_text)
+
+    legacy = client.completions.create(model="any-name", prompt="Once", max_tokens=3)
+    assert legacy.model == "any-name" and legacy.choices[0].model_extra["content_filter_results"]
+    emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) > 100
+
+
+def test_azure_v1_paths_and_bearer(server):
+    client = openai.OpenAI(base_url=server.url + "/openai/v1", api_key="az-key")
+    reply = client.chat.completions.create(model="prod-chat", messages=MSG, max_tokens=2)
+    assert reply.model == "gpt-4o-mini" and reply.model_extra["prompt_filter_results"]
+    assert any(m.id == "gpt-4o" for m in client.models.list())
+
+
+def test_azure_errors(server):
+    url = server.url + "/openai/deployments/prod-chat/chat/completions"
+    body = {"messages": MSG, "max_tokens": 2}
+    r = httpx.post(url, json=body, headers={"api-key": "k"})  # no api-version: Azure's 404
+    assert r.status_code == 404 and r.json() == {
+        "error": {"code": "404", "message": "Resource not found"}
+    }
+    r = httpx.post(url, params={"api-version": "v7"}, json=body)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "API version not supported"
+    bad = httpx.post(url, params={"api-version": VERSION}, json={"messages": "hi"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+    # A 429 in Azure's words, with Azure's retry headers.
+    r = httpx.post(
+        url, params={"api-version": VERSION}, json=body, headers={"x-llmsim-fault": "429"}
+    )
+    assert r.status_code == 429 and r.headers["retry-after-ms"]
+    err = r.json()["error"]
+    assert err["code"] == "429" and "ChatCompletions_Create" in err["message"]
+    assert f"API version {VERSION}" in err["message"]
+    missing = httpx.post(server.url + "/openai/deployments/x/nothing?api-version=1", json=body)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "404"
+
+
+# --- Gemini ----------------------------------------------------------------------------------
+
+
+def _genai(server):
+    from google import genai
+    from google.genai import types
+
+    return genai.Client(api_key="g-key", http_options=types.HttpOptions(base_url=server.url))
+
+
+def test_gemini_sdk_generate_stream_count_list(server):
+    from google.genai import types
+
+    client = _genai(server)
+    config = types.GenerateContentConfig(max_output_tokens=12, system_instruction="Be brief")
+    reply = client.models.generate_content(
+        model="gemini-2.5-flash", contents="Tell me a story", config=config
+    )
+    assert reply.text
+    usage = reply.usage_metadata
+    assert usage.candidates_token_count == 12 and usage.prompt_token_count > 0
+    assert usage.total_token_count == usage.prompt_token_count + 12
+    cand = reply.candidates[0]
+    assert cand.finish_reason == types.FinishReason.MAX_TOKENS
+    assert {r.category for r in cand.safety_ratings} >= {
+        types.HarmCategory.HARM_CATEGORY_HATE_SPEECH
+    }
+
+    chunks = list(
+        client.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="Tell me a story", config=config
+        )
+    )
+    assert len(chunks) >= 2  # several tokens per event, as Gemini sends them
+    assert "".join(c.text or "" for c in chunks)
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
+    assert chunks[-1].usage_metadata.candidates_token_count == 12
+
+    count = client.models.count_tokens(model="gemini-2.5-flash", contents="Tell me a story")
+    plain = client.models.generate_content(
+        model="gemini-2.5-flash",
+        contents="Tell me a story",
+        config=types.GenerateContentConfig(max_output_tokens=1),
+    )
+    assert count.total_tokens == plain.usage_metadata.prompt_token_count < usage.prompt_token_count
+    names = [m.name for m in client.models.list()]
+    assert "models/gemini-2.5-flash" in names
+
+
+def test_gemini_stream_json_array_form_and_errors(server):
+    url = server.url + "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    body = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 9}}
+    r = httpx.post(url, json=body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    items = json.loads(r.text)
+    assert isinstance(items, list) and len(items) >= 2
+    assert items[-1]["usageMetadata"]["candidatesTokenCount"] == 9
+
+    gen = server.url + "/v1beta/models/gemini-2.5-flash:generateContent"
+    r = httpx.post(gen, json=body, headers={"x-llmsim-fault": "429"})
+    assert r.status_code == 429
+    err = r.json()["error"]
+    assert err["status"] == "RESOURCE_EXHAUSTED" and err["code"] == 429
+    retry = [d for d in err["details"] if d["@type"].endswith("RetryInfo")]
+    assert retry and retry[0]["retryDelay"].endswith("s")
+    bad = httpx.post(gen, json={"contents": "x"})
+    assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+    unknown = httpx.post(server.url + "/v1beta/models/gemini-2.5-flash:explode", json=body)
+    assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
+
+
+# --- the Locust users ------------------------------------------------------------------------
+
+
+def test_azure_locust_user_measures_the_planned_timing(server, tmp_path):
+    from test_load_apis import WORKLOAD, run_locust
+
+    s, rows, output = run_locust("AzureUser", server.url, tmp_path, *WORKLOAD)
+    assert s["requests"] == {"total": 16, "ok": 16, "failed": 0}, output[-2000:]
+    assert s["tokens"]["source"] == "usage" and {r["output_tokens"] for r in rows} == {"16"}
+    m = s["metrics"]
+    # One-sided and generous: a loaded machine can only make us late.
+    assert 60 <= m["ttft_ms"]["p50"] <= 110, m["ttft_ms"]
+    assert 4 <= m["itl_ms"]["p50"] <= 10 and 4.5 <= m["tpot_ms"]["p50"] <= 9, m
+
+
+def test_gemini_locust_user_measures_the_planned_timing(llmsim_server, tmp_path):
+    # `llmsim bench --api gemini` runs this class (test_load_apis checks the mapping). Exact
+    # timing streams one token per event unless --chunk-tokens says otherwise: 8 here.
+    from test_load_apis import WORKLOAD, run_locust
+
+    server = llmsim_server(*EXACT, "--chunk-tokens", "8")
+    s, rows, output = run_locust("GeminiApiUser", server.base_url, tmp_path, *WORKLOAD)
+    assert s["requests"] == {"total": 16, "ok": 16, "failed": 0}, output[-2000:]
+    assert s["tokens"]["source"] == "usage" and {r["output_tokens"] for r in rows} == {"16"}
+    m = s["metrics"]
+    # 16 tokens in two events of 8: the first when its 8th token is due (60 + 7 x 5 ms), one
+    # gap of 8 token times; output tokens come from usageMetadata, not from the event count.
+    assert 95 <= m["ttft_ms"]["p50"] <= 150, m["ttft_ms"]
+    assert m["itl_ms"]["count"] == 16 and 30 <= m["itl_ms"]["p50"] <= 60, m["itl_ms"]
