@@ -20,7 +20,6 @@ PENDING = {
     "docs/bench.md",
     "docs/locust.md",
     "docs/record-calibrate.md",
-    "docs/images/webui-llm.png",
 }
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
