@@ -677,6 +677,59 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "NAME=MODEL",
         multiple=True,
     ),
+    # --- hardening (docs/hardening.md) ---
+    Option(
+        "header_timeout_s",
+        _float,
+        10.0,
+        "A request's line and headers must arrive within this; else 408 and close.",
+        _at_least(0.01),
+        "S",
+    ),
+    Option(
+        "keepalive_timeout_s",
+        _float,
+        60.0,
+        "An idle keep-alive connection is closed after this.",
+        _at_least(0.01),
+        "S",
+    ),
+    Option(
+        "max_header_bytes",
+        _int,
+        32 * 1024,
+        "Largest request head (request line and headers) accepted; beyond it 431.",
+        _at_least(1024),
+        "BYTES",
+    ),
+    Option(
+        "max_headers", _int, 100, "Most request headers accepted; beyond it 431.", _at_least(8), "N"
+    ),
+    Option(
+        "allow_fault_header",
+        _bool,
+        True,
+        "Honour the x-llmsim-fault request header (turn off for shared targets).",
+        None,
+        None,
+        True,
+    ),
+    Option(
+        "rate_limit_keys",
+        _int,
+        65536,
+        "API key x model pairs the rate limiter tracks exactly (shared by all workers).",
+        _at_least(16),
+        "N",
+    ),
+    Option(
+        "stats_name_ttl_s",
+        _float,
+        600.0,
+        "A model name idle this long gives its stats slot to a new name when all are taken.",
+        _at_least(0),
+        "S",
+    ),
 )
 
 _BY_NAME = {o.name: o for o in SERVE_OPTIONS}
@@ -771,6 +824,14 @@ class Settings:
     ssl_keyfile: str | None = None
     admin_key: str | None = None
     azure_deployment: dict[str, str] = field(default_factory=dict)
+    # --- hardening (docs/hardening.md) ---
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 60.0
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    allow_fault_header: bool = True
+    rate_limit_keys: int = 65536
+    stats_name_ttl_s: float = 600.0
 
     def for_model(self, model: str) -> Settings:
         """These settings with the model's per_model overrides applied."""

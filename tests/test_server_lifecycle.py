@@ -30,13 +30,24 @@ def test_startup_line_gives_the_sdk_base_url(llmsim_server):
     assert server.url.startswith("http://127.0.0.1:")
 
 
+def _wait_in_flight(server, timeout: float = 15) -> None:
+    """Until the server has a request in flight (its stats say so)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as c:
+        while time.monotonic() < deadline:
+            if c.get(server.url + "/llmsim/stats").json()["requests"]["active"] >= 1:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the stream never started")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_in_flight_streams_finish_on_shutdown(llmsim_server, sig):
     server = llmsim_server(*SLOW)
     results = []
     t = threading.Thread(target=lambda: results.append(stream_chat(server.base_url, BODY)))
     t.start()
-    time.sleep(0.3)  # the stream is under way: ~10 of 40 tokens sent
+    _wait_in_flight(server)  # a fixed 0.3 s sleep raced the client's connect at load 10
     server.proc.send_signal(sig)
     t.join(10)
     (r,) = results

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from llmsim.api import bounds
 from llmsim.api.errors import ApiError
 from llmsim.api.tools import TOOL_NAME
 from llmsim.api.wire import RenderContext
@@ -70,6 +71,8 @@ def _int(body: dict[str, Any], name: str, lo: int | None = None) -> int | None:
         raise bad(f"{name}: Input should be a valid integer")
     if lo is not None and v < lo:
         raise bad(f"{name}: Input should be greater than or equal to {lo}")
+    if abs(v) > bounds.INT64_MAX:
+        raise bad(f"{name}: Input should be less than or equal to {bounds.INT64_MAX}")
     return v
 
 
@@ -153,6 +156,7 @@ def _tools(body: dict[str, Any]) -> list[ToolSpec]:
         return []
     if not isinstance(raw, list):
         raise bad("tools: Input should be a valid list")
+    bounds.check_tool_count(raw, anthropic=True)
     tools = []
     for i, t in enumerate(raw):
         if not isinstance(t, dict):
@@ -171,6 +175,7 @@ def _tools(body: dict[str, Any]) -> list[ToolSpec]:
             raise bad(f"tools.{i}.custom.input_schema: Field required")
         if not isinstance(schema, dict):
             raise bad(f"tools.{i}.custom.input_schema: Input should be a valid dictionary")
+        bounds.check_schemas([(f"tools.{i}.custom.input_schema", schema)], anthropic=True)
         tools.append(ToolSpec(name, schema))
     return tools
 
@@ -215,6 +220,7 @@ def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
     schema = fmt.get("schema")
     if not isinstance(schema, dict):
         raise bad("output_config.format.schema: Field required")
+    bounds.check_schemas([("output_config.format.schema", schema)], anthropic=True)
     return schema
 
 
@@ -251,6 +257,7 @@ def parse_messages_request(body: Any) -> tuple[EngineRequest, MessagesOptions]:
         raise bad("stop_sequences: Input should be a valid list of strings")
     if any(not s.strip() for s in stops):
         raise bad("stop_sequences: each stop sequence must contain non-whitespace")
+    bounds.check_anthropic_stops(stops)
 
     tools = _tools(body)
     mode, forced, parallel = _tool_choice(body, [t.name for t in tools])

@@ -74,7 +74,27 @@ def _validate_messages(messages: Any) -> list[dict[str, Any]]:
             for j, part in enumerate(content):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                     raise invalid_type(f"{where}.content[{j}]", "an object with a type", part)
+        _validate_tool_calls(m.get("tool_calls"), f"{where}.tool_calls")
     return messages
+
+
+def _validate_tool_calls(calls: Any, where: str) -> None:
+    """An assistant message's tool_calls: objects whose function has a string name/arguments."""
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise invalid_type(where, "an array", calls)
+    for k, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise invalid_type(f"{where}[{k}]", "an object", call)
+        fn = call.get("function")
+        if fn is None:
+            continue  # custom tool calls carry no function
+        if not isinstance(fn, dict):
+            raise invalid_type(f"{where}[{k}].function", "an object", fn)
+        for field in ("name", "arguments"):
+            if fn.get(field) is not None and not isinstance(fn[field], str):
+                raise invalid_type(f"{where}[{k}].function.{field}", "a string", fn[field])
 
 
 def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from llmsim.api import bounds
 from llmsim.api.anthropic_messages import token_json
 from llmsim.api.errors import (
     ApiError,
@@ -163,6 +164,7 @@ def _tools(body: dict[str, Any]) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
         return [], []
     if not isinstance(raw, list):
         raise invalid_type("tools", "an array", raw)
+    bounds.check_tool_count(raw)
     specs, echoed = [], []
     for i, t in enumerate(raw):
         where = f"tools[{i}]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmsim.api.bounds import check_int64
 from llmsim.api.errors import ApiError, above_max, below_min, invalid_type, missing
 
 MAX_N = 128
@@ -38,6 +39,7 @@ def int_param(body: dict[str, Any], name: str, lo: int | None, hi: int | None) -
         return None
     if not _is_int(v):
         raise invalid_type(name, "an integer", v)
+    check_int64(name, v)
     if lo is not None and v < lo:
         raise below_min(name, lo, v, integer=True)
     if hi is not None and v > hi:

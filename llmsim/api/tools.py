@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from llmsim.api import bounds
 from llmsim.api.chat_stream import ChunkShape
 from llmsim.api.errors import ApiError, invalid_type, missing
 from llmsim.engine.request import Choice, Reply
@@ -46,6 +47,7 @@ def check_schema(schema: Any, where: str) -> dict[str, Any]:
         return {"type": "object", "properties": {}}
     if not isinstance(schema, dict):
         raise invalid_type(where, "an object", schema)
+    bounds.check_schemas([(where, schema)])
     return schema
 
 
@@ -139,6 +141,7 @@ def chat_output_spec(
     if raw_tools is not None:
         if not isinstance(raw_tools, list):
             raise invalid_type("tools", "an array", raw_tools)
+        bounds.check_tool_count(raw_tools)
         for i, t in enumerate(raw_tools):
             where = f"tools[{i}]"
             if not isinstance(t, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,9 @@ def load_fault_script(path: str | Path) -> list[ScriptRule]:
     return rules
 
 
+MAX_TRACKED_KEYS = 10_000  # (rule, key, model) script positions remembered at once
+
+
 class FaultInjector:
     """Decides each request's fault. Scripted sequences advance per (rule, key, model)."""
 
@@ -123,7 +127,9 @@ class FaultInjector:
         }
         self.rules = rules
         self._rng = rng
-        self._positions: dict[tuple[int, str, str], int] = {}
+        # Script positions per (rule, key, model), least recently used first; bounded, so
+        # clients inventing keys cannot grow it (an evicted key starts its script afresh).
+        self._positions: OrderedDict[tuple[int, str, str], int] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -142,8 +148,13 @@ class FaultInjector:
         for i, rule in enumerate(self.rules):
             if rule.matches(model, key):
                 with self._lock:
-                    pos = self._positions.get((i, key, model), 0)
-                    self._positions[(i, key, model)] = pos + 1
+                    where = (i, key, model)
+                    pos = self._positions.pop(where, 0)
+                    # Kept within one sequence: a repeating one wraps, a one-shot one stops.
+                    n = len(rule.sequence)
+                    self._positions[where] = (pos + 1) % n if rule.repeat else min(pos + 1, n)
+                    if len(self._positions) > MAX_TRACKED_KEYS:
+                        self._positions.popitem(last=False)
                 if pos < len(rule.sequence) or rule.repeat:
                     step = rule.sequence[pos % len(rule.sequence)]
                     return None if step == OK else step

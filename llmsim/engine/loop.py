@@ -402,7 +402,15 @@ class Stream:
             self._end(kind)
 
     def abort(self) -> None:
-        """End on an unexpected error (the loop calls it when fire raised)."""
+        """End on an unexpected error (the loop calls it when fire raised): with the API's
+        error event, never a stream that just stops."""
+        if self.done:
+            return
+        if self.error_bytes is not None:
+            try:
+                self.sink.send(self, self.error_bytes(self.events_sent), True)
+            except Exception:  # the socket may be what failed
+                pass
         self.fail("server_error")
 
     def _fault(self, parts: list[bytes], now: float, planned: float | None) -> bool:

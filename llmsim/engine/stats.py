@@ -93,14 +93,19 @@ def _observe(d: Any, base: int, buckets: tuple[float, ...], value: float) -> Non
 class Stats:
     """Counters, gauges and histograms of one server (all its workers)."""
 
-    def __init__(self, workers: int = 1, max_models: int = 32) -> None:
+    def __init__(self, workers: int = 1, max_models: int = 32, name_ttl_s: float = 600.0) -> None:
         self.workers = workers
         self.max_models = max_models
         self.layout = _Layout(max_models + 1)
         self.table = SharedTable(self.layout.size * workers)
         # Model names by slot, shared so every worker gives a model the same slot.
         self.names = SharedTable(max_models * 17)  # 128 bytes of name + length per slot
-        self._slots: dict[str, int] = {}
+        # Per name slot: its generation (bumped when the slot changes hands) and last use.
+        # Names expire: when every slot is taken, one idle for name_ttl_s goes to the new name,
+        # so junk model names cannot hold the table for good.
+        self.name_meta = SharedTable(max_models * 2)
+        self.name_ttl_s = name_ttl_s
+        self._slots: dict[str, tuple[int, float]] = {}
         self.started = time.time()
         self._base = 0
         self._other = max_models
@@ -119,26 +124,75 @@ class Stats:
         return raw.decode("utf-8", "replace")
 
     def model_slot(self, model: str) -> int:
-        slot = self._slots.get(model)
-        if slot is not None:
-            return slot
+        meta = self.name_meta.values
+        cached = self._slots.get(model)
+        if cached is not None and meta[cached[0] * 2] == cached[1]:
+            meta[cached[0] * 2 + 1] = time.time()
+            return cached[0]
         encoded = model.encode("utf-8")[:128]
+        wanted = encoded.decode("utf-8", "replace")
+        now = time.time()
         with self.names.lock:
             slot = self._other
+            free = None
             for i in range(self.max_models):
                 name = self._name_at(i)
                 if name is None:
-                    start = (i * 17 + 1) * 8
-                    memoryview(self.names._mem)[start : start + len(encoded)] = encoded
-                    self.names.values[i * 17] = len(encoded)
+                    free = i if free is None else free
+                    break
+                if name == wanted:
                     slot = i
                     break
-                if name == encoded.decode("utf-8", "replace"):
-                    slot = i
-                    break
-        if len(self._slots) < 10_000:
-            self._slots[model] = slot
+            else:
+                free = self._expired(now)
+            if slot == self._other and free is not None:
+                self._take_name(free, encoded, now)
+                slot = free
+            if slot != self._other:
+                meta[slot * 2 + 1] = now
+            gen = meta[slot * 2] if slot != self._other else -1.0
+        if slot != self._other and len(self._slots) < 10_000:
+            self._slots[model] = (slot, gen)
         return slot
+
+    def _expired(self, now: float) -> int | None:
+        """The name slot idle longest, if idle past the TTL with nothing in flight."""
+        meta, best = self.name_meta.values, None
+        for i in range(self.max_models):
+            idle = now - meta[i * 2 + 1]
+            if idle < self.name_ttl_s:
+                continue
+            values = self.model_values(i)
+            if values[self.layout.m["running"]] or values[self.layout.m["waiting"]]:
+                continue
+            if best is None or meta[i * 2 + 1] < meta[best * 2 + 1]:
+                best = i
+        return best
+
+    def _take_name(self, slot: int, encoded: bytes, now: float) -> None:
+        """Give `slot` to a new name: its counters start from zero in every worker's section."""
+        d, lay = self.table.values, self.layout
+        for worker in range(self.workers):
+            base = worker * lay.size + lay.model_base + slot * lay.model_size
+            for k in range(lay.model_size):
+                d[base + k] = 0.0
+        start = (slot * 17 + 1) * 8
+        memoryview(self.names._mem)[start : start + 128] = bytes(128)
+        memoryview(self.names._mem)[start : start + len(encoded)] = encoded
+        self.names.values[slot * 17] = len(encoded)
+        meta = self.name_meta.values
+        meta[slot * 2] += 1
+        meta[slot * 2 + 1] = now
+
+    def worker_died(self, index: int) -> None:
+        """Zero the gauges of a dead worker's section: nobody will decrement them now."""
+        d, lay = self.table.values, self.layout
+        base = index * lay.size
+        d[base + lay.g["active"]] = 0.0
+        for slot in range(self.max_models + 1):
+            m = base + lay.model_base + slot * lay.model_size
+            d[m + lay.m["running"]] = 0.0
+            d[m + lay.m["waiting"]] = 0.0
 
     def _model(self, slot: int) -> int:
         return self._base + self.layout.model_base + slot * self.layout.model_size

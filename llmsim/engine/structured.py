@@ -26,8 +26,12 @@ from typing import Any
 
 from llmsim.engine.generators import text_tokens, words
 from llmsim.engine.request import Choice, ToolCall
+from llmsim.engine.schema_bounds import MAX_CHARS_PER_TOKEN, min_chars
 
 MAX_DEPTH = 6  # nesting below which optional properties and array items are left out
+# Output tokens a schema may fill when the request sets no cap; a simple guard until the model
+# catalogue gives each model its own maximum output.
+DEFAULT_OUTPUT_TOKENS = 128_000
 _DEFAULT_OBJECT = {
     "type": "object",
     "properties": {"response": {"type": "string"}},
@@ -87,7 +91,7 @@ def plan_choice(
     if not spec.shapes_text:
         return None
     if spec.json_schema is not None:
-        value = generate(spec.json_schema, rng)
+        value = generate(spec.json_schema, rng, _budget(max_tokens))
     else:
         # Free-form JSON: one text field, about as long as a plain reply would have been.
         value = {"response": _words(rng, max(1, natural - 6)).strip()}
@@ -109,12 +113,19 @@ def _tool_choice(
     tokens: list[str] = []
     calls = []
     for tool in picked:
-        args = text_tokens(dump(generate(tool.schema or {"type": "object"}, rng)), encoding)
+        value = generate(tool.schema or {"type": "object"}, rng, _budget(max_tokens))
+        args = text_tokens(dump(value), encoding)
         calls.append(
             ToolCall(secrets.token_hex(12), tool.name, len(tokens), len(tokens) + len(args))
         )
         tokens.extend(args)
     return _capped(Choice(index, tokens, "tool_calls", tool_calls=calls), max_tokens)
+
+
+def _budget(max_tokens: int | None) -> int:
+    """Characters a generated value may take: enough to fill max_tokens, never unbounded."""
+    tokens = max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
+    return min(tokens, DEFAULT_OUTPUT_TOKENS) * MAX_CHARS_PER_TOKEN + 64
 
 
 def _capped(choice: Choice, max_tokens: int | None) -> Choice:
@@ -142,15 +153,36 @@ class SchemaError(ValueError):
     """A schema the generator cannot satisfy (e.g. `false`, or a dangling $ref)."""
 
 
-def generate(schema: Any, rng: random.Random) -> Any:
-    """A value valid against `schema` (best effort for `pattern` and `not`)."""
-    return _Gen(schema, rng).value(schema, 0)
+def generate(schema: Any, rng: random.Random, budget: int = 1 << 22) -> Any:
+    """A value valid against `schema` (best effort for `pattern` and `not`).
+
+    `budget` bounds the characters it writes: once spent, strings and arrays stop growing and
+    objects stop gaining properties, so a schema asking for more than the reply can hold costs
+    no more than the reply (which is then cut at max_tokens with finish_reason `length`).
+    """
+    try:
+        return _Gen(schema, rng, budget).value(schema, 0)
+    except RecursionError:  # schema_bounds rejects what could get here; never a crash
+        raise SchemaError("the schema nests too deeply to generate a value") from None
+
+
+HARD_DEPTH = 200  # beyond MAX_DEPTH the generator takes the shortest branch; this never passes
 
 
 class _Gen:
-    def __init__(self, root: Any, rng: random.Random) -> None:
+    def __init__(self, root: Any, rng: random.Random, budget: int = 1 << 22) -> None:
         self.root = root
         self.rng = rng
+        self.budget = budget
+
+    def spend(self, n: int) -> int:
+        """Take up to n characters from the budget; how many were granted."""
+        n = max(0, min(n, self.budget))
+        self.budget -= n
+        return n
+
+    def shortest(self, branches: list[Any]) -> Any:
+        return min(branches, key=lambda b: min_chars(b, self.root))
 
     def resolve(self, ref: str) -> Any:
         if not ref.startswith("#"):
@@ -166,6 +198,9 @@ class _Gen:
 
     def value(self, schema: Any, depth: int) -> Any:
         rng = self.rng
+        if depth > HARD_DEPTH:
+            raise SchemaError("the schema nests too deeply to generate a value")
+        self.spend(2)
         if schema is True or schema == {}:
             return _words(rng, rng.randint(1, 3)).strip()
         if schema is False:
@@ -182,7 +217,7 @@ class _Gen:
                 if isinstance(part, dict) and "$ref" in part:
                     part = self.resolve(part["$ref"])
                 merged = _merge(merged, part)
-            return self.value(merged, depth)
+            return self.value(merged, depth + 1)
         if "const" in schema:
             return schema["const"]
         if "enum" in schema:
@@ -192,13 +227,21 @@ class _Gen:
                 branches = schema[key]
                 real = [b for b in branches if not _is_null_schema(b)]
                 # Optional fields in strict schemas are `anyOf: [X, null]`: mostly fill them.
-                branch = rng.choice(real) if real and rng.random() < 0.85 else rng.choice(branches)
+                if depth >= MAX_DEPTH or self.budget <= 0:
+                    branch = self.shortest(branches)  # so recursive schemas end
+                elif real and rng.random() < 0.85:
+                    branch = rng.choice(real)
+                else:
+                    branch = rng.choice(branches)
                 rest = {k: v for k, v in schema.items() if k != key}
                 return self.value(_merge(rest, branch) if rest else branch, depth)
         typ = schema.get("type")
         if isinstance(typ, list):
             real = [t for t in typ if t != "null"]
-            typ = rng.choice(real) if real and rng.random() < 0.85 else rng.choice(typ)
+            if (depth >= MAX_DEPTH or self.budget <= 0) and "null" in typ:
+                typ = "null"
+            else:
+                typ = rng.choice(real) if real and rng.random() < 0.85 else rng.choice(typ)
         if typ is None:
             typ = _infer_type(schema)
         if typ == "object":
@@ -223,8 +266,11 @@ class _Gen:
         required = set(schema.get("required") or ())
         out: dict[str, Any] = {}
         optional_odds = 0.6 if depth < 2 else (0.3 if depth < MAX_DEPTH else 0.0)
+        if self.budget <= 0:
+            optional_odds = 0.0
         for name, sub in props.items():
             if name in required or rng.random() < optional_odds:
+                self.spend(len(name) + 4)
                 out[name] = self.value(sub, depth + 1)
         for name in required - set(out):  # required but not described: anything goes
             out[name] = _words(rng, 1).strip()
@@ -233,10 +279,18 @@ class _Gen:
         if not props and extra is not False and depth < MAX_DEPTH:
             wanted = max(wanted, rng.randint(1, 3))
         limit = schema.get("maxProperties")
-        while len(out) < wanted and extra is not False:
-            key = _words(rng, 1).strip().lower()
-            if key not in out:
-                sub = extra if isinstance(extra, dict) else {"type": "string"}
+        if extra is not False:
+            unnamed = [n for n in props if n not in out]  # declared ones first
+            while len(out) < wanted and self.budget > 0:
+                if unnamed:
+                    key = unnamed.pop(0)
+                    sub = props[key]
+                else:
+                    key = _words(rng, 1).strip().lower()
+                    if key in out:  # the word list is finite: number the repeats
+                        key = f"{key}_{len(out)}"
+                    sub = extra if isinstance(extra, dict) else {"type": "string"}
+                self.spend(len(key) + 4)
                 out[key] = self.value(sub, depth + 1)
         if limit is not None and len(out) > limit:
             for name in [n for n in out if n not in required][: len(out) - int(limit)]:
@@ -260,26 +314,31 @@ class _Gen:
             n = min(max(n, len(prefix)), len(prefix))
         out: list[Any] = []
         unique = bool(schema.get("uniqueItems"))
+        seen: set[str] = set()
         tries = 0
-        while len(out) < n and tries < n * 20 + 20:
+        while len(out) < n and tries < n * 20 + 20 and self.budget > 0:
             tries += 1
             sub = prefix[len(out)] if len(out) < len(prefix) else items
+            self.spend(1)
             v = self.value(sub, depth + 1)
-            if unique and any(v == o and type(v) is type(o) for o in out):
-                continue
+            if unique:
+                seen_key = json.dumps(v, sort_keys=True)  # 1 and 1.0 and True stay apart
+                if seen_key in seen:
+                    continue
+                seen.add(seen_key)
             out.append(v)
         return out
 
     def string(self, schema: dict[str, Any]) -> str:
         rng = self.rng
-        lo = int(schema.get("minLength", 0))
+        lo = min(int(schema.get("minLength", 0)), self.budget)
         hi = schema.get("maxLength")
         fmt = schema.get("format")
         text = None
         if fmt in _FORMATS:
             text = _FORMATS[fmt](rng)
         elif isinstance(schema.get("pattern"), str):
-            text = _from_pattern(schema["pattern"], rng)
+            text = _from_pattern(schema["pattern"], rng, self.budget)
         if text is None:
             text = _words(rng, rng.randint(1, 6)).strip()
             text = text[:1].upper() + text[1:]
@@ -289,6 +348,7 @@ class _Gen:
             text = text[: int(hi)].rstrip() or text[: int(hi)]
             if len(text) < lo:
                 text += "x" * (lo - len(text))
+        self.spend(len(text))
         return text
 
     def integer(self, schema: dict[str, Any]) -> int:
@@ -378,6 +438,9 @@ def _words(rng: random.Random, n: int) -> str:
 
 
 def _pad(text: str, length: int, rng: random.Random) -> str:
+    if length - len(text) > 2000:  # long: repeat a stretch of words rather than draw each
+        stretch = _words(rng, 300)
+        text += stretch * ((length - len(text)) // len(stretch))
     while len(text) < length:
         text += _words(rng, 1)
     return text
@@ -434,15 +497,20 @@ _CATEGORY_CHARS = {
 _ANY = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def _from_pattern(pattern: str, rng: random.Random) -> str | None:
-    """A string matching a simple regex (literals, classes, repeats, groups, alternation)."""
+def _from_pattern(pattern: str, rng: random.Random, budget: int = 1 << 22) -> str | None:
+    """A string matching a simple regex (literals, classes, repeats, groups, alternation).
+
+    None when the pattern is beyond the emitter or its shortest match exceeds `budget`.
+    """
     try:
         parsed = _sre.parse(pattern)
+        if parsed.getwidth()[0] > budget:
+            return None
     except Exception:
         return None
     for _ in range(10):
         try:
-            s = _emit(parsed, rng)
+            s = _emit(parsed, rng, [budget])
         except _Unsupported:
             return None
         if re.search(pattern, s):
@@ -454,8 +522,12 @@ class _Unsupported(Exception):
     pass
 
 
-def _emit(items: Any, rng: random.Random) -> str:
+def _emit(items: Any, rng: random.Random, left: list[int]) -> str:
+    """`left` holds the characters still allowed (shared by the recursion): nested repeats
+    multiply, so without it `((a{0,3}){0,3})…` would write 3**depth characters."""
     out = []
+    if left[0] < 0:
+        raise _Unsupported("budget")
     for op, av in items:
         name = str(op)
         if name == "LITERAL":
@@ -469,15 +541,18 @@ def _emit(items: Any, rng: random.Random) -> str:
         elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
             lo, hi, sub = av
             hi = min(hi, lo + 3) if hi != _sre.MAXREPEAT else lo + 3
-            out.extend(_emit(sub, rng) for _ in range(rng.randint(lo, max(lo, hi))))
+            out.extend(_emit(sub, rng, left) for _ in range(rng.randint(lo, max(lo, hi))))
         elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
-            out.append(_emit(av[-1] if name == "SUBPATTERN" else av, rng))
+            out.append(_emit(av[-1] if name == "SUBPATTERN" else av, rng, left))
         elif name == "BRANCH":
-            out.append(_emit(rng.choice(av[1]), rng))
+            out.append(_emit(rng.choice(av[1]), rng, left))
         elif name in ("AT", "ASSERT", "ASSERT_NOT"):
             continue
         else:
             raise _Unsupported(name)
+        left[0] -= 1
+        if left[0] < 0:
+            raise _Unsupported("budget")
     return "".join(out)
 
 

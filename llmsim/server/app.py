@@ -20,7 +20,7 @@ from llmsim.api.openai_models import model_object, models_list
 from llmsim.api.openai_responses import OpenAIResponses
 from llmsim.api.wire import WireFormat
 from llmsim.engine.simulator import Engine
-from llmsim.server import live_config, pipeline
+from llmsim.server import accounting, live_config, pipeline
 from llmsim.server.auth import KeyCheck, load_keys
 from llmsim.server.fastpath import FastRoutes
 from llmsim.server.metrics import CONTENT_TYPE, render_metrics
@@ -269,6 +269,7 @@ def create_app(
                 "prefix_caching": rc.prefix_caching,
                 "replicas": state.shared.engine_stats.replica_rows(),
             }
+        snap["rate_limits"] = state.limiter.snapshot()
         return _json_response(snap)
 
     @app.get("/llmsim/requests/<request_id>")
@@ -321,7 +322,8 @@ def create_app(
     @app.errorhandler(Exception)
     def on_unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        state.stats.request_failed(None, "server_error")
+        if not accounting.is_counted(exc):
+            state.stats.request_failed(None, "server_error")
         return error_response(errors.server_error())
 
     # POST routes made by route() skip Flask's per-request machinery (see fastpath.py).

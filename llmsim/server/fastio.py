@@ -16,33 +16,30 @@ from __future__ import annotations
 
 import email.parser
 import re
-from http import client as http_client
 
 from gevent.pywsgi import OldMessage
 
-_MAXLINE = 65536  # http.client's limits, which gevent's parser applies
+from llmsim.server.http_hygiene import check_framing, read_head_lines
+
 _MAXHEADERS = 100
 # A header line the email parser (compat32 policy) reads as name, ':', value with leading
 # blanks dropped and the line end removed; nothing else takes the fast path.
 _SIMPLE = re.compile(r"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n\Z")
-_END = (b"\r\n", b"\n", b"")
 
 
-def read_headers(fp) -> OldMessage:
-    """What gevent.pywsgi.headers_factory(fp) returns, without the email parser when possible."""
-    lines: list[bytes] = []
-    readline = fp.readline
-    while True:
-        line = readline(_MAXLINE + 1)
-        if len(line) > _MAXLINE:
-            msg = OldMessage()
-            msg.status = "Line too long"
-            return msg
-        lines.append(line)
-        if len(lines) > _MAXHEADERS:
-            raise http_client.HTTPException(f"got more than {_MAXHEADERS} headers")
-        if line in _END:
-            break
+def read_headers(fp, max_bytes: int = 32 * 1024, max_lines: int = _MAXHEADERS) -> OldMessage:
+    """What gevent.pywsgi.headers_factory(fp) returns, without the email parser when possible.
+
+    At most max_bytes and max_lines are read (http_hygiene's 431 beyond), and the framing
+    headers are checked (its 400), whichever parser reads the lines.
+    """
+    lines = read_head_lines(fp, max_bytes, max_lines)
+    msg = _parse(lines)
+    check_framing(msg)
+    return msg
+
+
+def _parse(lines: list[bytes]) -> OldMessage:
     msg = OldMessage()
     items = msg._headers
     match = _SIMPLE.match

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from llmsim.api import errors
+from llmsim.api import bounds, errors
 from llmsim.api.errors import ApiError
 from llmsim.api.wire import RenderContext, WireFormat, api_chunk_tokens
 from llmsim.engine.capacity import QueueFull, Slot
@@ -31,9 +32,12 @@ from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.timing import TokenClock, TokenSchedule
 from llmsim.record.apis import request_key
 from llmsim.record.replay import RecordedSchedule
+from llmsim.server import accounting, offload
 from llmsim.server.auth import presented_key
 from llmsim.server.state import ServerState
 from llmsim.server.takeover import LoopBody
+
+log = logging.getLogger("llmsim.server")
 
 START_KEY = "llmsim.start"  # environ: when the request was read (monotonic seconds)
 SOCKET_KEY = "llmsim.socket"  # environ: the client socket, for the `drop` fault
@@ -61,6 +65,13 @@ def read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
         if max_bytes is not None and n > max_bytes:
             raise RequestEntityTooLarge()
         return environ["wsgi.input"].read(n)
+    if "HTTP_TRANSFER_ENCODING" in environ and max_bytes is not None:
+        # Chunked: no length to check up front, so read one byte past the limit (werkzeug's
+        # stream would stop at the limit and hand over a truncated body).
+        data = environ["wsgi.input"].read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise RequestEntityTooLarge()
+        return data
     return get_input_stream(environ, max_content_length=max_bytes).read()
 
 
@@ -69,10 +80,7 @@ def read_json(environ: dict[str, Any] | None = None, max_bytes: int | None = Non
         data = request.get_data(cache=False)
     else:
         data = read_body(environ, max_bytes)
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise errors.invalid_json() from None
+    return bounds.loads(data)
 
 
 def api_key(environ: dict[str, Any] | None = None) -> str:
@@ -204,8 +212,9 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
     state.refresh()  # a PATCH /llmsim/config in any worker applies from the next request
     settings, stats = state.settings, state.stats
     try:
-        body = read_json(environ, settings.max_body_bytes)
-        req, opts = fmt.parse(body)
+        data = read_body(environ, settings.max_body_bytes)
+        heavy = len(data) > offload.HEAVY_BODY_BYTES
+        req, opts, schema_chars, body = offload.call(heavy, bounds.parse, fmt, data)
         if settings.replay:
             req.replay_key = request_key(req.model, body)
         if settings.strict_models and req.model not in state.known_models:
@@ -243,7 +252,7 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
         raise _counted(rate_limit_error(req.model, decision))
 
     fault = None
-    fault_header = environ.get("HTTP_X_LLMSIM_FAULT")
+    fault_header = environ.get("HTTP_X_LLMSIM_FAULT") if settings.allow_fault_header else None
     if state.faults.active or fault_header is not None:
         try:
             fault = state.faults.decide(req.model, key, fault_header)
@@ -292,9 +301,15 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
             finally:
                 stats.gauge(stats_slot, "waiting", -1)
         gen.start_running()
-        reply = state.engine.plan(req, api_chunk_tokens(fmt.name))
-    except BaseException:
-        gen.finish("client_disconnect")
+        reply = offload.call(
+            offload.heavy_plan(req, schema_chars),
+            state.engine.plan,
+            req,
+            api_chunk_tokens(fmt.name),
+        )
+    except BaseException as exc:
+        gen.finish(accounting.failure_kind(exc))
+        accounting.mark_counted(exc)
         raise
     return _respond(fmt, state, gen, req, reply, opts, fault, start, headers, environ)
 
@@ -334,7 +349,7 @@ def _respond(
             "x-request-id": request_id,
             "x-llmsim-ttft-ms": f"{first_s * 1000:.3f}",
             "x-llmsim-tbt-ms": f"{reply.tbt_s * 1000:.3f}",
-            "openai-model": reply.model,
+            "openai-model": accounting.header_value(reply.model),
         }
     )
     event_log = loop.events.open(
@@ -393,8 +408,9 @@ def _respond(
             loop.add(*_wake_entry(start, last_token, schedule.due, woken.set))
             woken.wait()
         gen.first_s = start + first_s
-    except BaseException:
-        gen.finish("client_disconnect", reply, start)
+    except BaseException as exc:
+        gen.finish(accounting.failure_kind(exc), reply, start)
+        accounting.mark_counted(exc)
         raise
     now = time.monotonic()
     loop.events.add(event_log, last, reply.completion_tokens, schedule.due(last_token), now - start)
@@ -421,11 +437,22 @@ def finish_plain(
     if fault == "stream-error":
         gen.finish("fault_stream_error", reply, start)
         raise _counted(fault_error("stream-error", headers))
+    try:
+        body = offload.call(offload.heavy_render(reply), _render_json, fmt, reply, opts, ctx)
+    except BaseException as exc:
+        gen.finish(accounting.failure_kind(exc), reply, start)
+        accounting.mark_counted(exc)
+        raise
     gen.finish("ok", reply, start)
-    body = json.dumps(fmt.render(reply, opts, ctx))
     return Response(body, headers=headers, mimetype="application/json")
 
 
 def _wake_entry(start: float, last_token: int, due: Any, callback: Any) -> tuple[Wake, float]:
     entry = Wake(start, last_token, due, callback)
     return entry, entry.first_deadline()
+
+
+def _render_json(fmt: WireFormat, reply: Reply, opts: Any, ctx: RenderContext) -> str | list[bytes]:
+    """The JSON body; a format may write a big one its own way, as pieces sent one by one."""
+    custom = getattr(fmt, "render_json", None)
+    return custom(reply, opts, ctx) if custom else json.dumps(fmt.render(reply, opts, ctx))

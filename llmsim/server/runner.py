@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
-import os
 import signal
 import socket
 import sys
@@ -17,6 +16,7 @@ from typing import TextIO
 from llmsim import __version__
 from llmsim.engine.tokens import preload_encodings
 from llmsim.server.state import Shared
+from llmsim.server.supervisor import Supervisor
 from llmsim.settings import Settings
 
 
@@ -70,14 +70,19 @@ def check_tls(settings: Settings) -> None:
         ) from None
 
 
-def _make_handler(access_log: bool = True):
+def _make_handler(access_log: bool = True, settings: Settings | None = None):
     # gevent is imported here, not at module level, so a parent that only forks never
     # starts a hub of its own.
+    import gevent
     from gevent.pywsgi import WSGIHandler
 
-    from llmsim.server import fastio
+    from llmsim.server import fastio, http_hygiene
     from llmsim.server.pipeline import SOCKET_KEY, START_KEY
     from llmsim.server.takeover import HANDLER_KEY
+
+    settings = settings or Settings()
+    head_s, idle_s = settings.header_timeout_s, settings.keepalive_timeout_s
+    head_bytes, head_lines = settings.max_header_bytes, settings.max_headers
 
     class NoDelayHandler(WSGIHandler):
         """Sets TCP_NODELAY: gevent sends headers and body in separate writes, and Nagle plus
@@ -90,17 +95,46 @@ def _make_handler(access_log: bool = True):
                 pass  # not TCP (e.g. a unix socket in tests)
             super().__init__(sock, address, server, rfile)
             self.busy = False
+            self.served = 0
+            self.head_timer = None
             server.handlers.add(self)
 
         def handle_one_request(self):
             self.busy = False  # between requests: a keep-alive connection waiting to be read
-            return super().handle_one_request()
+            if self.served and self.rfile is not None and not self.rfile.closed:
+                # Idle keep-alive: wait for the next request's first byte, at most idle_s.
+                started = None
+                with gevent.Timeout(idle_s, False):
+                    started = self.rfile.peek(1)
+                if not started:
+                    return None  # idle too long, or the client closed
+            self.served += 1
+            # From here the whole head must arrive within head_s (a slow-loris client that
+            # sends a byte a second keeps no connection open for good).
+            self.head_timer = gevent.Timeout(head_s, http_hygiene.HeaderTimeout)
+            self.head_timer.start()
+            try:
+                return super().handle_one_request()
+            except http_hygiene.HeaderTimeout as exc:  # while reading the request line
+                return http_hygiene.client_error_response(exc)
+            finally:
+                self._cancel_head_timer()
+
+        def _cancel_head_timer(self):
+            if self.head_timer is not None:
+                self.head_timer.close()
+                self.head_timer = None
+
+        def _handle_client_error(self, ex):
+            self._cancel_head_timer()
+            return http_hygiene.client_error_response(ex) or super()._handle_client_error(ex)
 
         def read_request(self, raw_requestline):
             self.busy = True
             return super().read_request(raw_requestline)
 
         def get_environ(self):
+            self._cancel_head_timer()  # the head is in: the app's time is the app's
             env = super().get_environ()
             env[START_KEY] = time.monotonic()
             env[SOCKET_KEY] = self.socket
@@ -109,7 +143,7 @@ def _make_handler(access_log: bool = True):
 
         # The per-request steps fastio makes cheaper (see its docstring).
         def MessageClass(self, fp, *args):
-            return fastio.read_headers(fp)
+            return fastio.read_headers(fp, head_bytes, head_lines)
 
         def _write_with_headers(self, data):
             self.headers_sent = True
@@ -139,7 +173,7 @@ def drain(server, grace_period_s: float) -> None:
     """Stop accepting, let requests in flight finish, then close what is left.
 
     Idle keep-alive connections are closed at once (they would otherwise hold the drain for the
-    whole grace period); busy ones get up to grace_period_s.
+    whole grace period); busy ones get up to grace_period_s, then are cut.
     """
     import gevent
 
@@ -150,8 +184,33 @@ def drain(server, grace_period_s: float) -> None:
             if not handler.busy and getattr(handler, "socket", None) is not None:
                 with contextlib.suppress(OSError):
                     handler.socket.shutdown(socket.SHUT_RDWR)
-        gevent.sleep(0.05)
+        gevent.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
     server.pool.kill(block=True, timeout=1)
+
+
+def _make_server_class():
+    from gevent.pywsgi import WSGIServer
+
+    from llmsim.server.http_hygiene import FdGuard, is_fd_exhaustion
+
+    class GuardedServer(WSGIServer):
+        """gevent's WSGIServer, answering 503 at the descriptor limit (http_hygiene.FdGuard)."""
+
+        fd_guard: FdGuard
+
+        def do_read(self):
+            try:
+                accepted = super().do_read()
+            except OSError as exc:
+                if not is_fd_exhaustion(exc):
+                    raise
+                self.fd_guard.refuse(self.socket)
+                return None
+            if accepted:
+                self.fd_guard.flush()
+            return accepted
+
+    return GuardedServer
 
 
 def serve_on_socket(
@@ -159,11 +218,16 @@ def serve_on_socket(
 ) -> None:
     """Serve on an already-bound socket until SIGTERM/SIGINT, then drain and return."""
     import gevent
+    import gevent.event
     from gevent.pool import Pool
-    from gevent.pywsgi import WSGIServer
 
     from llmsim.server.app import create_app
+    from llmsim.server.http_hygiene import FdGuard
 
+    # Signals first: one that arrives while the app is being built must drain, not kill.
+    stopped = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stopped.set)
+    gevent.signal_handler(signal.SIGINT, stopped.set)
     if settings.seed is not None and worker:
         settings = replace(settings, seed=settings.seed + worker)
     if shared is not None:
@@ -173,11 +237,11 @@ def serve_on_socket(
     if settings.ssl_certfile:
         # gevent wraps each accepted connection; the handshake runs in its own greenlet.
         tls = {"certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
-    server = WSGIServer(
+    server = _make_server_class()(
         sock,
         app,
         **tls,
-        handler_class=_make_handler(settings.access_log),
+        handler_class=_make_handler(settings.access_log, settings),
         spawn=Pool(),  # a pool, so shutdown can wait for the requests in flight
         log=sys.stderr if settings.access_log else None,
         error_log=sys.stderr,
@@ -188,24 +252,15 @@ def serve_on_socket(
     )
 
     server.handlers = weakref.WeakSet()
-    stopping = []
-
-    def stop() -> None:
-        if not stopping:
-            stopping.append(gevent.spawn(drain, server, settings.grace_period_s))
-
-    gevent.signal_handler(signal.SIGTERM, stop)
-    gevent.signal_handler(signal.SIGINT, stop)
-    # drain() calls close(), which also wakes serve_forever: that then runs gevent's own stop(),
-    # which kills every request still running after stop_timeout (1 s by default). Streams then
-    # died a second into the grace period (found stopping the container during a stream).
-    server.stop_timeout = settings.grace_period_s + 1
+    server.fd_guard = FdGuard()
     # What exists now lives as long as the server: keep it out of the cyclic GC's scans, which
     # otherwise take ~8 ms per full collection for these objects alone, stalling every stream.
     gc.freeze()
-    server.serve_forever()
-    if stopping:
-        stopping[0].join()
+    # Not serve_forever(): on its way out it stops the handlers with its own 1 s timeout, which
+    # cut every stream after 1 s whatever the grace period. The drain owns the shutdown.
+    server.start()
+    stopped.wait()
+    drain(server, settings.grace_period_s)
 
 
 def startup_line(settings: Settings, url: str) -> str:
@@ -241,45 +296,6 @@ def serve(settings: Settings, out: TextIO | None = None) -> int:
         print(startup_line(settings, url), file=out, flush=True)
         serve_on_socket(settings, sock, 0, shared)
         return 0
-    children: list[int] = []
-    for worker in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 0
-            try:
-                serve_on_socket(settings, sock, worker, shared)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
-    sock.close()
-    print(startup_line(settings, url), file=out, flush=True)
-
-    def forward(signum, _frame):
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    remaining = set(children)
-    while remaining:
-        try:
-            pid, raw = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid in remaining:
-            remaining.discard(pid)
-            code = os.waitstatus_to_exitcode(raw)
-            if code != 0:
-                status = 1
-                # One worker died: take the others down too rather than serve at partial capacity
-                # with nobody noticing.
-                forward(signal.SIGTERM, None)
-    return status
+    # The parent keeps the listener open: a restarted worker accepts on it too.
+    supervisor = Supervisor(settings, sock, shared, serve_on_socket)
+    return supervisor.run(lambda: print(startup_line(settings, url), file=out, flush=True))

@@ -35,7 +35,11 @@ class Shared:
         engine_stats = None
         if settings.engine == "vllm":
             engine_stats = EngineStats(settings.workers, settings.replicas)
-        return cls(Stats(settings.workers, settings.stats_max_models), RateLimiter(), engine_stats)
+        return cls(
+            Stats(settings.workers, settings.stats_max_models, settings.stats_name_ttl_s),
+            RateLimiter(settings.rate_limit_keys),
+            engine_stats,
+        )
 
     def bind_worker(self, worker: int) -> None:
         """Make this process write its own sections of the shared tables (once, after fork)."""

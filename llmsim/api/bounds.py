@@ -1,0 +1,167 @@
+"""Bounds on what one request may ask for, with the provider's 400 naming the parameter.
+
+Every check here is cheap and runs before any work is planned: the JSON itself (nesting depth,
+non-finite numbers), schemas (llmsim.engine.schema_bounds), how many tools and stop sequences,
+and whether the output a request demands fits in the output it allows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from llmsim.api.errors import ApiError, invalid_json
+from llmsim.engine.request import EngineRequest
+from llmsim.engine.schema_bounds import MAX_CHARS_PER_TOKEN, Checker, SchemaInvalid, min_tokens
+from llmsim.engine.structured import DEFAULT_OUTPUT_TOKENS
+
+MAX_TOOLS = 128  # OpenAI's documented maximum for `tools`; applied to Anthropic's too
+MAX_ANTHROPIC_STOPS = 64  # Anthropic publishes no limit; ours keeps the stop scan cheap
+MAX_STOP_CHARS = 1024  # per stop sequence
+# Until the model catalogue gives each model its own limits: no model outputs more than this,
+# and n x max_tokens is bounded so one request cannot plan millions of tokens.
+MAX_OUTPUT_TOKENS = DEFAULT_OUTPUT_TOKENS
+INT64_MAX = 2**63 - 1
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):  # 1e999: valid JSON syntax, but no JSON value
+        raise ValueError("number out of range")
+    return v
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(data: bytes | str) -> Any:
+    """json.loads, refusing NaN/Infinity/1e999 and nesting beyond the parser's depth (a 400)."""
+    try:
+        return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ApiError(
+            400,
+            "We could not parse the JSON body of your request: it is nested too deeply.",
+            code="invalid_json",
+        ) from None
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_json() from None
+
+
+def schema_error(where: str, exc: SchemaInvalid, anthropic: bool = False) -> ApiError:
+    """A malformed schema, as OpenAI (param named) or Anthropic (`where: message`) says it."""
+    if anthropic:
+        return ApiError(400, f"{where}: JSON schema is invalid: {exc}")
+    code = "invalid_function_parameters" if "function" in where or "tools" in where else None
+    return ApiError(
+        400,
+        f"Invalid schema for '{where}': {exc}.",
+        param=where,
+        code=code or "invalid_json_schema",
+    )
+
+
+def check_schemas(schemas: list[tuple[str, Any]], anthropic: bool = False) -> None:
+    """Validate one request's schemas together (one node budget), raising the API's 400."""
+    checker = Checker()
+    for where, schema in schemas:
+        try:
+            checker.check(schema)
+        except SchemaInvalid as exc:
+            raise schema_error(where, exc, anthropic) from None
+
+
+def check_tool_count(tools: list[Any], param: str = "tools", anthropic: bool = False) -> None:
+    if len(tools) <= MAX_TOOLS:
+        return
+    if anthropic:
+        raise ApiError(400, f"tools: List should have at most {MAX_TOOLS} items after validation")
+    raise ApiError(
+        400,
+        f"Invalid '{param}': array too long. Expected an array with maximum length {MAX_TOOLS}, "
+        f"but got an array with length {len(tools)} instead.",
+        param=param,
+        code="array_above_max_length",
+    )
+
+
+def check_anthropic_stops(stops: list[str]) -> None:
+    if len(stops) > MAX_ANTHROPIC_STOPS:
+        raise ApiError(
+            400,
+            f"stop_sequences: List should have at most {MAX_ANTHROPIC_STOPS} items after "
+            f"validation, not {len(stops)}",
+        )
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ApiError(400, f"stop_sequences: each must be at most {MAX_STOP_CHARS} characters")
+
+
+def check_int64(name: str, value: Any) -> None:
+    """Integers beyond 64 bits: no real API's parameter holds one."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        raise ApiError(
+            400,
+            f"Invalid '{name}': integer above maximum value. Expected a value <= {INT64_MAX}, "
+            f"but got a {len(str(abs(value)))}-digit integer instead.",
+            param=name,
+            code="integer_above_max_value",
+        )
+
+
+def output_param(body: Any) -> str:
+    """Which parameter set the request's output cap, to name it in an error."""
+    if isinstance(body, dict):
+        for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
+            if body.get(name) is not None:
+                return name
+    return "max_tokens"
+
+
+def parse(fmt: Any, data: bytes) -> tuple[EngineRequest, Any, float, Any]:
+    """Decode, parse and bound one request: (request, options, fewest schema characters, body).
+
+    The third tells the server whether generating the reply is heavy work.
+    """
+    body = loads(data)
+    try:
+        req, opts = fmt.parse(body)
+    except RecursionError:  # nesting within the JSON parser's depth but beyond ours
+        raise ApiError(400, "The request is nested too deeply.", code="invalid_value") from None
+    return req, opts, check_request(req, body, fmt.name.startswith("anthropic")), body
+
+
+def check_request(req: EngineRequest, body: Any, anthropic: bool = False) -> float:
+    """Bounds on the parsed request as a whole: output size, and schemas that cannot fit.
+
+    Returns the characters the largest required schema needs at least (0 without one)."""
+    param = output_param(body)
+    cap = req.max_tokens
+    spec = req.output
+    if spec is None:
+        return 0.0
+    budget = min(cap or MAX_OUTPUT_TOKENS, MAX_OUTPUT_TOKENS)
+    # Tool calls may be skipped (tool_choice auto), so only forced ones must fit.
+    schemas = [spec.json_schema] if spec.json_schema is not None else []
+    if spec.tool_choice == "tool":
+        schemas += [t.schema for t in spec.tools if t.name == spec.forced_tool]
+    elif spec.tool_choice == "required" and spec.tools:
+        schemas.append(min((t.schema for t in spec.tools), key=min_tokens))
+    most = 0.0
+    for schema in schemas:
+        need = min_tokens(schema)
+        most = max(most, need * MAX_CHARS_PER_TOKEN)
+        if need == math.inf:
+            msg = "the schema cannot be satisfied: no finite JSON value is valid against it"
+        elif need > budget:
+            msg = (
+                f"the schema needs at least {need} output tokens, more than the {budget} "
+                f"that {param} allows"
+            )
+        else:
+            continue
+        if anthropic:
+            raise ApiError(400, f"{param}: {msg}")
+        raise ApiError(400, f"Invalid '{param}': {msg}.", param=param, code="invalid_value")
+    return most
