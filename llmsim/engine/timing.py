@@ -276,7 +276,7 @@ class TokenSchedule:
     Exact and without a load factor, any token's time is computed directly.
     """
 
-    __slots__ = ("_clock", "_i", "_pool", "_t", "due", "first_s")
+    __slots__ = ("_clock", "_i", "_pool", "_t", "_tbt", "first_s")
 
     def __init__(self, first_s: float, clock: TokenClock, pool: object | None = None) -> None:
         self.first_s = first_s
@@ -284,14 +284,15 @@ class TokenSchedule:
         self._pool = pool if pool is not None and getattr(pool, "load_factor", 0) > 0 else None
         self._i = 0
         self._t = first_s
-        if self._pool is None and clock.exact:
-            tbt = clock.tbt_s
-            self.due = lambda i: first_s + i * tbt  # type: ignore[method-assign]
-        else:
-            self.due = self._drawn  # type: ignore[method-assign]
+        # Exact and unloaded: any token's time directly (None: each gap drawn as it comes).
+        # Not a bound method stored on self: that would be a reference cycle per request.
+        self._tbt = clock.tbt_s if self._pool is None and clock.exact else None
 
-    def _drawn(self, i: int) -> float:
+    def due(self, i: int) -> float:
         """Token i's offset, drawing the gaps up to it (in non-decreasing i)."""
+        tbt = self._tbt
+        if tbt is not None:
+            return self.first_s + i * tbt
         clock = self._clock
         # Asked in non-decreasing order (the loop may ask for the same token twice).
         while self._i < i:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import gevent
 from geventhttpclient.response import HTTPConnectionClosed
 from geventhttpclient.url import URL
 from locust import task
@@ -75,6 +76,27 @@ def split_host(host: str) -> tuple[str, str]:
     return f"{u.scheme}://{u.netloc}", path
 
 
+class _SpawnBatch:
+    """Users constructed within BATCH_GAP_S of each other belong to one spawn batch."""
+
+    BATCH_GAP_S = 0.005
+
+    def __init__(self) -> None:
+        self.last = -1.0
+        self.count = 0
+
+    def add(self, now: float) -> None:
+        self.count = self.count + 1 if now - self.last <= self.BATCH_GAP_S else 1
+        self.last = now
+
+    def size(self) -> int:
+        """The size of the latest batch (asked by its users once the whole batch is out)."""
+        return self.count
+
+
+_spawn_batch = _SpawnBatch()
+
+
 class LLMUser(FastHttpUser):
     """Sends the configured workload to one LLM API and records TTFT, ITL, TPOT, E2E, tokens.
 
@@ -115,6 +137,11 @@ class LLMUser(FastHttpUser):
     reader: ClassVar[EventReader]
 
     _user_seq: ClassVar[int] = 0
+    # Locust spawns each second's batch of users back to back, so their first requests would
+    # all leave in the same millisecond: a CPU burst in this process and in the server that
+    # delays the first tokens of streams already running. A user spawned in a batch starts
+    # its first request at a random point of this window instead (closed loop only).
+    batch_start_spread_s: float = 1.0
 
     def __init__(self, environment: Any) -> None:
         self.llm: LLMConfig = resolve_config(type(self), environment.parsed_options)
@@ -141,6 +168,7 @@ class LLMUser(FastHttpUser):
         headers.update({k: str(v) for k, v in self.llm.extra_headers.items()})
         self._headers = headers
         LLMUser._user_seq += 1
+        _spawn_batch.add(time.perf_counter())
         seed = None
         if self.llm.seed is not None:
             # distinct per user and per worker process, reproducible run to run
@@ -196,6 +224,13 @@ class LLMUser(FastHttpUser):
         return body
 
     # ------------------------------------------------------------------ the task
+
+    def on_start(self) -> None:
+        """Spread the first requests of users spawned together (see batch_start_spread_s)."""
+        if self.llm.open_loop or self.batch_start_spread_s <= 0:
+            return
+        if _spawn_batch.size() > 1:  # not the workload's rng: --seed keeps the same prompts
+            gevent.sleep(random.random() * self.batch_start_spread_s)
 
     def on_stop(self) -> None:
         self._http.close()

@@ -204,11 +204,22 @@ RESULTS_DIR = Opt(
     ui=False,
 )
 
+DEFAULT_GC = Opt(
+    "default_gc",
+    "--llm-default-gc",
+    "LOCUST_LLM_DEFAULT_GC",
+    "on",
+    "Keep CPython's default garbage collection in this process. By default llmsim freezes what "
+    "is loaded at start-up and scans old objects once a minute, not while streams are timed "
+    "(long scans otherwise delay token reads by up to tens of ms; see llmsim/gcpolicy.py).",
+    ui=False,
+)
+
 
 def add_arguments(parser: Any) -> None:
     """Register every option on Locust's parser (events.init_command_line_parser)."""
     # Straight on the parser: only LocustArgumentParser.add_argument knows include_in_web_ui.
-    for opt in (*OPTIONS, RESULTS_DIR):
+    for opt in (*OPTIONS, RESULTS_DIR, DEFAULT_GC):
         kwargs: dict[str, Any] = {"env_var": opt.env, "help": opt.help}
         if opt.kind in ("on", "off"):
             kwargs.update(action="store_true", default=False)

@@ -15,6 +15,7 @@ from locust import events
 from locust.runners import STATE_RUNNING, MasterRunner
 from locust.stats import StatsCSV
 
+from llmsim import gcpolicy
 from llmsim.load.histogram import install_bucketing
 from llmsim.load.metrics import PAYLOAD_KEY
 from llmsim.load.options import (
@@ -116,6 +117,9 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any)
     # libev caches the loop's clock: after a blocking warm-up (seconds on a busy machine), the
     # --run-time timer Locust sets next would start from a stale "now" and cut the run short.
     gevent.get_hub().loop.update_now()
+    opts = environment.parsed_options
+    if not getattr(opts, "llm_default_gc", False):
+        gcpolicy.install()  # after the warm-up: what it loaded is frozen out of every scan
     ev = environment.events
 
     watcher: list[gevent.Greenlet] = []

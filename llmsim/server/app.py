@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from llmsim import __version__
+from llmsim import __version__, gcpolicy
 from llmsim.api import anthropic_messages, azure, errors, gemini, vllm_extras
 from llmsim.api.anthropic_messages import AnthropicMessages
 from llmsim.api.errors import ApiError
@@ -253,7 +253,11 @@ def create_app(
                 "in_flight": len(loop),
                 "sweeps": loop.sweeps,
                 "fired": loop.fired,
+                "lateness": loop.lateness.snapshot(),
             }
+        policy = gcpolicy.active()
+        if policy is not None:
+            snap["gc"] = policy.snapshot()
         if engines is not None and state.shared.engine_stats is not None:
             rc = engines.replica_config
             snap["engine"] = {

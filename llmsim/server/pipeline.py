@@ -211,10 +211,14 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
     start = environ.get(START_KEY) or time.monotonic()
     state.refresh()  # a PATCH /llmsim/config in any worker applies from the next request
     settings, stats = state.settings, state.stats
+    # Between the steps of a request, events that fell due go out first (see catch_up).
+    catch_up = state.stream_loop().catch_up
+    catch_up()
     try:
         data = read_body(environ, settings.max_body_bytes)
         heavy = len(data) > offload.HEAVY_BODY_BYTES
         req, opts, schema_chars, body = offload.call(heavy, bounds.parse, fmt, data)
+        catch_up()
         if settings.replay:
             req.replay_key = request_key(req.model, body)
         if settings.strict_models and req.model not in state.known_models:
@@ -301,12 +305,14 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
             finally:
                 stats.gauge(stats_slot, "waiting", -1)
         gen.start_running()
+        catch_up()
         reply = offload.call(
             offload.heavy_plan(req, schema_chars),
             state.engine.plan,
             req,
             api_chunk_tokens(fmt.name),
         )
+        catch_up()
     except BaseException as exc:
         gen.finish(accounting.failure_kind(exc))
         accounting.mark_counted(exc)

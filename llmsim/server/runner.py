@@ -119,6 +119,9 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
                 return http_hygiene.client_error_response(exc)
             finally:
                 self._cancel_head_timer()
+                env = getattr(self, "environ", None)
+                if env is not None:  # the response is over: no handler <-> environ cycle
+                    env.pop(HANDLER_KEY, None)
 
         def _cancel_head_timer(self):
             if self.head_timer is not None:
@@ -221,6 +224,7 @@ def serve_on_socket(
     import gevent.event
     from gevent.pool import Pool
 
+    from llmsim import gcpolicy
     from llmsim.server.app import create_app
     from llmsim.server.http_hygiene import FdGuard
 
@@ -253,9 +257,10 @@ def serve_on_socket(
 
     server.handlers = weakref.WeakSet()
     server.fd_guard = FdGuard()
-    # What exists now lives as long as the server: keep it out of the cyclic GC's scans, which
-    # otherwise take ~8 ms per full collection for these objects alone, stalling every stream.
-    gc.freeze()
+    # What exists now lives as long as the server: frozen out of the cyclic GC's scans, which
+    # otherwise take ~8 ms per full collection for these objects alone, stalling every stream;
+    # and no automatic old-generation scans while streams are timed (see gcpolicy.py).
+    gcpolicy.install()
     # Not serve_forever(): on its way out it stops the handlers with its own 1 s timeout, which
     # cut every stream after 1 s whatever the grace period. The drain owns the shutdown.
     server.start()

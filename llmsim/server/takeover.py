@@ -168,6 +168,7 @@ class SocketSink:
 
     def _release(self) -> None:
         self._stop_reader()
+        self.stream = None  # the stream holds this sink: no cycle left for the GC to find
         self.done.set()
 
 
