@@ -343,3 +343,29 @@ def test_mixed_and_multiturn_locustfiles(llmsim_server, tmp_path):
         # each turn adds the reply (about 5 tokens once re-encoded), its framing and a new
         # 300-token user turn
         assert 300 + 5 <= b - a <= 300 + 20 and 300 + 5 <= c - b <= 300 + 20
+
+
+def test_run_time_up_each_user_ends_after_its_own_request(llmsim_server, tmp_path):
+    # At the end of a headless run every user finishes the request it is in and stops on its
+    # own (Locust's stop of all users at one instant delays the streams still being read);
+    # nothing is cut, nothing new starts after the run time, and the run does not wait for
+    # the --stop-timeout backstop.
+    server = llmsim_server(*EXACT)
+    t0 = time.time()
+    run = run_locust(
+        CHAT,
+        server.base_url,
+        tmp_path,
+        *("-u", "6", "-r", "6", "-t", "3s", "--stop-timeout", "20"),
+        *("--llm-max-tokens", "90", "--llm-ignore-eos", "--llm-prompt-tokens", "16"),
+    )
+    wall = time.time() - t0
+    assert run.returncode == 0, run.output[-2000:]
+    assert "the run time is up and every request ended" in run.output, run.output[-2000:]
+    s = run.summary
+    assert s["requests"]["failed"] == 0 and s["requests"]["total"] >= 6
+    assert all(r["status"] == "ok" and r["output_tokens"] == "90" for r in run.rows)
+    starts = [float(r["start_time"]) for r in run.rows]
+    # ~1.6 s per request: each user starts at most 2 in 3 s, the last one before the end.
+    assert max(starts) - min(starts) < 3.5, starts
+    assert wall < 3 + 20, wall  # far from the backstop (about 3 + 1.6 + linger here)

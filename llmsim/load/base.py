@@ -38,7 +38,7 @@ from llmsim.load import errors as E
 from llmsim.load.metrics import LLMMetrics, RequestRecord
 from llmsim.load.options import LLMConfig, resolve_config
 from llmsim.load.reactor import read_body
-from llmsim.load.runtime import get_metrics
+from llmsim.load.runtime import get_runtime
 from llmsim.load.stream import EventReader, SSEConsumer, StreamState, read_whole
 from llmsim.load.workload import PlannedRequest, Workload, load_dataset, prompt_tokens_of
 
@@ -155,7 +155,8 @@ class LLMUser(FastHttpUser):
             # bound stays moderate because geventhttpclient retries a send up to pool size times.
             self.concurrency = max(self.concurrency, self.llm.max_in_flight or 2048)
         super().__init__(environment)
-        self.metrics: LLMMetrics = get_metrics(environment)
+        self.runtime = get_runtime(environment)
+        self.metrics: LLMMetrics = self.runtime.metrics
         self.origin, self.base_path = split_host(self.host)
         agent = self.client.client  # FastHttpUser's LocustUserAgent, with the class's settings
         self._http = agent.clientpool.get_client(URL(self.origin))
@@ -239,6 +240,8 @@ class LLMUser(FastHttpUser):
     def chat_task(self) -> None:
         """One request of the configured workload (one turn of a conversation); in open loop,
         the whole schedule (each request in its own greenlet)."""
+        if self.runtime.ending:  # the run's time is up: end after the last request
+            raise StopUser()
         if self.llm.open_loop:
             from llmsim.load.openloop import run_open_loop
 

@@ -85,7 +85,7 @@ def run_open_loop(user: LLMUser) -> None:
             delay = due - perf()
             if delay > 0:
                 gevent.sleep(delay)
-            if user._state == LOCUST_STATE_STOPPING:
+            if user._state == LOCUST_STATE_STOPPING or user.runtime.ending:
                 break  # the test is stopping: no new requests; those in flight may finish
             if limit is not None and len(group) >= limit:
                 metrics.dropped += 1

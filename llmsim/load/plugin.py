@@ -7,6 +7,7 @@ our users), before Locust forks `--processes` workers, so every process gets the
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import gevent
@@ -91,7 +92,41 @@ def _finite(environment: Any) -> bool:
     return bool(classes) and all(issubclass(cls, LLMUser) and finite(cls) for cls in classes)
 
 
-def _end_when_all_users_are_done(environment: Any) -> None:
+def _soft_end_after(environment: Any, runner: Any) -> float | None:
+    """The run time after which llmsim's users end themselves, or None (Locust ends the run).
+
+    When a headless run's time is up, Locust stops every user at one instant: 500 users
+    mean ~50 ms of work in this process while their streams are being read, and every
+    first token due then is measured that much late. A standalone run of llmsim's users
+    instead lets each user finish the request it is in and stop (so that work is spread over
+    the requests' own ends); Locust's own stop, moved --stop-timeout later, only cuts what is
+    still running then, as --stop-timeout always did. Distributed runs keep Locust's stop:
+    the master alone knows the time.
+    """
+    from llmsim.load.base import LLMUser
+
+    opts = environment.parsed_options
+    if opts is None or not opts.headless or not getattr(opts, "run_time", None):
+        return None
+    if isinstance(runner, MasterRunner) or not environment.stop_timeout:
+        return None
+    classes = environment.user_classes or []
+    if not classes or not all(issubclass(cls, LLMUser) for cls in classes):
+        return None
+    return float(opts.run_time)
+
+
+def _end_softly(environment: Any, rt: Any, after_s: float) -> None:
+    gevent.sleep(after_s)
+    rt.ending = True  # LLMUser.chat_task: no new request; each user stops after its own
+    # Locust's stop (the backstop, --stop-timeout from now) cuts whatever is still running.
+    environment.stop_timeout = 0
+    _end_when_all_users_are_done(environment, "the run time is up and every request ended")
+
+
+def _end_when_all_users_are_done(
+    environment: Any, why: str = "every user made its --llm-requests-per-user requests"
+) -> None:
     # Locust keeps a run going after every user has stopped; a run of N requests per user
     # should end when the last one is done (workers report their user counts every 3 s).
     runner = environment.runner
@@ -101,7 +136,7 @@ def _end_when_all_users_are_done(environment: Any) -> None:
         gevent.sleep(0.2)
     while not (runner.state == STATE_RUNNING and runner.user_count == 0):
         gevent.sleep(0.5)
-    logger.info("llmsim: every user made its --llm-requests-per-user requests, stopping")
+    logger.info("llmsim: %s, stopping", why)
     runner.stop()
     if environment.parsed_options is None or not environment.parsed_options.headless:
         return
@@ -121,6 +156,15 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any)
     if not getattr(opts, "llm_default_gc", False):
         gcpolicy.install()  # after the warm-up: what it loaded is frozen out of every scan
     ev = environment.events
+    soft_end = _soft_end_after(environment, runner)
+    if soft_end is not None:  # Locust's own stop becomes the backstop (see _soft_end_after)
+        opts.run_time = math.ceil(soft_end + environment.stop_timeout)
+        logger.info(
+            "llmsim: after %gs each user ends once its request is done; Locust's stop at %ss "
+            "(run time + --stop-timeout) cuts what is still running then",
+            soft_end,
+            opts.run_time,
+        )
 
     watcher: list[gevent.Greenlet] = []
 
@@ -139,6 +183,8 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any)
         rt.on_test_start(results_dir(opts))
         if not rt.is_worker and _finite(environment):
             watcher.append(gevent.spawn(_end_when_all_users_are_done, environment))
+        elif soft_end is not None:
+            watcher.append(gevent.spawn(_end_softly, environment, rt, soft_end))
 
     def on_test_stop(**_: Any) -> None:
         while watcher:

@@ -40,6 +40,9 @@ class LLMRuntime:
         self.samples: dict[int, tuple[int, int]] = {}  # second -> (users, in-flight)
         self.timeline = Timeline()  # the web UI's charts
         self._sampler: gevent.Greenlet | None = None
+        # Set when a headless run's time is up (plugin._end_softly): each LLMUser finishes the
+        # request it is in and stops, rather than all being stopped by Locust at one instant.
+        self.ending = False
 
     @property
     def is_worker(self) -> bool:
@@ -58,6 +61,7 @@ class LLMRuntime:
         self.timeline.reset()
         self.start_time = time.time()
         self.end_time = None
+        self.ending = False
         if self.is_worker:
             return
         if results_dir:

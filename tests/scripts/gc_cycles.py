@@ -10,7 +10,6 @@ import collections
 import gc
 import json
 import os
-import socket
 import sys
 
 import gevent
