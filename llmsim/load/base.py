@@ -36,7 +36,7 @@ from locust.exception import StopTest, StopUser
 
 from llmsim.load import errors as E
 from llmsim.load.metrics import LLMMetrics, RequestRecord
-from llmsim.load.options import LLMConfig, resolve_config
+from llmsim.load.options import LLMConfig
 from llmsim.load.reactor import read_body
 from llmsim.load.runtime import get_runtime
 from llmsim.load.stream import EventReader, SSEConsumer, StreamState, read_whole
@@ -144,7 +144,7 @@ class LLMUser(FastHttpUser):
     batch_start_spread_s: float = 1.0
 
     def __init__(self, environment: Any) -> None:
-        self.llm: LLMConfig = resolve_config(type(self), environment.parsed_options)
+        self.llm: LLMConfig = get_runtime(environment).config_for(type(self))
         # FastHttpUser reads its client settings from the instance: --llm-timeout is the wait
         # for the next bytes of a reply; connection_timeout and the rest stay the class's own.
         self.network_timeout = self.llm.timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any
@@ -43,12 +44,28 @@ class LLMRuntime:
         # Set when a headless run's time is up (plugin._end_softly): each LLMUser finishes the
         # request it is in and stops, rather than all being stopped by Locust at one instant.
         self.ending = False
+        self._configs: dict[type, Any] = {}  # user class -> its resolved LLMConfig, per run
 
     @property
     def is_worker(self) -> bool:
         from locust.runners import WorkerRunner
 
         return isinstance(self.environment.runner, WorkerRunner)
+
+    def config_for(self, user_class: type) -> Any:
+        """The user class's settings, resolved once per run (a user gets its own copy).
+
+        Resolving reads ~25 options and parses distributions: half of what constructing a
+        user costs, and Locust constructs each second's batch of users back to back.
+        """
+        from llmsim.load.options import resolve_config
+
+        cfg = self._configs.get(user_class)
+        if cfg is None:
+            cfg = self._configs[user_class] = resolve_config(
+                user_class, self.environment.parsed_options
+            )
+        return copy.copy(cfg)
 
     # ------------------------------------------------------------------ run lifecycle
 
@@ -62,6 +79,7 @@ class LLMRuntime:
         self.start_time = time.time()
         self.end_time = None
         self.ending = False
+        self._configs.clear()  # the web UI may have changed the options
         if self.is_worker:
             return
         if results_dir:
