@@ -120,3 +120,12 @@ def test_client_disconnect_frees_the_stream(llmsim_server):
     r = stream_chat(server.base_url, {**BODY, "max_tokens": 3})
     assert r.done and len(r.content_times) == 3
     assert server.proc.poll() is None
+
+
+def test_sigterm_right_after_the_start_up_line_drains_and_exits_0(llmsim_server):
+    # The start-up line is printed once the signal handlers are in place: a script that waits
+    # for it and stops the server at once gets a clean exit, not a kill by SIGTERM (-15).
+    for _ in range(3):
+        server = llmsim_server()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(10) == 0

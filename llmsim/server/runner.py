@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TextIO
 
@@ -217,9 +218,17 @@ def _make_server_class():
 
 
 def serve_on_socket(
-    settings: Settings, sock: socket.socket, worker: int = 0, shared: Shared | None = None
+    settings: Settings,
+    sock: socket.socket,
+    worker: int = 0,
+    shared: Shared | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve on an already-bound socket until SIGTERM/SIGINT, then drain and return."""
+    """Serve on an already-bound socket until SIGTERM/SIGINT, then drain and return.
+
+    `ready` is called once the server accepts connections and handles the stop signals (so
+    a script that reads the start-up line and sends SIGTERM at once gets a drain, not a kill).
+    """
     import gevent
     import gevent.event
     from gevent.pool import Pool
@@ -264,6 +273,8 @@ def serve_on_socket(
     # Not serve_forever(): on its way out it stops the handlers with its own 1 s timeout, which
     # cut every stream after 1 s whatever the grace period. The drain owns the shutdown.
     server.start()
+    if ready is not None:
+        ready()
     stopped.wait()
     drain(server, settings.grace_period_s)
 
@@ -298,8 +309,13 @@ def serve(settings: Settings, out: TextIO | None = None) -> int:
     gc.freeze()  # before forking too: a worker's GC then never writes to the shared pages
     url = base_url(sock, tls=bool(settings.ssl_certfile))
     if settings.workers == 1:
-        print(startup_line(settings, url), file=out, flush=True)
-        serve_on_socket(settings, sock, 0, shared)
+        serve_on_socket(
+            settings,
+            sock,
+            0,
+            shared,
+            lambda: print(startup_line(settings, url), file=out, flush=True),
+        )
         return 0
     # The parent keeps the listener open: a restarted worker accepts on it too.
     supervisor = Supervisor(settings, sock, shared, serve_on_socket)
