@@ -160,6 +160,10 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     # loaded one (3.2 ms was seen with another test suite sharing the 2 cores).
     assert fid["planned_ttft_ms"]["p50"] == 50 and 0 <= fid["ttft_ms"]["p50"] <= 8, fid
     assert abs(fid["ttft_p50_error_pct"]) <= 6
+    # The simulator's own share, from its /llmsim/stats: every stream's first event counted.
+    own = fid["simulator_lateness_ms"]["first_event"]
+    assert own["count"] >= summary["whole_run"]["requests"]["total"], fid
+    assert own["p50_ms"] <= 5, fid
     assert summary["slo"]["passed"] and summary["status"] == "passed"
     assert summary["exit_code"] == 0
     assert summary["config"]["simulator"]["ttft_ms"] == 50

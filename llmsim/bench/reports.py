@@ -68,10 +68,19 @@ def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | 
     fid = (summary.get("fidelity") or {}).get("ttft_ms") or {}
     p99 = fid.get("p99")
     if p99 is not None and abs(p99) > FIDELITY_P99_WARN_MS:
+        own = ((summary.get("fidelity") or {}).get("simulator_lateness_ms") or {}).get(
+            "first_event"
+        ) or {}
+        share = ""
+        if own.get("p99_ms") is not None:
+            share = (
+                f" The simulator's own first events left at most {own['p99_ms']:g} ms late at "
+                f"p99 (max {own.get('max_ms') or 0:.1f} ms): the rest is the client's side."
+            )
         out.append(
             f"Fidelity p99 is {p99:.1f} ms: some first tokens were seen more than "
             f"{FIDELITY_P99_WARN_MS:g} ms later than the simulator planned, so the client or the "
-            f"simulator was short of CPU at times ({_cpu_story(client)})."
+            f"simulator was short of CPU at times ({_cpu_story(client)}).{share}"
         )
     other = client.get("other_busy_cores")
     if other is not None and other >= 0.5:

@@ -137,6 +137,25 @@ class _Interrupts:
             signal.signal(sig, old)
 
 
+def simulator_lateness(base_url: str) -> dict[str, Any] | None:
+    """The embedded simulator's own lateness (GET /llmsim/stats), or None if it cannot say.
+
+    Fidelity (measured minus planned TTFT) is the simulator's lateness plus the client's: with
+    this a report can say which side was late.
+    """
+    url = base_url.removesuffix("/v1") + "/llmsim/stats"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            stats = json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+    late = (stats.get("stream_loop") or {}).get("lateness")
+    if not late:
+        return None
+    keep = ("count", "p50_ms", "p99_ms", "max_ms")
+    return {kind: {k: late[kind].get(k) for k in keep} for kind in ("first_event", "events")}
+
+
 def run_bench(
     cfg: BenchConfig,
     out: TextIO | None = None,
@@ -217,6 +236,10 @@ def run_bench(
     if recorder is not None:
         recorder.stop()
     if server is not None:
+        if simulator is not None:  # how late the simulator's own writes left (its share)
+            lateness = simulator_lateness(server.base_url)
+            if lateness is not None:
+                simulator["lateness_ms"] = lateness
         server.stop()
 
     if state.started is None:

@@ -156,6 +156,9 @@ def build_summary(
     out["errors"] = dict(errors) if isinstance(errors, Mapping) else dict(log.errors)
 
     out["fidelity"] = _fidelity(llm, log, out["ttft_ms"])
+    if out["fidelity"] is not None and simulator and simulator.get("lateness_ms"):
+        # The simulator's own share of the error: how late its writes left against plan.
+        out["fidelity"]["simulator_lateness_ms"] = simulator["lateness_ms"]
     out["client"] = dict(client)
     out["config"] = {**config, "simulator": dict(simulator) if simulator else None}
     return out
