@@ -83,7 +83,7 @@ def arrivals(rate: float, n: int, seed: int) -> list[float]:
 
 
 class _Conn:
-    __slots__ = ("buf", "done", "sent", "sock", "times")
+    __slots__ = ("buf", "done", "sent", "sock", "status", "times")
 
     def __init__(self, sock: socket.socket, sent: float) -> None:
         self.sock = sock
@@ -91,9 +91,12 @@ class _Conn:
         self.buf = b""
         self.times: list[float] = []
         self.done = False
+        self.status = 0
 
     def feed(self, data: bytes, t: float) -> None:
         self.buf += data
+        if not self.status and b"\r\n" in self.buf:
+            self.status = int(self.buf.split(b" ", 2)[1])  # "HTTP/1.1 200 OK"
         while b"\n\n" in self.buf:
             event, self.buf = self.buf.split(b"\n\n", 1)
             i = event.find(b"data: ")
@@ -106,15 +109,26 @@ class _Conn:
                 self.times.append(t)
 
 
-def open_loop(url: str, times: list[float], prompts: list[str]) -> tuple[list[Result], float]:
-    """Send request i at times[i] (s from start) on its own connection; read SSE as it comes."""
+def open_loop(
+    url: str,
+    times: list[float],
+    prompts: list[str],
+    outputs: list[int] | None = None,
+    failures: list[tuple[int, int, int]] | None = None,
+) -> tuple[list[Result], float]:
+    """Send request i at times[i] (s from start) on its own connection; read SSE as it comes.
+
+    Each reply is `outputs[i]` tokens long (`ignore_eos`), OUTPUT when not given. Only complete
+    replies (status 200, `[DONE]`, every token) are returned; the others are appended to
+    `failures` as (index, HTTP status, tokens received).
+    """
     host, port = url.split("//")[1].split("/")[0].split(":")
     port_n = int(port)
     reqs = []
-    for p in prompts:
+    for k, p in enumerate(prompts):
         body = json.dumps(
-            {"model": MODEL, "prompt": p, "max_tokens": OUTPUT, "ignore_eos": True,
-             "stream": True}
+            {"model": MODEL, "prompt": p, "max_tokens": outputs[k] if outputs else OUTPUT,
+             "ignore_eos": True, "stream": True}
         ).encode()  # fmt: skip
         head = (
             f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
@@ -156,9 +170,15 @@ def open_loop(url: str, times: list[float], prompts: list[str]) -> tuple[list[Re
                 ep.unregister(fd)
                 c.sock.close()
                 del conns[fd]
+                k = index.pop(fd)
+                want = outputs[k] if outputs else OUTPUT
+                if c.status != 200 or not c.done or len(c.times) != want:
+                    if failures is not None:
+                        failures.append((k, c.status, len(c.times)))
+                    continue
                 r = Result(arrival=c.sent - t0)
                 r.tokens = [x - t0 for x in c.times]
-                results[index.pop(fd)] = r
+                results[k] = r
     ep.close()
     cpu1 = psutil.Process().cpu_times()
     client_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
@@ -201,7 +221,8 @@ def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
             ts = arrivals(rate, n, seed=int(rate * 1000))
             prompts = [exact_prompt(PROMPT, int(rate * 1000) * 10_000 + k) for k in range(n)]
             others = round(psutil.cpu_percent(interval=0.5) * psutil.cpu_count(), 1)
-            served, client_cpu = open_loop(url, ts, prompts)
+            failed: list[tuple[int, int, int]] = []
+            served, client_cpu = open_loop(url, ts, prompts, failures=failed)
             # The same arrivals and lengths in pure simulation.
             rep = replica_for("llama-3-8b-a100")
             sim = _sim_at(rep, ts)
@@ -210,9 +231,10 @@ def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
             below = rate < knee
             keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90") if below else ("throughput",)
             bound = 0.2 if below else 0.1
-            ok = all(abs(errs[k]) <= bound for k in keys) and len(served) == n
+            ok = all(abs(errs[k]) <= bound for k in keys) and len(served) == n and not failed
             out.append(
-                {"rate": rate, "n": n, "served": len(served), "server": s_srv, "sim": s_sim,
+                {"rate": rate, "n": n, "served": len(served), "failed": failed,
+                 "server": s_srv, "sim": s_sim,
                  "errors": errs, "checked": keys, "bound": bound, "ok": ok,
                  "client_cpu_s": round(client_cpu, 2), "others_cpu_pct": others}
             )  # fmt: skip
@@ -221,7 +243,8 @@ def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
             worst = max(abs(errs[k]) for k in keys)
             print(
                 f"{'':>14}  checked {', '.join(keys)}: worst error {worst:.1%} (bound {bound:.0%})"
-                f" {'ok' if ok else 'FAIL'}; served {len(served)}/{n}; others' CPU {others}%"
+                f" {'ok' if ok else 'FAIL'}; served {len(served)}/{n}, failed {len(failed)}"
+                f" {failed[:5]}; others' CPU {others}%"
             )
     finally:
         procs.close()
@@ -334,6 +357,10 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer requests per load")
     p.add_argument("--no-server", action="store_true", help="pure simulation only")
     p.add_argument("--plots", type=Path, default=None, help="write the plots to this folder")
+    p.add_argument(
+        "--server-rates", type=float, nargs="+", default=None,
+        help="loads (req/s) to check through the server (default: 2 6 12 16 and 32)",
+    )  # fmt: skip
     a = p.parse_args()
     scale = 0.5 if a.quick else 1.0
 
@@ -358,7 +385,7 @@ def main() -> int:
     if not a.no_server:
         print("== through the server (open-loop raw-socket client) vs the same arrivals simulated")
         below = [r for r in (2, 6, 12, 16) if r < knee]
-        result["server"] = server_check([*below, 32], knee, n_srv)
+        result["server"] = server_check(a.server_rates or [*below, 32], knee, n_srv)
         result["ok"] = all(r["ok"] for r in result["server"])
         print("fidelity:", "ok" if result["ok"] else "FAIL")
     if a.plots:

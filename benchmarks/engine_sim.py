@@ -69,7 +69,8 @@ def simulate(replica: Replica, requests: list[tuple[float, int, int, list[int]]]
             now = busy
             replica.finish_step(now)
             busy = None
-        elif i < n and (busy is not None or replica.idle):
+        elif i < n and (busy is not None or replica.idle or nxt <= now):
+            # Requests arriving at the same instant all join before the next step starts.
             now = max(now, nxt)
             arrival, p_len, o_len, ids = requests[i]
             rid = str(i)

@@ -8,7 +8,8 @@ A step's time is composed the way Vidur composes it from its per-operator profil
   per token of context attended;
 - prefill attention of a chunk of c tokens after k cached ones costs per chunk plus per
   query-key pair, c × (k + c / 2);
-- plus a fixed overhead per step (scheduler, sampler), when the preset has one.
+- plus a fixed overhead per step (scheduler, sampler), when the preset has one;
+- all of it times the preset's calibration factor, when a whole-curve reference gave one.
 """
 
 from __future__ import annotations
@@ -115,6 +116,19 @@ class Preset:
         return max(1, self.num_gpu_blocks * 16 // block_size)
 
 
+def calibrated_step_time(d: dict[str, Any]) -> StepTimeModel:
+    """A preset's step time with its calibration applied.
+
+    The profile-built composition leaves out what Vidur's kernel profiles do not hold (the LM
+    head, sampling, the host's time between steps). Where a whole-curve measurement of a real
+    server on the same hardware exists, the preset's `calibration.step_time_scale` (fitted by
+    benchmarks/engine_reference.py --fit, the reference named beside it) stretches every step.
+    """
+    model = StepTimeModel.from_dict(d["step_time"])
+    scale = float(d.get("calibration", {}).get("step_time_scale", 1.0))
+    return model if scale == 1.0 else model.scaled(scale)
+
+
 def preset_names() -> list[str]:
     root = resources.files("llmsim.engine.presets")
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
@@ -143,7 +157,7 @@ def load_preset(name: str) -> Preset:
         kv_bytes_per_token=int(kv["bytes_per_token"]),
         max_num_seqs=int(defaults["max_num_seqs"]),
         max_num_batched_tokens=int(defaults["max_num_batched_tokens"]),
-        step_time=StepTimeModel.from_dict(d["step_time"]),
+        step_time=calibrated_step_time(d),
         raw=d,
     )
     _CACHE[name] = preset

@@ -1,0 +1,219 @@
+"""Engine mode against a published real-GPU curve: Llama-3-8B on one A100-80GB, vLLM v0.6.0.
+
+    python benchmarks/engine_reference.py [--server] [--preset llama-3-8b-a100]
+
+The reference (benchmarks/data/lambda_vllm_a100_llama3_8b.json, from LambdaLabsML/vllm-benchmark
+on GitHub, the files and commit named in it): vLLM's own `benchmark_serving.py` run against
+`vllm serve meta-llama/Meta-Llama-3-8B-Instruct` on one A100-80GB SXM (BF16, TP 1, vLLM v0.6.0,
+`--num-scheduler-steps 10`, `--max-model-len 2000`, `--max-num-seqs 256`), ShareGPT prompts, all
+N prompts sent at once (`--request-rate inf`) for N = 10, 20, 40, 80, 160 and 320: from a light
+batch to a saturated one. Each file gives the per-request prompt and reply lengths, so the very
+same workload is replayed here.
+
+The replay: N requests at t = 0 with those lengths (a reply of 0 tokens is one token that
+printed nothing, as in vLLM; its TTFT counts as 0 like the benchmark's), on the preset with the
+engine options vLLM v0.6.0 ran with (multi-step scheduling excludes chunked prefill, so
+`--no-enable-chunked-prefill`, whose budget vLLM sets to max(max_model_len, 2048) = 2048 tokens,
+and `--no-enable-prefix-caching`, V0's default).
+Figures are computed as `benchmark_serving.py` does: TTFT mean / median over every request, TPOT
+= (latency - TTFT) / (output - 1) over requests with more than one token, output throughput =
+output tokens / duration. With --server the replay also goes through `llmsim serve --engine vllm`
+with the same options, read by an open-loop raw-socket client.
+
+What cannot match: multi-step scheduling streams tokens in runs of 10 steps (so its ITL is ~10x
+its TPOT: ITL is not compared) and admits new prefills only between runs; vLLM v0.6.0 also has
+CPU time between steps (scheduling, detokenizing) that the preset, built from GPU kernel
+profiles, leaves out. Both make the real server slower than the preset: the errors below say by
+how much, point by point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_sim import Result, replica_for, simulate
+
+from llmsim.engine.scheduler import Replica
+from llmsim.engine.steptime import StepTimeModel, load_preset
+
+DATA = Path(__file__).resolve().parent / "data" / "lambda_vllm_a100_llama3_8b.json"
+# vLLM v0.6.0's engine options in that run (see the module docstring).
+ENGINE = {
+    "chunked_prefill": False, "max_num_batched_tokens": 2048, "max_model_len": 2000,
+    "prefix_caching": False,
+}  # fmt: skip
+SERVE_FLAGS = (
+    "--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048", "--max-model-len", "2000",
+    "--no-enable-prefix-caching",
+)  # fmt: skip
+METRICS = (
+    "output_throughput", "mean_ttft_ms", "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
+)  # fmt: skip
+
+
+def load_reference(path: Path = DATA) -> dict:
+    """The reference file: its source, what it measured, and one entry per N."""
+    return json.loads(path.read_text())
+
+
+def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[str, float]:
+    """`benchmark_serving.py`'s figures for replies of the published lengths `outs`."""
+    ttfts, tpots, total = [], [], 0
+    end = start
+    for r, n in zip(results, outs, strict=True):
+        end = max(end, r.tokens[-1])
+        total += n
+        # A reply of 0 tokens printed nothing: the benchmark records no first token (TTFT 0).
+        ttfts.append(0.0 if n == 0 else (r.tokens[0] - start) * 1000)
+        if n > 1:
+            tpots.append((r.tokens[-1] - r.tokens[0]) / (n - 1) * 1000)
+    return {
+        "output_throughput": total / (end - start),
+        "mean_ttft_ms": statistics.fmean(ttfts),
+        "median_ttft_ms": statistics.median(ttfts),
+        "mean_tpot_ms": statistics.fmean(tpots),
+        "median_tpot_ms": statistics.median(tpots),
+    }
+
+
+def replay_sim(
+    preset: str, ins: list[int], outs: list[int], raw_scale: float | None = None
+) -> list[Result]:
+    """All requests at t = 0 through one replica of `preset`, pure simulation.
+
+    With `raw_scale`, the preset's uncalibrated step time times that factor instead.
+    """
+    rep = replica_for(preset, **ENGINE)
+    if raw_scale is not None:
+        raw = StepTimeModel.from_dict(load_preset(preset).raw["step_time"])
+        rep = Replica(rep.config, raw.scaled(raw_scale))
+    reqs = [
+        (0.0, p, max(1, o), list(range(i * 10_000, i * 10_000 + p)))
+        for i, (p, o) in enumerate(zip(ins, outs, strict=True))
+    ]
+    return simulate(rep, reqs)
+
+
+def replay_server(
+    url: str, ins: list[int], outs: list[int]
+) -> tuple[list[Result], list[tuple[int, int, int]]]:
+    """All requests at once through a running `llmsim serve --engine vllm`, raw sockets: the
+    complete replies, and (index, status, tokens) of any that were not."""
+    from engine_fidelity import exact_prompt, open_loop
+
+    # Prompts unlike those of every other point (the reference ran without a prefix cache).
+    prompts = [exact_prompt(p, 7_000_000 + len(ins) * 1000 + i) for i, p in enumerate(ins)]
+    failed: list[tuple[int, int, int]] = []
+    served, _cpu = open_loop(url, [0.0] * len(ins), prompts, [max(1, o) for o in outs], failed)
+    return served, failed
+
+
+def fit_scale(preset: str, points: list[dict]) -> tuple[float, float]:
+    """The factor on the uncalibrated step time that best matches the published median TPOT
+    over the whole curve (least squares of the log ratios), and its RMS error."""
+    best = (1.0, float("inf"))
+    for k in range(81):  # 0.90 ... 1.30 in steps of 0.005
+        f = 0.9 + 0.005 * k
+        sq = 0.0
+        for pt in points:
+            got = figures(replay_sim(preset, pt["input_lens"], pt["output_lens"], f),
+                          pt["output_lens"])  # fmt: skip
+            sq += math.log(got["median_tpot_ms"] / pt["median_tpot_ms"]) ** 2
+        rms = math.sqrt(sq / len(points))
+        if rms < best[1]:
+            best = (round(f, 3), rms)
+    return best
+
+
+def errors(got: dict[str, float], ref: dict) -> dict[str, float]:
+    """Relative error of each figure against the published one (+ = llmsim higher)."""
+    return {k: (got[k] - ref[k]) / ref[k] for k in METRICS}
+
+
+def fmt(tag: str, f: dict[str, float]) -> str:
+    return (
+        f"{tag:>16} {f['output_throughput']:7.0f} tok/s  TTFT mean {f['mean_ttft_ms']:7.0f} "
+        f"median {f['median_ttft_ms']:7.0f} ms  TPOT mean {f['mean_tpot_ms']:6.1f} "
+        f"median {f['median_tpot_ms']:6.1f} ms"
+    )
+
+
+def fmt_err(tag: str, e: dict[str, float]) -> str:
+    return (
+        f"{tag:>16} {e['output_throughput']:+7.1%}         TTFT mean {e['mean_ttft_ms']:+7.1%}"
+        f" median {e['median_ttft_ms']:+7.1%}     TPOT mean {e['mean_tpot_ms']:+6.1%}"
+        f" median {e['median_tpot_ms']:+6.1%}"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="llama-3-8b-a100")
+    p.add_argument("--server", action="store_true", help="also replay through llmsim serve")
+    p.add_argument("--fit", action="store_true", help="fit the preset's step_time_scale")
+    p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
+    a = p.parse_args()
+    ref = load_reference()
+    print(f"reference: {ref['source']}\n  {ref['what']}")
+    cal = load_preset(a.preset).raw.get("calibration", {})
+    print(f"preset {a.preset}: step_time_scale {cal.get('step_time_scale', 1.0)}")
+    if a.fit:
+        f, rms = fit_scale(a.preset, ref["points"])
+        print(f"fitted step_time_scale {f} (RMS error of median TPOT over the curve {rms:.1%})")
+        return 0
+    procs = url = None
+    if a.server:
+        from locust_common import Procs
+
+        procs = Procs()
+        url = procs.start_target(
+            "-m", "llmsim", "serve", "--port", "0", "--engine", "vllm", "--seed", "1",
+            "--preset", a.preset, *SERVE_FLAGS,
+        )  # fmt: skip
+    rows = []
+    try:
+        for point in ref["points"]:
+            n, ins, outs = point["num_prompts"], point["input_lens"], point["output_lens"]
+            sim = figures(replay_sim(a.preset, ins, outs), outs)
+            row = {"num_prompts": n, "published": {k: point[k] for k in METRICS}, "sim": sim,
+                   "sim_error": errors(sim, point)}  # fmt: skip
+            print(f"== N = {n} prompts at once ({sum(ins):,} prompt / {sum(outs):,} reply tokens)")
+            print(fmt("vLLM (A100)", point))
+            print(fmt("llmsim sim", sim))
+            print(fmt_err("error", row["sim_error"]))
+            if url is not None:
+                others = round(psutil.cpu_percent(interval=0.5) * psutil.cpu_count(), 1)
+                served, failed = replay_server(url, ins, outs)
+                ok = not failed
+                if failed:
+                    print(f"{'':>16} FAILED (index, status, tokens): {failed[:10]}")
+                    rows.append({**row, "failed": failed})
+                    continue
+                start = min(r.arrival for r in served)
+                srv = figures(served, outs, start=start)
+                row.update(server=srv, server_error=errors(srv, point), served_ok=ok,
+                           others_cpu_pct=others)  # fmt: skip
+                print(fmt("llmsim serve", srv))
+                print(fmt_err("error", row["server_error"]))
+                print(f"{'':>16} every reply complete: {ok}; others' CPU {others}%")
+            rows.append(row)
+    finally:
+        if procs is not None:
+            procs.close()
+    worst = {k: max(abs(r["sim_error"][k]) for r in rows) for k in METRICS}
+    print("worst |error| over the curve (sim): "
+          + ", ".join(f"{k} {v:.1%}" for k, v in worst.items()))  # fmt: skip
+    a.json.write_text(json.dumps({"source": ref["source"], "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
