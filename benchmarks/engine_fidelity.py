@@ -83,7 +83,7 @@ def arrivals(rate: float, n: int, seed: int) -> list[float]:
 
 
 class _Conn:
-    __slots__ = ("buf", "done", "sent", "sock", "status", "times")
+    __slots__ = ("buf", "done", "rid", "sent", "sock", "status", "times")
 
     def __init__(self, sock: socket.socket, sent: float) -> None:
         self.sock = sock
@@ -92,11 +92,20 @@ class _Conn:
         self.times: list[float] = []
         self.done = False
         self.status = 0
+        self.rid = ""
 
     def feed(self, data: bytes, t: float) -> None:
         self.buf += data
-        if not self.status and b"\r\n" in self.buf:
-            self.status = int(self.buf.split(b" ", 2)[1])  # "HTTP/1.1 200 OK"
+        if not self.status and b"\r\n\r\n" in self.buf:
+            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            self.status = int(lines[0].split(" ", 2)[1])  # "HTTP/1.1 200 OK"
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "x-request-id":
+                    self.rid = value.strip()
+        if not self.status:
+            return
         while b"\n\n" in self.buf:
             event, self.buf = self.buf.split(b"\n\n", 1)
             i = event.find(b"data: ")
@@ -176,7 +185,7 @@ def open_loop(
                     if failures is not None:
                         failures.append((k, c.status, len(c.times)))
                     continue
-                r = Result(arrival=c.sent - t0)
+                r = Result(arrival=c.sent - t0, request_id=c.rid)
                 r.tokens = [x - t0 for x in c.times]
                 results[k] = r
     ep.close()
@@ -227,6 +236,7 @@ def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
             rep = replica_for("llama-3-8b-a100")
             sim = _sim_at(rep, ts)
             s_srv, s_sim = summary(served), summary(sim)
+            late = server_lateness(url.rsplit("/v1", 1)[0], served)
             errs = {k: (s_srv[k] - s_sim[k]) / s_sim[k] for k in s_sim}
             below = rate < knee
             keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90") if below else ("throughput",)
@@ -236,7 +246,8 @@ def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
                 {"rate": rate, "n": n, "served": len(served), "failed": failed,
                  "server": s_srv, "sim": s_sim,
                  "errors": errs, "checked": keys, "bound": bound, "ok": ok,
-                 "client_cpu_s": round(client_cpu, 2), "others_cpu_pct": others}
+                 "client_cpu_s": round(client_cpu, 2), "others_cpu_pct": others,
+                 "server_lateness_ms": late}
             )  # fmt: skip
             print(fmt_row(f"{rate:g}/s server", s_srv))
             print(fmt_row("sim", s_sim))
@@ -246,9 +257,39 @@ def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
                 f" {'ok' if ok else 'FAIL'}; served {len(served)}/{n}, failed {len(failed)}"
                 f" {failed[:5]}; others' CPU {others}%"
             )
+            print(
+                f"{'':>14}  server's intake p50 {late['intake_p50']:.1f} p90 "
+                f"{late['intake_p90']:.1f} ms; lateness (sent - planned): first token p50 "
+                f"{late['first_p50']:.1f} p90 {late['first_p90']:.1f} ms, last token p50 "
+                f"{late['last_p50']:.1f} p90 {late['last_p90']:.1f} ms"
+            )
     finally:
         procs.close()
     return out
+
+
+def server_lateness(base: str, served: list[Result]) -> dict[str, float]:
+    """What the server adds to the schedule, from its event log (ms, p50 and p90): its intake
+    (headers read -> joining a replica) and its lateness (sent - planned) of each reply's
+    first and last token. Both grow when the server is starved of CPU."""
+    import httpx
+
+    first, last, intake = [], [], []
+    with httpx.Client(timeout=10) as client:
+        for r in served:
+            got = client.get(f"{base}/llmsim/requests/{r.request_id}")
+            if got.status_code != 200:
+                continue
+            intake.append(got.json().get("admitted_ms", float("nan")))
+            events = [e for e in got.json()["events"] if e["tokens"] > 0]
+            if events:
+                first.append(events[0]["sent_ms"] - events[0]["planned_ms"])
+                last.append(events[-1]["sent_ms"] - events[-1]["planned_ms"])
+    return {
+        "intake_p50": pct(intake, 50), "intake_p90": pct(intake, 90),
+        "first_p50": pct(first, 50), "first_p90": pct(first, 90),
+        "last_p50": pct(last, 50), "last_p90": pct(last, 90),
+    }  # fmt: skip
 
 
 def _sim_at(replica, ts: list[float]) -> list[Result]:

@@ -20,6 +20,7 @@ class Result:
 
     arrival: float
     tokens: list[float] = field(default_factory=list)
+    request_id: str = ""  # the server's x-request-id, when it went through one
 
     @property
     def ttft(self) -> float:

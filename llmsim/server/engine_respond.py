@@ -97,6 +97,9 @@ def respond(
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens,
             "chunk_tokens": str(reply.chunking._spec),
+            # Headers read -> joining the engine (body, parsing, planning, tokenizing): the
+            # server's own intake, which the schedule's planned times start after.
+            "admitted_ms": round((seq.arrival - start) * 1000, 3),
         },
     )
     ctx = RenderContext(state.engine.system_fingerprint)
