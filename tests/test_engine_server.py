@@ -150,6 +150,11 @@ def test_a_shared_prefix_lowers_ttft_and_counts_hits(engine_server, client) -> N
     warm = stream_chat(base, two, client)  # the cached prefix, then a few tokens: one step
     assert cold.ttft_s is not None and warm.ttft_s is not None
     assert warm.ttft_s < cold.ttft_s / 2, (warm.ttft_s, cold.ttft_s)
+    # The event log says how long the server took to take the request in, and when each token
+    # was planned (its step's end) against when it went out.
+    log = client.get(f"{engine_server.url}/llmsim/requests/{cold.headers['x-request-id']}").json()
+    assert 0 <= log["admitted_ms"] < cold.ttft_s * 1000
+    assert all(e["sent_ms"] >= e["planned_ms"] - 5 for e in log["events"])
     metrics = client.get(engine_server.url + "/metrics").text
     hits = _metric(metrics, "vllm:prefix_cache_hits_total") - before
     assert hits >= 4000  # the system prompt's full blocks
