@@ -1,6 +1,6 @@
 """Engine mode against a published real-GPU curve: Llama-3-8B on one A100-80GB, vLLM v0.6.0.
 
-    python benchmarks/engine_reference.py [--server] [--preset llama-3-8b-a100]
+    python benchmarks/engine_reference.py [--reference a100|h100|all] [--server] [--fit]
 
 The reference (benchmarks/data/lambda_vllm_a100_llama3_8b.json, from LambdaLabsML/vllm-benchmark
 on GitHub, the files and commit named in it): vLLM's own `benchmark_serving.py` run against
@@ -44,24 +44,37 @@ from engine_sim import Result, replica_for, simulate
 from llmsim.engine.scheduler import Replica
 from llmsim.engine.steptime import StepTimeModel, load_preset
 
-DATA = Path(__file__).resolve().parent / "data" / "lambda_vllm_a100_llama3_8b.json"
-# vLLM v0.6.0's engine options in that run (see the module docstring).
-ENGINE = {
-    "chunked_prefill": False, "max_num_batched_tokens": 2048, "max_model_len": 2000,
-    "prefix_caching": False,
-}  # fmt: skip
-SERVE_FLAGS = (
-    "--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048", "--max-model-len", "2000",
-    "--no-enable-prefix-caching",
-)  # fmt: skip
+DATA = Path(__file__).resolve().parent / "data"
+# The references: one file per GPU, each naming the preset it checks and vLLM's options.
+REFERENCES = {
+    "a100": DATA / "lambda_vllm_a100_llama3_8b.json",
+    "h100": DATA / "lambda_vllm_h100_llama3_8b.json",
+}
+
+
+def engine_options(ref: dict) -> dict:
+    """vLLM v0.6.0's engine options in the reference run (see the module docstring)."""
+    return {**ref["engine"], "chunked_prefill": False, "prefix_caching": False}
+
+
+def serve_flags(ref: dict) -> tuple[str, ...]:
+    """The same options as `llmsim serve` flags."""
+    e = ref["engine"]
+    return (
+        "--no-enable-chunked-prefill", "--no-enable-prefix-caching",
+        "--max-num-batched-tokens", str(e["max_num_batched_tokens"]),
+        "--max-model-len", str(e["max_model_len"]),
+    )  # fmt: skip
+
+
 METRICS = (
     "output_throughput", "mean_ttft_ms", "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
 )  # fmt: skip
 
 
-def load_reference(path: Path = DATA) -> dict:
-    """The reference file: its source, what it measured, and one entry per N."""
-    return json.loads(path.read_text())
+def load_reference(name: str = "a100") -> dict:
+    """A reference file: its source, what it measured, its preset and one entry per N."""
+    return json.loads(REFERENCES[name].read_text())
 
 
 def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[str, float]:
@@ -85,13 +98,11 @@ def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[
 
 
 def replay_sim(
-    preset: str, ins: list[int], outs: list[int], raw_scale: float | None = None
+    preset: str, engine: dict, ins: list[int], outs: list[int], raw_scale: float | None = None
 ) -> list[Result]:
-    """All requests at t = 0 through one replica of `preset`, pure simulation.
-
-    With `raw_scale`, the preset's uncalibrated step time times that factor instead.
-    """
-    rep = replica_for(preset, **ENGINE)
+    """All requests at t = 0 through one replica of `preset` with `engine` options, pure
+    simulation. With `raw_scale`, the preset's uncalibrated step time times that factor."""
+    rep = replica_for(preset, **engine)
     if raw_scale is not None:
         raw = StepTimeModel.from_dict(load_preset(preset).raw["step_time"])
         rep = Replica(rep.config, raw.scaled(raw_scale))
@@ -116,18 +127,21 @@ def replay_server(
     return served, failed
 
 
-def fit_scale(preset: str, points: list[dict]) -> tuple[float, float]:
+def fit_scale(preset: str, engine: dict, points: list[dict]) -> tuple[float, float]:
     """The factor on the uncalibrated step time that best matches the published median TPOT
-    over the whole curve (least squares of the log ratios), and its RMS error."""
+    over the whole curve (least squares of the log ratios), and its RMS error; the RMS error
+    of the uncalibrated preset is printed beside it."""
     best = (1.0, float("inf"))
     for k in range(81):  # 0.90 ... 1.30 in steps of 0.005
         f = 0.9 + 0.005 * k
         sq = 0.0
         for pt in points:
-            got = figures(replay_sim(preset, pt["input_lens"], pt["output_lens"], f),
+            got = figures(replay_sim(preset, engine, pt["input_lens"], pt["output_lens"], f),
                           pt["output_lens"])  # fmt: skip
             sq += math.log(got["median_tpot_ms"] / pt["median_tpot_ms"]) ** 2
         rms = math.sqrt(sq / len(points))
+        if k == 20:
+            print(f"uncalibrated (1.0): RMS error of median TPOT {rms:.1%}")
         if rms < best[1]:
             best = (round(f, 3), rms)
     return best
@@ -154,56 +168,52 @@ def fmt_err(tag: str, e: dict[str, float]) -> str:
     )
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="llama-3-8b-a100")
-    p.add_argument("--server", action="store_true", help="also replay through llmsim serve")
-    p.add_argument("--fit", action="store_true", help="fit the preset's step_time_scale")
-    p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
-    a = p.parse_args()
-    ref = load_reference()
+def check(name: str, preset: str | None, server: bool, fit: bool) -> dict:
+    """Replay one reference through its preset (or `preset`); print and return the errors."""
+    ref = load_reference(name)
+    preset = preset or ref["preset"]
+    engine = engine_options(ref)
     print(f"reference: {ref['source']}\n  {ref['what']}")
-    cal = load_preset(a.preset).raw.get("calibration", {})
-    print(f"preset {a.preset}: step_time_scale {cal.get('step_time_scale', 1.0)}")
-    if a.fit:
-        f, rms = fit_scale(a.preset, ref["points"])
+    cal = load_preset(preset).raw.get("calibration", {})
+    print(f"preset {preset}: step_time_scale {cal.get('step_time_scale', 1.0)}")
+    if fit:
+        f, rms = fit_scale(preset, engine, ref["points"])
         print(f"fitted step_time_scale {f} (RMS error of median TPOT over the curve {rms:.1%})")
-        return 0
+        return {"reference": name, "preset": preset, "fitted_scale": f, "rms": rms}
     procs = url = None
-    if a.server:
+    if server:
         from locust_common import Procs
 
         procs = Procs()
         url = procs.start_target(
             "-m", "llmsim", "serve", "--port", "0", "--engine", "vllm", "--seed", "1",
-            "--preset", a.preset, *SERVE_FLAGS,
+            "--preset", preset, *serve_flags(ref),
         )  # fmt: skip
     rows = []
+    gpu = name.upper()
     try:
         for point in ref["points"]:
             n, ins, outs = point["num_prompts"], point["input_lens"], point["output_lens"]
-            sim = figures(replay_sim(a.preset, ins, outs), outs)
+            sim = figures(replay_sim(preset, engine, ins, outs), outs)
             row = {"num_prompts": n, "published": {k: point[k] for k in METRICS}, "sim": sim,
                    "sim_error": errors(sim, point)}  # fmt: skip
             print(f"== N = {n} prompts at once ({sum(ins):,} prompt / {sum(outs):,} reply tokens)")
-            print(fmt("vLLM (A100)", point))
+            print(fmt(f"vLLM ({gpu})", point))
             print(fmt("llmsim sim", sim))
             print(fmt_err("error", row["sim_error"]))
             if url is not None:
                 others = round(psutil.cpu_percent(interval=0.5) * psutil.cpu_count(), 1)
                 served, failed = replay_server(url, ins, outs)
-                ok = not failed
                 if failed:
                     print(f"{'':>16} FAILED (index, status, tokens): {failed[:10]}")
                     rows.append({**row, "failed": failed})
                     continue
                 start = min(r.arrival for r in served)
                 srv = figures(served, outs, start=start)
-                row.update(server=srv, server_error=errors(srv, point), served_ok=ok,
-                           others_cpu_pct=others)  # fmt: skip
+                row.update(server=srv, server_error=errors(srv, point), others_cpu_pct=others)
                 print(fmt("llmsim serve", srv))
                 print(fmt_err("error", row["server_error"]))
-                print(f"{'':>16} every reply complete: {ok}; others' CPU {others}%")
+                print(f"{'':>16} every reply complete; others' CPU {others}%")
             rows.append(row)
     finally:
         if procs is not None:
@@ -211,7 +221,20 @@ def main() -> int:
     worst = {k: max(abs(r["sim_error"][k]) for r in rows) for k in METRICS}
     print("worst |error| over the curve (sim): "
           + ", ".join(f"{k} {v:.1%}" for k, v in worst.items()))  # fmt: skip
-    a.json.write_text(json.dumps({"source": ref["source"], "rows": rows}, indent=1))
+    return {"reference": name, "source": ref["source"], "preset": preset, "rows": rows}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reference", choices=[*REFERENCES, "all"], default="all")
+    p.add_argument("--preset", default=None, help="instead of the reference's own preset")
+    p.add_argument("--server", action="store_true", help="also replay through llmsim serve")
+    p.add_argument("--fit", action="store_true", help="fit the preset's step_time_scale")
+    p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
+    a = p.parse_args()
+    names = list(REFERENCES) if a.reference == "all" else [a.reference]
+    out = [check(name, a.preset, a.server, a.fit) for name in names]
+    a.json.write_text(json.dumps(out, indent=1))
     return 0
 
 
