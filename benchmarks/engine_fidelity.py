@@ -270,7 +270,7 @@ def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
 
 def server_lateness(base: str, served: list[Result]) -> dict[str, float]:
     """What the server adds to the schedule, from its event log (ms, p50 and p90): its intake
-    (headers read -> joining a replica) and its lateness (sent - planned) of each reply's
+    (request line in -> joining a replica) and its lateness (sent - planned) of each reply's
     first and last token. Both grow when the server is starved of CPU."""
     import httpx
 

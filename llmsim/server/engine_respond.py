@@ -97,8 +97,8 @@ def respond(
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens,
             "chunk_tokens": str(reply.chunking._spec),
-            # Headers read -> joining the engine (body, parsing, planning, tokenizing): the
-            # server's own intake, which the schedule's planned times start after.
+            # Request line in -> joining the engine (headers, body, parsing, planning,
+            # tokenizing): the server's own intake, which the schedule starts after.
             "admitted_ms": round((seq.arrival - start) * 1000, 3),
         },
     )
