@@ -21,12 +21,15 @@ import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from llmsim import __version__
 from llmsim.record.apis import read_request
 from llmsim.record.recording import Capture, analyse
+
+if TYPE_CHECKING:
+    from llmsim.record.hub_relay import HubRelays
 
 # Headers of one hop, not of the message (RFC 9110 §7.6.1), plus the ones urllib3 sets itself.
 _HOP = frozenset(
@@ -41,6 +44,7 @@ _HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
+        "expect",  # the body is sent with the head: no 100 Continue to wait for
     }
 )
 _SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
@@ -166,6 +170,8 @@ class Recorder:
         import gevent.queue
         import urllib3
 
+        from llmsim.record.hub_relay import HubRelays
+
         self.cfg = cfg
         self.origin, self.prefix = split_target(cfg.target)
         self.pool = urllib3.PoolManager(maxsize=4096, block=False, retries=False)
@@ -175,6 +181,11 @@ class Recorder:
         self.sink = sink
         self.recorded = 0
         self.in_flight = 0
+        self.max_capture = MAX_CAPTURE_BYTES
+        self.hub: HubRelays | None = None
+        parts = urlsplit(self.origin)
+        if parts.scheme == "http":  # TLS upstreams are read through urllib3's SSL sockets
+            self.hub = HubRelays(self, parts.hostname or "", parts.port or 80, cfg.timeout_s, _HOP)
 
     def write_loop(self) -> None:
         """Hand finished exchanges to the sink until None arrives (off the forwarding path)."""
@@ -188,6 +199,7 @@ class Recorder:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         from llmsim.server.pipeline import SOCKET_KEY, START_KEY
+        from llmsim.server.takeover import HANDLER_KEY
 
         start = environ.get(START_KEY) or time.monotonic()
         path = environ.get("PATH_INFO", "")
@@ -222,8 +234,16 @@ class Recorder:
         info = read_request(path, query, body)
         info.secrets = secrets
         cap = Capture(time.time() - (time.monotonic() - start), start, method, path, info)
-        upstream_path = self.prefix + path
-        url = self.origin + upstream_path + (f"?{query}" if query else "")
+        upstream_path = self.prefix + path + (f"?{query}" if query else "")
+        handler = environ.get(HANDLER_KEY)
+        if self.hub is not None and method != "HEAD" and _raw_socket(handler) is not None:
+            try:
+                return self.hub.start(
+                    handler, start_response, cap, method, upstream_path, headers, body
+                )
+            except OSError as exc:
+                return self._unreachable(start_response, cap, exc)
+        url = self.origin + upstream_path
         try:
             resp = self.pool.urlopen(
                 method,
@@ -236,19 +256,7 @@ class Recorder:
                 timeout=self.timeout,
             )
         except self.errors as exc:
-            cap.status, cap.outcome, cap.end = 502, "upstream_unreachable", time.monotonic()
-            cap.detail = f"{type(exc).__name__}: {exc}"
-            self.queue.put(cap)
-            return self._json(
-                start_response,
-                "502 Bad Gateway",
-                {
-                    "error": {
-                        "message": f"llmsim record: upstream {self.origin} unreachable",
-                        "type": "upstream_error",
-                    }
-                },
-            )
+            return self._unreachable(start_response, cap, exc)
         cap.first_byte = time.monotonic()
         cap.status = resp.status
         cap.headers = list(resp.headers.items())
@@ -257,6 +265,21 @@ class Recorder:
             out_headers.append(("Content-Length", resp.headers["content-length"]))
         start_response(f"{resp.status} {resp.reason or ''}".strip(), out_headers)
         return _Relay(self, resp, cap, environ.get(SOCKET_KEY))
+
+    def _unreachable(self, start_response: Any, cap: Capture, exc: Exception) -> list[bytes]:
+        cap.status, cap.outcome, cap.end = 502, "upstream_unreachable", time.monotonic()
+        cap.detail = f"{type(exc).__name__}: {exc}"
+        self.queue.put(cap)
+        return self._json(start_response, "502 Bad Gateway", self.unreachable_body())
+
+    def unreachable_body(self) -> dict[str, Any]:
+        """The 502 answer when the upstream cannot be reached or sent no valid reply."""
+        return {
+            "error": {
+                "message": f"llmsim record: upstream {self.origin} unreachable",
+                "type": "upstream_error",
+            }
+        }
 
     def health(self) -> dict[str, Any]:
         """What /health answers: the recorder's own state, not the upstream's."""
@@ -276,6 +299,14 @@ class Recorder:
             status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         )
         return [data]
+
+
+def _raw_socket(handler: Any) -> Any:
+    """The OS socket under a gevent handler's client socket (None: no handler, or TLS)."""
+    sock = getattr(handler, "socket", None)
+    if sock is None or hasattr(sock, "getpeercert"):
+        return None
+    return getattr(sock, "_sock", None)
 
 
 class _Relay:
@@ -400,6 +431,8 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
     finally:
         rec.queue.put(None)
         writer.join(timeout=30)
+        if rec.hub is not None:
+            rec.hub.close()
         # The analysis process writes what is left, then ends. Closed through a file object:
         # gevent's patched os.close defers the close to a loop iteration that never comes.
         open(write_fd, "wb", buffering=0).close()

@@ -1,0 +1,558 @@
+"""The recorder's fast path: every response is relayed from the gevent hub, none by a greenlet.
+
+A relayed stream has no greenlet of its own. Its handler greenlet sends the request upstream
+and parks; one libev read watcher on the upstream socket runs a callback in the hub that takes
+what one `recv()` brings, timestamps it, and writes it straight to the client socket the gevent
+WSGI handler holds (a raw non-blocking `send()`, as the simulator's stream loop does in
+`server/takeover.py`). The response head is parsed in that callback too, so the first event
+goes out with the head in one send, without a greenlet switch.
+
+Bytes pass through unchanged: a chunked upstream body is forwarded with its own framing (the
+client's response is chunked too), a Content-Length body as it is. The callback only follows
+the chunk framing far enough to know where the message ends and to hand the recorder the
+payload of each read (what `recording.analyse` parses), the same bytes as the urllib3 path.
+
+Backpressure: a client socket that does not take everything keeps the rest, the upstream
+watcher stops (so the upstream's own socket buffers fill and slow it down) and a write watcher
+flushes the rest before reading resumes. A read watcher on the client notices a hang-up while
+the upstream is still thinking, and the upstream request is abandoned at once.
+
+Plain-http upstreams only: a TLS upstream is read through its SSL object on urllib3's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from typing import Any
+
+from llmsim.record.recording import Capture
+from llmsim.server import fastio
+
+_READ, _WRITE = 1, 2
+MAX_HEAD_BYTES = 64 * 1024
+_RECV = 65536
+# What the old path answered on an upstream that never replied (urllib3 raised on the read).
+UNREACHABLE = "upstream_unreachable"
+
+
+class ProtocolError(Exception):
+    """The upstream sent something that is not HTTP/1.1."""
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one plain-http origin (gevent sockets)."""
+
+    def __init__(self, host: str, port: int, connect_timeout_s: float = 10.0) -> None:
+        self.host, self.port = host, port
+        self.host_header = host if port == 80 else f"{host}:{port}"
+        self.connect_timeout_s = connect_timeout_s
+        self.idle: list[Any] = []
+        self.max_idle = 4096
+
+    def get(self) -> tuple[Any, bool]:
+        """(connection, reused): an idle one that is still open, else a new one (may raise)."""
+        while self.idle:
+            conn = self.idle.pop()
+            if _still_open(conn._sock):
+                return conn, True
+            conn.close()
+        return self.connect(), False
+
+    def connect(self) -> Any:
+        """A new connection (raises OSError when the upstream cannot be reached)."""
+        import gevent.socket
+
+        conn = gevent.socket.create_connection((self.host, self.port), self.connect_timeout_s)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def put(self, conn: Any) -> None:
+        """Keep `conn` for the next request (its response was read to the end)."""
+        if len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        while self.idle:
+            self.idle.pop().close()
+
+
+def _still_open(raw: socket.socket) -> bool:
+    try:
+        return raw.recv(1, socket.MSG_PEEK) is None  # data on an idle connection: not HTTP
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def request_bytes(
+    method: str, target: str, host: str, headers: dict[str, str], body: bytes
+) -> bytes:
+    """The HTTP/1.1 request sent upstream (headers as the client gave them, minus hop ones)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def parse_head(head: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+    """(status, reason, headers) of a response head (without its final blank line)."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ProtocolError(f"bad status line {lines[0][:80]!r}")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and headers:  # obsolete line folding
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip()}")
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise ProtocolError(f"bad header line {line[:80]!r}")
+        headers.append((name, value.strip()))
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+
+
+class Dechunker:
+    """Follows a chunked body as it arrives: the payload of each read, and where it ends."""
+
+    __slots__ = ("done", "left", "line", "skip", "trailer")
+
+    def __init__(self) -> None:
+        self.left = 0  # payload bytes still due in the current chunk
+        self.skip = 0  # CRLF bytes still due after a chunk's payload
+        self.line = b""  # a size or trailer line split across reads
+        self.trailer = False
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload in `data`; sets `done` at the end of the message (bytes beyond it are
+        a protocol error, as are bad size lines)."""
+        out = []
+        i, n = 0, len(data)
+        while i < n:
+            if self.done:
+                raise ProtocolError("bytes after the end of a chunked body")
+            if self.left:
+                j = min(n, i + self.left)
+                out.append(data[i:j])
+                self.left -= j - i
+                if not self.left:
+                    self.skip = 2
+                i = j
+                continue
+            if self.skip:
+                j = min(n, i + self.skip)
+                self.skip -= j - i
+                i = j
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > 4096:
+                    raise ProtocolError("chunk size line too long")
+                break
+            line = (self.line + data[i:j]).strip()
+            self.line = b""
+            i = j + 1
+            if self.trailer:
+                self.done = not line
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
+            if size < 0:
+                raise ProtocolError("negative chunk size")
+            if size:
+                self.left = size
+            else:
+                self.trailer = True
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+class HubRelay:
+    """One exchange on the fast path: the WSGI body the recorder's app returns.
+
+    Iterating it starts the watchers and parks the handler greenlet until the response is over;
+    it yields nothing (the hub wrote everything), except a 502 when the upstream never answered.
+    """
+
+    def __init__(
+        self,
+        relays: HubRelays,
+        handler: Any,
+        start_response: Any,
+        cap: Capture,
+        request: bytes,
+        conn: Any,
+        reused: bool,
+    ) -> None:
+        import gevent.event
+
+        self.relays, self.handler, self.start_response = relays, handler, start_response
+        self.cap, self.request, self.conn, self.reused = cap, request, conn, reused
+        self.client = handler.socket._sock
+        self.up = conn._sock
+        self.loop = relays.loop
+        self.done = gevent.event.Event()
+        self.buf = b""  # the response head while it is incomplete
+        self.mode = ""  # how the body ends: "chunked", "length", "close", "none"
+        self.frame = False  # wrap payload in chunk framing for the client (upstream had none)
+        self.payload_only = False  # upstream chunked, client not: send the payload alone
+        self.dechunk: Dechunker | None = None
+        self.left = 0  # Content-Length bytes still due
+        self.size = 0
+        self.pending: bytes | None = None
+        self.complete = False  # the whole upstream message is in
+        self.keep = True  # the upstream connection may serve another request
+        self.failure = ""  # set when the exchange ended badly before a head was sent
+        self.last = time.monotonic()
+        self.up_watch: Any = None
+        self.client_watch: Any = None
+        self.write_watch: Any = None
+
+    def __iter__(self) -> Any:
+        try:
+            while True:
+                self._start()
+                self.done.wait()
+                if self.failure != "retry":
+                    break
+                # The idle connection had been closed upstream before our request reached it
+                # (nothing came back): once more, on a new connection.
+                self.failure = ""
+                self.done.clear()
+                self.conn, self.reused = self.relays.pool.connect(), False
+                self.up = self.conn._sock
+                self.conn.sendall(self.request)
+        except Exception as exc:  # connecting or sending again failed: an unreachable upstream
+            self.failure = UNREACHABLE
+            self.cap.detail = f"{type(exc).__name__}: {exc}"
+            self._end(UNREACHABLE)
+        finally:
+            if not self.done.is_set():  # the handler was killed (shutdown): abandon it
+                self._end("client_disconnect")
+                self.handler.close_connection = True
+        if self.failure:
+            yield from self.relays.rec._json(
+                self.start_response, "502 Bad Gateway", self.relays.rec.unreachable_body()
+            )
+
+    def close(self) -> None:
+        """Called by the server when it is done, also when the client went away mid-reply."""
+        if not self.done.is_set():
+            self._end("client_disconnect")
+
+    def _start(self) -> None:
+        self.relays.active.add(self)
+        self.up_watch = self.loop.io(self.up.fileno(), _READ)
+        self.up_watch.start(self._on_upstream)
+        if self.client_watch is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.client_watch = self.loop.io(self.client.fileno(), _READ)
+                self.client_watch.start(self._on_client)
+
+    # --- hub callbacks ---------------------------------------------------------------------
+
+    def _on_client(self) -> None:
+        try:
+            data = self.client.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._stop("client_watch")
+        if not data:  # the client hung up: abandon the upstream request too
+            self._end("client_disconnect")
+
+    def _on_upstream(self) -> None:
+        try:
+            data = self.up.recv(_RECV)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.cap.detail = type(exc).__name__
+            data = b""
+        now = time.monotonic()
+        self.last = now
+        try:
+            if not data:
+                self._upstream_eof(now)
+                return
+            if self.cap.first_byte is None:
+                out = self._head(data, now)
+                if out is None:
+                    return
+            else:
+                out = self._body(data, now)
+        except ProtocolError as exc:
+            self.cap.detail = str(exc)
+            self.keep = False
+            if self.cap.first_byte is None or not self.handler.headers_sent:
+                self.failure = UNREACHABLE
+                self._end(UNREACHABLE)
+            else:
+                self._break_off(now)
+            return
+        self._send(out)
+        if self.complete and self.pending is None:
+            self._end("ok", now)
+
+    def _upstream_eof(self, now: float) -> None:
+        self.keep = False
+        if not self.handler.headers_sent:
+            if self.reused and not self.buf and self.cap.first_byte is None:
+                self.failure = "retry"
+                self._end("retry")
+            else:
+                self.failure = UNREACHABLE
+                self.cap.detail = self.cap.detail or "upstream closed before a response"
+                self._end(UNREACHABLE)
+        elif self.mode == "close":  # the end of a body delimited by the connection's close
+            self.complete = True
+            if self.frame:
+                self._send(b"0\r\n\r\n")
+            if self.pending is None:
+                self._end("ok", now)
+        else:
+            self.cap.detail = self.cap.detail or "upstream closed mid-reply"
+            self._break_off(now)
+
+    def _break_off(self, now: float) -> None:
+        # The upstream broke off mid-reply: break off to the client too, as it would have.
+        self.cap.outcome = "drop"
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_RDWR)
+        self._end("drop", now)
+
+    def _head(self, data: bytes, now: float) -> bytes | None:
+        buf = self.buf + data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise ProtocolError("response head too large")
+                self.buf = buf
+                return None
+            status, reason, headers = parse_head(buf[:end])
+            buf = buf[end + 4 :]
+            if status >= 200 or status == 101:
+                break  # interim responses (100 Continue) are not the answer
+        self.buf = b""
+        cap, h = self.cap, self.handler
+        cap.first_byte = now
+        cap.status = status
+        cap.headers = headers
+        lower = {k.lower(): v for k, v in headers}
+        hop = self.relays.hop
+        out_headers = [(k, v) for k, v in headers if k.lower() not in hop]
+        if "close" in lower.get("connection", "").lower():
+            self.keep = False
+        te = lower.get("transfer-encoding", "").lower()
+        if status in (204, 304) or 100 <= status < 200:
+            self.mode = "none"
+        elif te.rsplit(",", 1)[-1].strip() == "chunked":
+            self.mode = "chunked"
+            self.dechunk = Dechunker()
+        elif te:
+            raise ProtocolError(f"transfer-encoding {te!r}")
+        elif "content-length" in lower:
+            try:
+                self.left = int(lower["content-length"])
+            except ValueError:
+                raise ProtocolError("bad content-length") from None
+            self.mode = "length"
+            out_headers.append(("Content-Length", lower["content-length"]))
+        else:
+            self.mode = "close"
+            self.keep = False
+        self.start_response(f"{status} {reason}".strip(), out_headers)
+        h.headers_sent = True
+        h.finalize_headers()
+        if self.mode == "chunked":
+            self.payload_only = not h.response_use_chunked
+        elif self.mode == "close":
+            self.frame = h.response_use_chunked
+        if not h.response_use_chunked and self.mode in ("chunked", "close"):
+            h.close_connection = True  # the client's body ends with the connection
+        h.response_use_chunked = False  # the framing is ours (or the upstream's): none owed
+        head = bytes(fastio.head_and_body(h, b""))
+        if self.mode == "none":
+            if buf:
+                raise ProtocolError("a body after a response that has none")
+            self.complete = True
+            return head
+        return head + self._body(buf, now) if buf else head
+
+    def _body(self, data: bytes, now: float) -> bytes:
+        if self.mode == "chunked":
+            payload = self.dechunk.feed(data)  # type: ignore[union-attr]
+            self.complete = self.dechunk.done  # type: ignore[union-attr]
+            out = payload if self.payload_only else data
+        elif self.mode == "length":
+            if len(data) > self.left:
+                raise ProtocolError("more bytes than the content-length")
+            self.left -= len(data)
+            self.complete = not self.left
+            payload = out = data
+        else:
+            payload = data
+            out = b"%x\r\n%s\r\n" % (len(data), data) if self.frame else data
+        if payload:
+            self.size += len(payload)
+            if self.size <= self.relays.max_capture:
+                self.cap.chunks.append((now, payload))
+            else:
+                self.cap.truncated = True
+        return out
+
+    def _send(self, buf: bytes) -> None:
+        if not buf:
+            return
+        if self.pending is not None:
+            self.pending += buf
+            return
+        try:
+            n = self.client.send(buf)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._end("client_disconnect")
+            return
+        self.handler.response_length += n
+        if n < len(buf):
+            # The client is slower than the upstream: stop reading it until this is flushed.
+            self.pending = buf[n:]
+            if self.up_watch is not None:
+                self.up_watch.stop()
+            self.write_watch = self.loop.io(self.client.fileno(), _WRITE)
+            self.write_watch.start(self._flush)
+
+    def _flush(self) -> None:
+        assert self.pending is not None
+        try:
+            n = self.client.send(self.pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.pending = None
+            self._end("client_disconnect")
+            return
+        self.handler.response_length += n
+        self.pending = self.pending[n:] or None
+        if self.pending is not None:
+            return
+        self._stop("write_watch")
+        if self.complete:
+            self._end("ok")
+        elif self.up_watch is not None:
+            self.up_watch.start(self._on_upstream)
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def _stop(self, name: str) -> None:
+        watcher = getattr(self, name)
+        if watcher is not None:
+            watcher.stop()
+            setattr(self, name, None)
+
+    def _end(self, outcome: str, now: float | None = None) -> None:
+        """Stop everything; give the upstream connection back if it can serve again."""
+        if self.done.is_set():
+            return
+        self._stop("up_watch")
+        self._stop("client_watch")
+        self._stop("write_watch")
+        self.relays.active.discard(self)
+        if outcome == "retry":
+            self.conn.close()
+            self.done.set()
+            return
+        if outcome == "ok" and self.keep and self.complete:
+            self.relays.pool.put(self.conn)
+        else:
+            self.conn.close()
+        if outcome not in ("ok", UNREACHABLE):
+            self.handler.close_connection = True
+            if outcome == "client_disconnect" and self.cap.outcome == "ok":
+                self.cap.outcome = outcome
+        if outcome == UNREACHABLE:
+            self.cap.status, self.cap.outcome = 502, UNREACHABLE
+        self.cap.end = now or time.monotonic()
+        self.relays.finished(self.cap)
+        self.done.set()
+
+
+class HubRelays:
+    """The recorder's fast-path state: the upstream pool, the relays in flight, the timeout."""
+
+    def __init__(
+        self, rec: Any, host: str, port: int, timeout_s: float, hop: frozenset[str]
+    ) -> None:
+        import gevent
+
+        self.rec = rec
+        self.pool = UpstreamPool(host, port)
+        self.loop = gevent.get_hub().loop
+        self.timeout_s = timeout_s
+        self.hop = hop
+        self.max_capture = rec.max_capture
+        self.active: set[HubRelay] = set()
+        # One timer for every relay's read timeout, rather than a timer per stream re-armed on
+        # every read.
+        self._timer = self.loop.timer(1.0, 1.0)
+        self._timer.start(self._check_timeouts)
+
+    def start(
+        self,
+        handler: Any,
+        start_response: Any,
+        cap: Capture,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> HubRelay:
+        """Send the request upstream (in the handler's greenlet) and return the relay that
+        answers it. Raises OSError when the upstream cannot be reached."""
+        request = request_bytes(method, target, self.pool.host_header, headers, body)
+        conn, reused = self.pool.get()
+        try:
+            conn.sendall(request)
+        except OSError:
+            conn.close()
+            if not reused:
+                raise
+            conn, reused = self.pool.connect(), False  # the idle connection was gone
+            conn.sendall(request)
+        self.rec.in_flight += 1
+        return HubRelay(self, handler, start_response, cap, request, conn, reused)
+
+    def finished(self, cap: Capture) -> None:
+        """Hand a finished exchange to the recorder's writer (never blocks the hub)."""
+        self.rec.in_flight -= 1
+        self.rec.queue.put(cap)
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        for relay in [r for r in self.active if now - r.last > self.timeout_s]:
+            relay.cap.detail = f"no bytes from the upstream for {self.timeout_s:g} s"
+            if relay.handler.headers_sent:
+                relay.keep = False
+                relay._break_off(now)
+            else:
+                relay.failure = UNREACHABLE
+                relay._end(UNREACHABLE)
+
+    def close(self) -> None:
+        """Stop the timeout timer and close idle connections."""
+        self._timer.stop()
+        self.pool.close()
