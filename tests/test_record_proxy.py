@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import openai
 import pytest
 import yaml
 
+from llmsim.bench.preflight import free_port
 from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
 from llmsim.record.proxy import LineWriter, RecordConfig, Recorder
 
@@ -197,3 +200,87 @@ def test_proxy_health_is_its_own():
 
     health = Client(rec).get("/health").get_json()
     assert health["recording"] == "rec.jsonl" and health["recorded"] == 0
+
+
+def _wait_lines(path: Path, n: int, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= n:
+            break
+        time.sleep(0.05)
+    return _lines(path)
+
+
+def _raw_request(port: int, body: dict, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    payload = json.dumps(body).encode()
+    s.sendall(
+        b"POST /v1/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (body.pop("_path", "chat/completions").encode(),
+                                          len(payload), payload)
+    )  # fmt: skip
+    return s
+
+
+def test_hub_relay_edges(recorder, llmsim_server, tmp_path):
+    """What the hub relay must get right besides the happy path: pooled connections the
+    upstream closed, an upstream that drops mid-reply, a client that hangs up while the
+    upstream thinks, a client slower than the upstream, an upstream that is not there."""
+    up = llmsim_server(
+        "--ttft-ms", "300", "--ttft-stddev-ms", "0", "--tbt-ms", "5", "--tbt-stddev-ms", "0",
+        "--keepalive-timeout-s", "0.3",
+    )  # fmt: skip
+    rec = recorder(up.base_url, with_bodies=False)
+    out = tmp_path / RECORDING
+    with httpx.Client(timeout=30) as c:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
+        url = rec.url + "/v1/chat/completions"
+        assert c.post(url, json={**body, "max_tokens": 3}).status_code == 200
+        time.sleep(0.6)  # the upstream closes the idle pooled connection meanwhile
+        second = c.post(url, json={**body, "max_tokens": 4})
+        assert second.status_code == 200
+        assert second.json()["usage"]["completion_tokens"] == 4
+        drop = {
+            "json": {**body, "stream": True, "max_tokens": 50},
+            "headers": {"x-llmsim-fault": "drop"},
+        }
+        # The upstream breaks off mid-reply: so does the proxy.
+        with pytest.raises(httpx.HTTPError), c.stream("POST", url, **drop) as r:
+            for _ in r.iter_lines():
+                pass
+    port = int(rec.url.rsplit(":", 1)[1])
+    gone = _raw_request(port, {**body, "stream": True, "max_tokens": 5})
+    time.sleep(0.1)
+    gone.close()  # long before the first token (300 ms)
+    # 3 MB of embeddings to a client reading through a 4 KB window, a while after asking.
+    slow = _raw_request(port, {"_path": "embeddings", "model": "text-embedding-3-small",
+                               "input": ["a b c"] * 100}, rcvbuf=4096)  # fmt: skip
+    time.sleep(0.5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += slow.recv(65536)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    while len(rest) < length:
+        rest += slow.recv(65536)
+    slow.close()
+    assert len(json.loads(rest)["data"]) == 100 and length > 1_000_000
+    lines = _wait_lines(out, 5)
+    assert [x["error_kind"] for x in lines] == [None, None, "drop", "client_disconnect", None]
+    assert lines[2]["stream"] and 0 < lines[2]["output_tokens"] < 50
+    assert lines[3]["e2e_ms"] < 290  # abandoned when the client left, not when the reply came
+    health = httpx.get(rec.url + "/health").json()
+    assert health["in_flight"] == 0 and health["recorded"] == 5
+
+    (tmp_path / "nowhere").mkdir()
+    nowhere = start_recorder(f"http://127.0.0.1:{free_port()}/v1", tmp_path / "nowhere")
+    try:
+        r = _chat(nowhere.url, "gpt-4o")
+    finally:
+        nowhere.stop()
+    assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
+    (line,) = _lines(tmp_path / "nowhere" / RECORDING)
+    assert line["error_kind"] == "upstream_unreachable" and line["status"] == 502

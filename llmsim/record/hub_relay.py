@@ -229,6 +229,7 @@ class HubRelay:
                 # The idle connection had been closed upstream before our request reached it
                 # (nothing came back): once more, on a new connection.
                 self.failure = ""
+                self.cap.detail = None
                 self.done.clear()
                 self.conn, self.reused = self.relays.pool.connect(), False
                 self.up = self.conn._sock
@@ -241,9 +242,13 @@ class HubRelay:
             if not self.done.is_set():  # the handler was killed (shutdown): abandon it
                 self._end("client_disconnect")
                 self.handler.close_connection = True
+        start_response = self.start_response
+        # The handler keeps this body until its next request: no cycle through it is left
+        # for the cyclic GC to find (the recorder runs with gcpolicy's time-driven GC).
+        self.handler = self.start_response = None
         if self.failure:
             yield from self.relays.rec._json(
-                self.start_response, "502 Bad Gateway", self.relays.rec.unreachable_body()
+                start_response, "502 Bad Gateway", self.relays.rec.unreachable_body()
             )
 
     def close(self) -> None:

@@ -404,12 +404,16 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
 
+    from llmsim import gcpolicy
     from llmsim.server.runner import _make_handler, base_url, drain
 
     rec = Recorder(cfg, _PipeSink(write_fd))
     server = WSGIServer(sock, rec, handler_class=_make_handler(False), spawn=Pool(), log=None)
     server.handlers = weakref.WeakSet()  # what drain() looks at
     writer = gevent.spawn(rec.write_loop)
+    # Time-driven GC, as in the simulator's workers: an automatic full scan stalls every
+    # stream being relayed (see gcpolicy.py). What exists now is frozen out of the scans.
+    gcpolicy.install()
     stopping: list[Any] = []
 
     def stop() -> None:
