@@ -1,7 +1,12 @@
 """What `llmsim record` adds to TTFT and inter-token gaps: the same streaming client against the
-simulator directly and through the recorder, rounds alternating, all in one run.
+simulator directly and through the recorder, all in one run.
 
-    python benchmarks/record_overhead.py [--streams 100] [--rounds 3] [--duration-s 5]
+    python benchmarks/record_overhead.py [--streams 100] [--rounds 3] [--duration-s 5] [--alternate]
+
+By default each round runs both paths at once (two clients, each with --streams streams, one
+straight to the simulator and one through the recorder): on a shared machine both then see the
+same noise, which alternating rounds do not (a neighbour's burst lands in one path's round).
+`--alternate` runs them one after the other instead, rounds alternating which goes first.
 
 The upstream is `llmsim serve` with exact timing (TTFT 200 ms, 20 ms per token, 50 tokens), so
 every difference between the two paths is the recorder's (plus the machine's noise, which is
@@ -16,6 +21,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,14 +54,18 @@ def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"{' '.join(cmd[2:4])} did not start: {log.read_text()}")
 
 
-def timing(url: str, args: argparse.Namespace) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(HERE / "serve_timing.py"), "timing", "--url", url,
-         "--streams", str(args.streams), "--tokens", "50", "--ramp-s", "1.2",
-         "--duration-s", str(args.duration_s), "--drain-s", "5"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def timing(urls: list[str], args: argparse.Namespace) -> list[dict]:
+    """One serve_timing client per URL, all at once; their results in the same order."""
+    cmd = [sys.executable, str(HERE / "serve_timing.py"), "timing", "--streams",
+           str(args.streams), "--tokens", "50", "--ramp-s", "1.2", "--duration-s",
+           str(args.duration_s), "--drain-s", "5"]  # fmt: skip
+    procs = [
+        subprocess.Popen([*cmd, "--url", url], stdout=subprocess.PIPE, text=True) for url in urls
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("a timing client failed")
+    return [json.loads(out.strip().splitlines()[-1]) for out in outs]
 
 
 def others_cpu(ours: list[psutil.Process], wall: float, before: dict) -> float:
@@ -79,6 +89,7 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration-s", type=float, default=5.0)
+    p.add_argument("--alternate", action="store_true", help="one path after the other")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llmsim-record-overhead-"))
     exact = ["--ttft-ms", "200", "--ttft-stddev-ms", "0", "--tbt-ms", "20", "--tbt-stddev-ms", "0"]
@@ -90,25 +101,29 @@ def main() -> int:
     me = psutil.Process()
     ours = [me, psutil.Process(up.pid), psutil.Process(rec.pid)]
     rows = []
+    rec_cpu_s = 0.0
     try:
         for r in range(args.rounds):
             order = [("direct", up_url), ("recorded", rec_url)]
             if r % 2:
                 order.reverse()
-            for name, url in order:
+            batches = [[x] for x in order] if args.alternate else [order]
+            for batch in batches:
                 t = psutil.cpu_times()
                 before = {"busy": t.user + t.system + t.nice, "mine": sum(_cpu(x) for x in ours)}
                 rec_cpu0 = _cpu(ours[2])
                 t0 = time.monotonic()
-                res = timing(url, args)
+                results = timing([url for _, url in batch], args)
                 wall = time.monotonic() - t0
-                res.update(
-                    path=name,
-                    round=r,
-                    recorder_cpu_pct=round(100 * (_cpu(ours[2]) - rec_cpu0) / wall, 1),
-                    other_cores=round(others_cpu(ours, wall, before), 2),
-                )
-                rows.append(res)
+                rec_cpu_s += _cpu(ours[2]) - rec_cpu0
+                for (name, _), res in zip(batch, results, strict=True):
+                    res.update(
+                        path=name,
+                        round=r,
+                        recorder_cpu_pct=round(100 * (_cpu(ours[2]) - rec_cpu0) / wall, 1),
+                        other_cores=round(others_cpu(ours, wall, before), 2),
+                    )
+                    rows.append(res)
     finally:
         for proc in (rec, up):
             proc.send_signal(signal.SIGTERM)
@@ -121,15 +136,25 @@ def main() -> int:
               f"{t['p90']:>8.2f} {t['p99']:>8.2f} {g['p50']:>8.2f} {g['p99']:>7.2f} "
               f"{x['recorder_cpu_pct']:>7.1f}% {x['other_cores']:>7.2f}")  # fmt: skip
     print("\nadded by the recorder (recorded − direct, per round, ms):")
+    diffs = []
     for r in range(args.rounds):
         d = {x["path"]: x for x in rows if x["round"] == r}
         diff = {
             k: round(d["recorded"]["ttft_ms"][k] - d["direct"]["ttft_ms"][k], 2)
             for k in ("p50", "p90", "p99")
         }
-        gap = round(d["recorded"]["gap_ms"]["p99"] - d["direct"]["gap_ms"]["p99"], 2)
+        diff["gap"] = round(d["recorded"]["gap_ms"]["p99"] - d["direct"]["gap_ms"]["p99"], 2)
+        diffs.append(diff)
         print(f"  round {r}: TTFT p50 {diff['p50']:+.2f}, p90 {diff['p90']:+.2f}, "
-              f"p99 {diff['p99']:+.2f}; gap p99 {gap:+.2f}")  # fmt: skip
+              f"p99 {diff['p99']:+.2f}; gap p99 {diff['gap']:+.2f}")  # fmt: skip
+    med = {k: statistics.median(x[k] for x in diffs) for k in diffs[0]}
+    print(f"  median: TTFT p50 {med['p50']:+.2f}, p90 {med['p90']:+.2f}, p99 {med['p99']:+.2f}; "
+          f"gap p99 {med['gap']:+.2f}")  # fmt: skip
+    events = sum(x["events_total"] for x in rows if x["path"] == "recorded")
+    print(
+        f"recorder CPU per relayed event: {1e6 * rec_cpu_s / max(1, events):.1f} µs "
+        f"({events} events)"
+    )
     lines = (tmp / "rec.jsonl").read_text().count("\n")
     print(f"recording: {lines} lines in {tmp / 'rec.jsonl'}")
     return 0

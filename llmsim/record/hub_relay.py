@@ -32,7 +32,7 @@ from llmsim.server import fastio
 
 _READ, _WRITE = 1, 2
 MAX_HEAD_BYTES = 64 * 1024
-_RECV = 65536
+_RECV = 16384  # an SSE event is ~250 bytes; a larger buffer costs its allocation every read
 # What the old path answered on an upstream that never replied (urllib3 raised on the read).
 UNREACHABLE = "upstream_unreachable"
 
@@ -190,7 +190,6 @@ class HubRelay:
         relays: HubRelays,
         handler: Any,
         start_response: Any,
-        cap: Capture,
         request: bytes,
         conn: Any,
         reused: bool,
@@ -198,7 +197,9 @@ class HubRelay:
         import gevent.event
 
         self.relays, self.handler, self.start_response = relays, handler, start_response
-        self.cap, self.request, self.conn, self.reused = cap, request, conn, reused
+        self.request, self.conn, self.reused = request, conn, reused
+        # Set by the recorder before the body is iterated (the request is parsed meanwhile).
+        self.cap: Capture = None  # type: ignore[assignment]
         self.client = handler.socket._sock
         self.up = conn._sock
         self.loop = relays.loop
@@ -520,7 +521,6 @@ class HubRelays:
         self,
         handler: Any,
         start_response: Any,
-        cap: Capture,
         method: str,
         target: str,
         headers: dict[str, str],
@@ -539,7 +539,7 @@ class HubRelays:
             conn, reused = self.pool.connect(), False  # the idle connection was gone
             conn.sendall(request)
         self.rec.in_flight += 1
-        return HubRelay(self, handler, start_response, cap, request, conn, reused)
+        return HubRelay(self, handler, start_response, request, conn, reused)
 
     def finished(self, cap: Capture) -> None:
         """Hand a finished exchange to the recorder's writer (never blocks the hub)."""

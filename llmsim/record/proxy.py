@@ -231,18 +231,28 @@ class Recorder:
         if environ.get("CONTENT_TYPE"):
             headers["content-type"] = environ["CONTENT_TYPE"]
         query = environ.get("QUERY_STRING", "")
-        info = read_request(path, query, body)
-        info.secrets = secrets
-        cap = Capture(time.time() - (time.monotonic() - start), start, method, path, info)
+        wall = time.time() - (time.monotonic() - start)
         upstream_path = self.prefix + path + (f"?{query}" if query else "")
         handler = environ.get(HANDLER_KEY)
         if self.hub is not None and method != "HEAD" and _raw_socket(handler) is not None:
             try:
-                return self.hub.start(
-                    handler, start_response, cap, method, upstream_path, headers, body
+                relay = self.hub.start(
+                    handler, start_response, method, upstream_path, headers, body
                 )
             except OSError as exc:
-                return self._unreachable(start_response, cap, exc)
+                relay, error = None, exc
+            # Parsed while the upstream works on it: a long prompt's JSON is not parsed
+            # between the client and the upstream.
+            info = read_request(path, query, body)
+            info.secrets = secrets
+            cap = Capture(wall, start, method, path, info)
+            if relay is None:
+                return self._unreachable(start_response, cap, error)
+            relay.cap = cap
+            return relay
+        info = read_request(path, query, body)
+        info.secrets = secrets
+        cap = Capture(wall, start, method, path, info)
         url = self.origin + upstream_path
         try:
             resp = self.pool.urlopen(
