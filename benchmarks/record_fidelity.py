@@ -1,6 +1,7 @@
 """Round trip: does a calibrated profile make simulator B behave like the provider A it came from?
 
     python benchmarks/record_fidelity.py [--users 40] [--duration 60s] [--output-tokens 40]
+    python benchmarks/record_fidelity.py --engine [--levels 4,16,48] [--duration 20s]
 
 A is `llmsim serve` with known noisy timing: lognormal TTFT 300/90 ms, per-request TBT 25/6 ms,
 per-token jitter (CV 0.3) and stalls (1 % of gaps, 150 ms), 2 % HTTP 500s. `llmsim bench
@@ -13,6 +14,13 @@ own lines (exact, unbucketed). A third run against A again gives the noise floor
 runs of the same simulator land apart on this machine. Other processes' CPU and each
 simulator's own first-token lateness are printed: on a shared 2-core machine they move every
 figure, and a recording captures A's lateness, which B then adds its own to.
+
+`--engine`: A is an engine-mode preset instead (`--engine vllm`, a replica stepping a
+continuous batch), recorded under a sweep of closed-loop concurrency levels (one bench run per
+level); calibrate fits one profile from every level's lines; the same sweep then runs against
+B. Compared per level and pooled over the sweep: a profile has no load dependence, so B serves
+the sweep's mixture at every level. Where A's latency grows with the batch, the per-level
+figures show what the profile model cannot express.
 """
 
 from __future__ import annotations
@@ -59,10 +67,18 @@ def serve(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"llmsim serve did not start: {log.read_text()}")
 
 
-def bench(target: str, reports: Path, label: str, a: argparse.Namespace) -> tuple[dict, Path]:
-    cmd = [sys.executable, "-m", "llmsim", "bench", "--target", target, "--users", str(a.users),
-           "--spawn-rate", str(a.users), "--duration", a.duration, "--max-tokens", "1000",
-           "--reports-dir", str(reports), "--label", label, "--no-progress", "--json"]  # fmt: skip
+ENGINE_FLAGS = ["--engine", "vllm", "--preset", "llama-3-8b-a100", "--step-jitter-cv", "0.1",
+                "--seed", "11"]  # fmt: skip
+
+
+def bench(
+    target: str, reports: Path, label: str, a: argparse.Namespace, users: int | None = None
+) -> tuple[dict, Path]:
+    users = users or a.users
+    cmd = [sys.executable, "-m", "llmsim", "bench", "--target", target, "--users", str(users),
+           "--spawn-rate", str(users), "--duration", a.duration, "--max-tokens", "1000",
+           "--reports-dir", str(reports), "--label", label, "--no-progress", "--json",
+           "--record", "--prompt-tokens", str(a.prompt_tokens)]  # fmt: skip
     t = psutil.cpu_times()
     busy0, t0 = t.user + t.system + t.nice, time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, check=False)
@@ -81,8 +97,9 @@ def pct(values: list[float], p: float) -> float:
     return v[min(len(v) - 1, int(p / 100 * len(v)))]
 
 
-def recorded_figures(path: Path) -> dict[str, float]:
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
+def recorded_figures(path: Path | list[Path]) -> dict[str, float]:
+    paths = path if isinstance(path, list) else [path]
+    lines = [json.loads(x) for p in paths for x in p.read_text().splitlines()]
     ok = [x for x in lines if x["status"] == 200 and not x["error_kind"] and x["ttft_ms"]]
     ttft = [x["ttft_ms"] for x in ok]
     itl = [
@@ -121,12 +138,59 @@ def compare(title: str, a: dict, b: dict) -> None:
           f"{'yes' if abs(z) <= 3 else 'NO'} (n {a['n']} / {b['n']})")  # fmt: skip
 
 
+def calibrate(recordings: list[Path], profile: Path) -> None:
+    cal = subprocess.run(
+        [sys.executable, "-m", "llmsim", "calibrate", *map(str, recordings), "--out", str(profile)],
+        capture_output=True, text=True, env=env(), cwd=REPO, check=True,
+    )  # fmt: skip
+    print(cal.stdout.rstrip())
+
+
+def engine_round_trip(a: argparse.Namespace) -> int:
+    """A = an engine-mode preset under a sweep of concurrency levels; B = its profile."""
+    tmp = Path(tempfile.mkdtemp(prefix="llmsim-record-fidelity-engine-"))
+    reports = tmp / "reports"
+    levels = [int(x) for x in a.levels.split(",")]
+    procs, runs = [], {}
+    try:
+        sim_a, url_a = serve([*ENGINE_FLAGS, "--output-tokens", str(a.output_tokens)],
+                             tmp / "a.log")  # fmt: skip
+        procs.append(sim_a)
+        for n in levels:
+            runs["A", n] = bench(url_a, reports, f"A{n}", a, users=n)
+        profile = tmp / "profile.yaml"
+        calibrate([runs["A", n][1] for n in levels], profile)
+        sim_b, url_b = serve(["--profile-file", str(profile), "--seed", "12"], tmp / "b.log")
+        procs.append(sim_b)
+        for n in levels:
+            runs["B", n] = bench(url_b, reports, f"B{n}", a, users=n)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    print(f"\nprofile: {profile}")
+    busy = ", ".join(f"{k[0]}{k[1]} {v[0]['machine_busy_cores']}" for k, v in runs.items())
+    print(f"busy cores during the runs (all processes): {busy}")
+    for n in levels:
+        compare(f"{n} users (recorder side, ms)", recorded_figures(runs["A", n][1]),
+                recorded_figures(runs["B", n][1]))  # fmt: skip
+    compare("pooled over the sweep (recorder side, ms)",
+            recorded_figures([runs["A", n][1] for n in levels]),
+            recorded_figures([runs["B", n][1] for n in levels]))  # fmt: skip
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=40)
     p.add_argument("--duration", default="60s")
     p.add_argument("--output-tokens", type=int, default=40)
+    p.add_argument("--prompt-tokens", type=int, default=200)
+    p.add_argument("--engine", action="store_true", help="engine-mode A under a sweep")
+    p.add_argument("--levels", default="4,16,48", help="--engine: users per sweep level")
     a = p.parse_args()
+    if a.engine:
+        return engine_round_trip(a)
     tmp = Path(tempfile.mkdtemp(prefix="llmsim-record-fidelity-"))
     reports = tmp / "reports"
     procs = []
@@ -135,11 +199,7 @@ def main() -> int:
         procs.append(sim_a)
         sum_a, rec_a = bench(url_a, reports, "A", a)
         profile = tmp / "profile.yaml"
-        cal = subprocess.run(
-            [sys.executable, "-m", "llmsim", "calibrate", str(rec_a), "--out", str(profile)],
-            capture_output=True, text=True, env=env(), cwd=REPO, check=True,
-        )  # fmt: skip
-        print(cal.stdout.rstrip())
+        calibrate([rec_a], profile)
         sim_b, url_b = serve(["--profile-file", str(profile), "--seed", "12"], tmp / "b.log")
         procs.append(sim_b)
         sum_b, rec_b = bench(url_b, reports, "B", a)
