@@ -18,6 +18,7 @@ import yaml
 
 from llmsim.bench.preflight import free_port
 from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
+from llmsim.record.hub_relay import Dechunker, ProtocolError, parse_head
 from llmsim.record.proxy import LineWriter, RecordConfig, Recorder
 
 SECRET = "sk-test-secret-key-0123456789"
@@ -284,3 +285,22 @@ def test_hub_relay_edges(recorder, llmsim_server, tmp_path):
     assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
     (line,) = _lines(tmp_path / "nowhere" / RECORDING)
     assert line["error_kind"] == "upstream_unreachable" and line["status"] == 502
+
+
+def test_dechunker_follows_any_split_and_rejects_what_is_not_chunked():
+    body = b"4;ext=1\r\nWiki\r\n7\r\npedia i\r\nB\r\nn \r\nchunks.\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    for cut in range(1, len(body)):  # every place a read can end
+        d = Dechunker()
+        got = d.feed(body[:cut])
+        assert not d.done
+        got += d.feed(body[cut:])
+        assert got == b"Wikipedia in \r\nchunks." and d.done
+    d = Dechunker()
+    assert b"".join(d.feed(bytes([c])) for c in body) == b"Wikipedia in \r\nchunks." and d.done
+    for bad in (b"zz\r\n", b"0\r\n\r\nextra", b"f" * 5000):
+        with pytest.raises(ProtocolError):
+            Dechunker().feed(bad)
+    status, reason, headers = parse_head(b"HTTP/1.1 429 Too Many\r\nRetry-After: 2\r\nX-A: a\r\n b")
+    assert (status, reason, headers) == (429, "Too Many", [("Retry-After", "2"), ("X-A", "a b")])
+    with pytest.raises(ProtocolError):
+        parse_head(b"SSH-2.0-OpenSSH")

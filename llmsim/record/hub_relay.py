@@ -360,7 +360,7 @@ class HubRelay:
         lower = {k.lower(): v for k, v in headers}
         hop = self.relays.hop
         out_headers = [(k, v) for k, v in headers if k.lower() not in hop]
-        if "close" in lower.get("connection", "").lower():
+        if "close" in lower.get("connection", "").lower() or status == 101:
             self.keep = False
         te = lower.get("transfer-encoding", "").lower()
         if status in (204, 304) or 100 <= status < 200:
