@@ -58,7 +58,7 @@ def timing(urls: list[str], args: argparse.Namespace) -> list[dict]:
     """One serve_timing client per URL, all at once; their results in the same order."""
     cmd = [sys.executable, str(HERE / "serve_timing.py"), "timing", "--streams",
            str(args.streams), "--tokens", "50", "--ramp-s", "1.2", "--duration-s",
-           str(args.duration_s), "--drain-s", "5"]  # fmt: skip
+           str(args.duration_s), "--drain-s", "5", "--unique"]  # fmt: skip
     procs = [
         subprocess.Popen([*cmd, "--url", url], stdout=subprocess.PIPE, text=True) for url in urls
     ]
@@ -82,6 +82,39 @@ def _cpu(p: psutil.Process) -> float:
         return t.user + t.system + t.children_user + t.children_system
     except psutil.Error:
         return 0.0
+
+
+def print_paired(rows: list[dict], recording: Path) -> None:
+    """Per request, what the recorder added: the client's TTFT through the recorder minus the
+    TTFT the recorder itself saw from the upstream for the same request (matched by its
+    numbered message). That is the request's hop in and the first event's hop out, and does
+    not move when the upstream falls behind (which moves both paths' TTFT alike)."""
+    from llmsim.record.apis import request_key
+
+    seen = {}
+    for line in recording.read_text().splitlines():
+        x = json.loads(line)
+        if x.get("ttft_ms") is not None:
+            seen[x["key"]] = x["ttft_ms"]
+    added = []
+    for x in rows:
+        if x["path"] != "recorded":
+            continue
+        for content, ttft in x.get("per_request", {}).items():
+            body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
+            key = request_key("gpt-4o", body)
+            if key in seen:
+                added.append(ttft - seen[key])
+    if not added:
+        return
+    added.sort()
+
+    def q(p: float) -> float:
+        return added[min(len(added) - 1, int(p * len(added)))]
+
+    print(f"added to TTFT per request (client through the recorder − the recorder's own view, "
+          f"{len(added)} requests): p50 {q(0.5):.3f} ms, p90 {q(0.9):.3f}, p99 {q(0.99):.3f}, "
+          f"max {added[-1]:.3f}")  # fmt: skip
 
 
 def main() -> int:
@@ -157,6 +190,7 @@ def main() -> int:
     )
     lines = (tmp / "rec.jsonl").read_text().count("\n")
     print(f"recording: {lines} lines in {tmp / 'rec.jsonl'}")
+    print_paired(rows, tmp / "rec.jsonl")
     return 0
 
 

@@ -40,7 +40,7 @@ def build_request(host: str, port: int, body: dict) -> bytes:
 
 
 class Conn:
-    __slots__ = ("buf", "counted", "done", "events", "ok", "sent", "sock", "times")
+    __slots__ = ("buf", "content", "counted", "done", "events", "ok", "sent", "sock", "times")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -116,6 +116,10 @@ def run_timing(args) -> dict:
         "stream": True,
     }
     request = build_request(host, port, body)
+    # --unique: each request's message carries its number, so a proxy's recording of it can be
+    # matched to what this client measured (per_request in the result: message -> TTFT ms).
+    per_request: dict[str, float] = {}
+    seq = 0
     ep = select.epoll()
     conns: dict[int, Conn] = {}
     n = args.streams
@@ -135,7 +139,14 @@ def run_timing(args) -> dict:
     next_sample = measure_from
 
     def send(c: Conn, now: float) -> None:
+        nonlocal seq
         c.reset(now)
+        if args.unique:
+            seq += 1
+            c.content = f"Tell me a story about a fox. #{seq}"
+            body["messages"][0]["content"] = c.content
+            c.sock.send(build_request(host, port, body))
+            return
         c.sock.send(request)  # small: fits the socket buffer, never partial
 
     while True:
@@ -186,6 +197,8 @@ def run_timing(args) -> dict:
                             short += 1
                         ts = c.times
                         ttfts.append(ts[0] - c.sent)
+                        if args.unique:
+                            per_request[c.content] = round((ts[0] - c.sent) * 1000, 3)
                         gaps.extend(ts[i] - ts[i - 1] for i in range(1, len(ts)))
                 if t < stop_sending:
                     send(c, t)
@@ -215,6 +228,7 @@ def run_timing(args) -> dict:
         "ttft_ms": percentiles(ttfts),
         "gap_ms": percentiles(gaps),
         "client_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
+        **({"per_request": per_request} if args.unique else {}),
     }
 
 
@@ -304,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=8.0, help="measured time after the ramp")
     p.add_argument("--drain-s", type=float, default=10.0, help="wait for in-flight streams")
     p.add_argument("--hold-s", type=float, default=30.0)
+    p.add_argument("--unique", action="store_true", help="number each request's message")
     args = p.parse_args(argv)
     result = run_timing(args) if args.mode == "timing" else run_hold(args)
     print(json.dumps(result), flush=True)
