@@ -33,7 +33,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 _SERVE = re.compile(r"(http://127\.0\.0\.1:\d+)/v1")
-_RECORD = re.compile(r" at (http://127\.0\.0\.1:\d+) into ")
+_RECORD = re.compile(r" at (http://127\.0\.0\.1:\d+)(?: into |$)", re.M)
 
 
 def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, str]:
@@ -58,9 +58,15 @@ def timing(urls: list[str], args: argparse.Namespace) -> list[dict]:
     """One serve_timing client per URL, all at once; their results in the same order."""
     cmd = [sys.executable, str(HERE / "serve_timing.py"), "timing", "--streams",
            str(args.streams), "--tokens", "50", "--ramp-s", "1.2", "--duration-s",
-           str(args.duration_s), "--drain-s", "5", "--unique"]  # fmt: skip
+           str(args.duration_s), "--drain-s", "5"]  # fmt: skip
     procs = [
-        subprocess.Popen([*cmd, "--url", url], stdout=subprocess.PIPE, text=True) for url in urls
+        # Every request's message unique over the whole run: the recording is matched on it.
+        subprocess.Popen(
+            [*cmd, "--url", url, "--unique", f"{time.monotonic_ns()}-{i}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i, url in enumerate(urls)
     ]
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -114,7 +120,7 @@ def print_paired(rows: list[dict], recording: Path) -> None:
 
     print(f"added to TTFT per request (client through the recorder − the recorder's own view, "
           f"{len(added)} requests): p50 {q(0.5):.3f} ms, p90 {q(0.9):.3f}, p99 {q(0.99):.3f}, "
-          f"max {added[-1]:.3f}")  # fmt: skip
+          f"max {added[-1]:.3f}, min {added[0]:.3f}")  # fmt: skip
 
 
 def main() -> int:
@@ -123,6 +129,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration-s", type=float, default=5.0)
     p.add_argument("--alternate", action="store_true", help="one path after the other")
+    p.add_argument("--floor", action="store_true", help="a third path: benchmarks/relay_floor.py")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llmsim-record-overhead-"))
     exact = ["--ttft-ms", "200", "--ttft-stddev-ms", "0", "--tbt-ms", "20", "--tbt-stddev-ms", "0"]
@@ -133,11 +140,18 @@ def main() -> int:
     rec, rec_url = start(rec_cmd, tmp / "record.log")
     me = psutil.Process()
     ours = [me, psutil.Process(up.pid), psutil.Process(rec.pid)]
+    paths = [("direct", up_url), ("recorded", rec_url)]
+    floor = None
+    if args.floor:
+        floor_cmd = [sys.executable, str(HERE / "relay_floor.py"), "--target", up_url]
+        floor, floor_url = start(floor_cmd, tmp / "floor.log")
+        ours.append(psutil.Process(floor.pid))
+        paths.append(("floor", floor_url))
     rows = []
     rec_cpu_s = 0.0
     try:
         for r in range(args.rounds):
-            order = [("direct", up_url), ("recorded", rec_url)]
+            order = list(paths)
             if r % 2:
                 order.reverse()
             batches = [[x] for x in order] if args.alternate else [order]
@@ -158,6 +172,9 @@ def main() -> int:
                     )
                     rows.append(res)
     finally:
+        if floor is not None:
+            floor.kill()
+            floor.wait(5)
         for proc in (rec, up):
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
@@ -180,6 +197,11 @@ def main() -> int:
         diffs.append(diff)
         print(f"  round {r}: TTFT p50 {diff['p50']:+.2f}, p90 {diff['p90']:+.2f}, "
               f"p99 {diff['p99']:+.2f}; gap p99 {diff['gap']:+.2f}")  # fmt: skip
+        if "floor" in d:
+            f = {k: d["floor"]["ttft_ms"][k] - d["direct"]["ttft_ms"][k] for k in ("p50", "p99")}
+            g = d["floor"]["gap_ms"]["p99"] - d["direct"]["gap_ms"]["p99"]
+            print(f"           the floor relay: TTFT p50 {f['p50']:+.2f}, p99 {f['p99']:+.2f}; "
+                  f"gap p99 {g:+.2f}")  # fmt: skip
     med = {k: statistics.median(x[k] for x in diffs) for k in diffs[0]}
     print(f"  median: TTFT p50 {med['p50']:+.2f}, p90 {med['p90']:+.2f}, p99 {med['p99']:+.2f}; "
           f"gap p99 {med['gap']:+.2f}")  # fmt: skip

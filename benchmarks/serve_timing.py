@@ -141,9 +141,9 @@ def run_timing(args) -> dict:
     def send(c: Conn, now: float) -> None:
         nonlocal seq
         c.reset(now)
-        if args.unique:
+        if args.unique is not None:
             seq += 1
-            c.content = f"Tell me a story about a fox. #{seq}"
+            c.content = f"Tell me a story about a fox. {args.unique}#{seq}"
             body["messages"][0]["content"] = c.content
             c.sock.send(build_request(host, port, body))
             return
@@ -197,7 +197,7 @@ def run_timing(args) -> dict:
                             short += 1
                         ts = c.times
                         ttfts.append(ts[0] - c.sent)
-                        if args.unique:
+                        if args.unique is not None:
                             per_request[c.content] = round((ts[0] - c.sent) * 1000, 3)
                         gaps.extend(ts[i] - ts[i - 1] for i in range(1, len(ts)))
                 if t < stop_sending:
@@ -228,7 +228,7 @@ def run_timing(args) -> dict:
         "ttft_ms": percentiles(ttfts),
         "gap_ms": percentiles(gaps),
         "client_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
-        **({"per_request": per_request} if args.unique else {}),
+        **({"per_request": per_request} if args.unique is not None else {}),
     }
 
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=8.0, help="measured time after the ramp")
     p.add_argument("--drain-s", type=float, default=10.0, help="wait for in-flight streams")
     p.add_argument("--hold-s", type=float, default=30.0)
-    p.add_argument("--unique", action="store_true", help="number each request's message")
+    p.add_argument("--unique", metavar="TAG", help="number each request's message, after TAG")
     args = p.parse_args(argv)
     result = run_timing(args) if args.mode == "timing" else run_hold(args)
     print(json.dumps(result), flush=True)
