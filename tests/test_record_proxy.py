@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
-from llmsim.record.hub_relay import Dechunker, ProtocolError, parse_head
+from llmsim.record.hub_relay import Dechunker, ProtocolError, _forwarded_head, parse_head
 from llmsim.record.proxy import LineWriter, RecordConfig, Recorder
 
 SECRET = "sk-test-secret-key-0123456789"
@@ -300,3 +300,9 @@ def test_dechunker_follows_any_split_and_rejects_what_is_not_chunked():
     assert (status, reason, headers) == (429, "Too Many", [("Retry-After", "2"), ("X-A", "a b")])
     with pytest.raises(ProtocolError):
         parse_head(b"SSH-2.0-OpenSSH")
+    head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n"
+    head += b"Transfer-Encoding: chunked"
+    assert _forwarded_head(head, close=False) == (
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )  # the hop's own headers stay behind, the framing goes on as the upstream framed it
+    assert _forwarded_head(head, close=True).endswith(b"chunked\r\nConnection: close\r\n\r\n")

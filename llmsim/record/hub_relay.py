@@ -138,6 +138,25 @@ def parse_head(head: bytes) -> tuple[int, str, list[tuple[str, str]]]:
     return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
 
 
+# Response headers of one hop (RFC 9110 §7.6.1): not forwarded. Transfer-Encoding and
+# Content-Length are, with the body framed as the upstream framed it.
+_HOP_RESPONSE = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
+)
+
+
+def _forwarded_head(raw_head: bytes, close: bool) -> bytes:
+    """The upstream's response head for the client: its lines minus the hop-by-hop ones."""
+    lines = raw_head.split(b"\r\n")
+    kept = [lines[0].replace(b"HTTP/1.0", b"HTTP/1.1", 1)]
+    for line in lines[1:]:
+        if line.split(b":", 1)[0].strip().lower() not in _HOP_RESPONSE:
+            kept.append(line)
+    if close:
+        kept.append(b"Connection: close")
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
 class Dechunker:
     """Follows a chunked body as it arrives: the payload of each read, and where it ends."""
 
@@ -366,7 +385,8 @@ class HubRelay:
                     raise ProtocolError("response head too large")
                 self.buf = buf
                 return None
-            status, reason, headers = parse_head(buf[:end])
+            raw_head = buf[:end]
+            status, reason, headers = parse_head(raw_head)
             buf = buf[end + 4 :]
             if status >= 200 or status == 101:
                 break  # interim responses (100 Continue) are not the answer
@@ -398,6 +418,16 @@ class HubRelay:
         else:
             self.mode = "close"
             self.keep = False
+        if h.request_version == "HTTP/1.1" and self.mode != "close" and status != 101:
+            # The common case: the upstream's own head, minus its hop-by-hop lines, as it came
+            # (no start_response, header encoding and Date formatting per response: this runs
+            # between the upstream's first event and the client).
+            h.status = f"{status} {reason}".strip().encode("latin-1")
+            h.code = status
+            h.headers_sent = True
+            h.response_use_chunked = False
+            # close_connection: gevent set it from the client's own Connection header.
+            return self._first(_forwarded_head(raw_head, h.close_connection), buf, now)
         self.start_response(f"{status} {reason}".strip(), out_headers)
         h.headers_sent = True
         h.finalize_headers()
@@ -408,7 +438,10 @@ class HubRelay:
         if not h.response_use_chunked and self.mode in ("chunked", "close"):
             h.close_connection = True  # the client's body ends with the connection
         h.response_use_chunked = False  # the framing is ours (or the upstream's): none owed
-        head = bytes(fastio.head_and_body(h, b""))
+        return self._first(bytes(fastio.head_and_body(h, b"")), buf, now)
+
+    def _first(self, head: bytes, buf: bytes, now: float) -> bytes:
+        """The head and whatever body bytes came with it."""
         if self.mode == "none":
             if buf:
                 raise ProtocolError("a body after a response that has none")
