@@ -2,12 +2,15 @@
 
 Each upstream read is forwarded the moment it arrives (no buffering: an SSE event reaches the
 client as soon as it reaches us), and timed. The analysis of an exchange (SSE parsing, token
-counting) happens after its last byte was forwarded, in a writer greenlet, so it never sits
-between an event and the client.
+counting) happens after its last byte was forwarded, in the analysis process, so it never
+sits between an event and the client.
 
-urllib3 is the upstream client: connection pools with keep-alive, chunked decoding, TLS,
-timeouts and `read1()` (return whatever one socket read brings) are what a hand-written client
-would have to get right, and it runs on gevent's patched sockets unchanged.
+Two ways to forward. A plain-http upstream, with the client on a gevent handler's socket, goes
+through `hub_relay` (no greenlet per stream: the hub reads the upstream and writes the client).
+Otherwise (an https upstream, a HEAD request, or a WSGI test client without a socket) urllib3
+is the upstream client: connection pools with keep-alive, chunked decoding, TLS, timeouts and
+`read1()` (return whatever one socket read brings), one greenlet per stream. Both hand the
+recording the same captures.
 """
 
 from __future__ import annotations
