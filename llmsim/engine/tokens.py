@@ -139,14 +139,15 @@ def exact_len(enc: tiktoken.Encoding, text: str) -> int:
     in one numpy buffer instead (the same core call `encode` makes), so a thread counting it
     leaves the event loop free for the whole count.
     """
-    if len(text) < _BUFFER_MIN_CHARS:
+    to_buffer = getattr(enc, "encode_to_numpy", None)  # tiktoken 0.8+
+    if len(text) < _BUFFER_MIN_CHARS or to_buffer is None:
         return len(enc.encode(text, disallowed_special=()))
     try:
-        return len(enc.encode_to_numpy(text, disallowed_special=()))
+        return len(to_buffer(text, disallowed_special=()))
     except UnicodeEncodeError:
         # A lone surrogate (valid in JSON strings): encode() replaces it so, then encodes.
         fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return len(enc.encode_to_numpy(fixed, disallowed_special=()))
+        return len(to_buffer(fixed, disallowed_special=()))
 
 
 def encoded_len(enc: tiktoken.Encoding, text: str) -> int:

@@ -4,12 +4,12 @@ Two tools, for two kinds of work:
 
 - `call(heavy, fn)`: on a thread of gevent's threadpool, for work that releases the GIL.
   Tokenizing a pathological prompt is seconds inside tiktoken's core, which runs without the
-  interpreter (`tokens.encoded_len` keeps the tokens in one buffer, so the thread holds it for
+  interpreter (`tokens.exact_len` keeps the tokens in one buffer, so the thread holds it for
   O(1) Python objects). Small requests stay on the loop: the hand-off costs about 50-100 µs.
 - `gather(pieces)`: on the loop itself, in slices, for work that is Python. A thread holding
   the GIL for pure-Python work starves the loop by convoy: the loop gives the GIL up at every
   send() and epoll, and each time waits up to the switch interval to get it back, so with 100
-  streams the loop fell 100-170 ms behind while a thread rendered an embeddings batch and
+  streams the loop fell 100-190 ms behind while a thread rendered an embeddings batch and
   /health took 2-5 s (benchmarks/hardening_attacks.py --streams 100). On the loop, due events
   go out and other greenlets run between pieces, every `SLICE_S`.
 """
