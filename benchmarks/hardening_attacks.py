@@ -7,14 +7,23 @@ Everything is on loopback. Other processes' CPU over the run is printed: on a bu
 the gaps include their scheduling, so read the gap figures against that.
 
     python benchmarks/hardening_attacks.py            # ~2 minutes
+    python benchmarks/hardening_attacks.py --only prompt --only embeddings --repeat 3 --streams 100
+
+`--streams N` keeps N more paced streams open on the same worker meanwhile (a process of its
+own reads them), so the loop has real work while the attack is served.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import multiprocessing
+import selectors
+import socket
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -56,7 +65,66 @@ ATTACKS = [
 ]  # fmt: skip
 
 
+CHUNKED = "9 MB chunked body"
+BACKGROUND = json.dumps({**CHAT, "max_tokens": 500, "ignore_eos": True, "stream": True}).encode()
+
+
+def _background(url: str, n: int, stop: object) -> None:
+    """Keep n streams (500 tokens at the server's pace) open, each started again when it ends."""
+    u = urlsplit(url)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {u.hostname}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BACKGROUND)}\r\n\r\n"
+    ).encode()
+    sel = selectors.DefaultSelector()
+
+    def open_one() -> None:
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(head + BACKGROUND)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+
+    for _ in range(n):
+        open_one()
+    while not stop.is_set():  # type: ignore[attr-defined]
+        for key, _ in sel.select(0.2):
+            sock = key.fileobj
+            try:
+                data = sock.recv(65536)  # type: ignore[union-attr]
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(sock)
+                sock.close()  # type: ignore[union-attr]
+                open_one()
+
+
+def _chunked_attack(url: str, watch: Watch) -> tuple[int, float, object]:
+    big = b"a" * (9 << 20)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (65536, big[i : i + 65536])
+                      for i in range(0, len(big), 65536))  # fmt: skip
+    with watch.window() as w:
+        t = time.monotonic()
+        out = raw_request(url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+                          wait=60)  # fmt: skip
+    return status_of(out), time.monotonic() - t, w
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only the attacks whose name contains this (repeatable)",
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="run each attack this many times")
+    ap.add_argument("--streams", type=int, default=0, help="background paced streams meanwhile")
+    args = ap.parse_args()
+    attacks = [a for a in ATTACKS if not args.only or any(o in a[0] for o in args.only)]
     server = start_server(
         "--ttft-ms", "5", "--ttft-stddev-ms", "0", "--tbt-ms", "20", "--tbt-stddev-ms", "0"
     )  # fmt: skip
@@ -65,26 +133,28 @@ def main() -> None:
     own_start = sum(srv.cpu_times()[:2]) + sum(me.cpu_times()[:2])
     wall = time.monotonic()
     rows = []
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    load = ctx.Process(target=_background, args=(server.url, args.streams, stop), daemon=True)
+    if args.streams:
+        load.start()
     try:
         with Watch(server.url, server.proc.pid) as watch, httpx.Client(timeout=600) as c:
             time.sleep(1)
-            for name, path, body in ATTACKS:
-                with watch.window() as w:
-                    t = time.monotonic()
-                    r = c.post(server.url + path, json=body)
-                    took = time.monotonic() - t
-                rows.append((name, r.status_code, took, w))
-            big = b"a" * (9 << 20)
-            chunks = b"".join(b"%x\r\n%s\r\n" % (65536, big[i : i + 65536])
-                              for i in range(0, len(big), 65536))  # fmt: skip
-            with watch.window() as w:
-                t = time.monotonic()
-                out = raw_request(server.url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                                  b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
-                                  wait=60)  # fmt: skip
-                rows.append(("9 MB chunked body", status_of(out), time.monotonic() - t, w))
+            for name, path, body in attacks:
+                for _ in range(args.repeat):
+                    with watch.window() as w:
+                        t = time.monotonic()
+                        r = c.post(server.url + path, json=body)
+                        took = time.monotonic() - t
+                    rows.append((name, r.status_code, took, w))
+            if not args.only or any(o in CHUNKED for o in args.only):
+                rows.append((CHUNKED, *_chunked_attack(server.url, watch)))
         own = sum(srv.cpu_times()[:2]) + sum(me.cpu_times()[:2]) - own_start
     finally:
+        stop.set()
+        if args.streams:
+            load.join(5)
         server.stop()
     elapsed = time.monotonic() - wall
     busy = psutil.cpu_times()

@@ -226,7 +226,8 @@ def test_rate_limits_are_exact_for_many_keys():
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
         got: dict[str, int] = {}
         with httpx.Client(timeout=10) as c:
-            for i in range(150):
+            # 60 keys end to end (test_many_keys_never_share_a_bucket checks 5,000 in-process).
+            for i in range(60):
                 key = f"key-{i}"
                 for _ in range(4):
                     r = c.post(server.url + "/v1/chat/completions", json=body,

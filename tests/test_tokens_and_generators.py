@@ -11,6 +11,7 @@ from llmsim.engine.tokens import (
     count_chat_prompt_tokens,
     encoding_for_model,
     encoding_name_for_model,
+    exact_len,
     get_encoding,
 )
 
@@ -52,6 +53,24 @@ def test_chat_prompt_counting_includes_openai_overhead():
     roles = sum(len(enc.encode(r)) for r in ("system", "user", "user"))
     expected = 3 + 3 * 3 + content + roles + 1 + len(enc.encode("bob"))
     assert count_chat_prompt_tokens(messages, "gpt-4o") == expected
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_buffer_count_equals_encode_for_long_and_odd_texts(name):
+    """Long texts are counted in a buffer (no list of ints): the count is tiktoken's, exactly."""
+    enc = get_encoding(name)
+    rng = random.Random(7)
+    words = generators.words()
+    texts = [
+        "a" * 30_000,  # one unbroken run: a single BPE piece
+        " ".join(rng.choice(words) for _ in range(3000)),
+        "<|endoftext|> as text " * 300,  # special tokens count as plain text
+        "x\ud800y" * 1000,  # lone surrogates, which encode() replaces before encoding
+        "é😀\n\n  \t1234567" * 400,
+        "b" * 2047 + "c",  # at the threshold
+    ]
+    for text in texts:
+        assert exact_len(enc, text) == len(enc.encode(text, disallowed_special=())), text[:20]
 
 
 def test_every_word_is_one_token_in_every_form_and_encoding():

@@ -444,7 +444,7 @@ def finish_plain(
         gen.finish("fault_stream_error", reply, start)
         raise _counted(fault_error("stream-error", headers))
     try:
-        body = offload.call(offload.heavy_render(reply), _render_json, fmt, reply, opts, ctx)
+        body = _render_json(fmt, state, reply, opts, ctx)
     except BaseException as exc:
         gen.finish(accounting.failure_kind(exc), reply, start)
         accounting.mark_counted(exc)
@@ -458,7 +458,18 @@ def _wake_entry(start: float, last_token: int, due: Any, callback: Any) -> tuple
     return entry, entry.first_deadline()
 
 
-def _render_json(fmt: WireFormat, reply: Reply, opts: Any, ctx: RenderContext) -> str | list[bytes]:
-    """The JSON body; a format may write a big one its own way, as pieces sent one by one."""
+def _render_json(
+    fmt: WireFormat, state: ServerState, reply: Reply, opts: Any, ctx: RenderContext
+) -> str | list[bytes]:
+    """The JSON body; a format may write a big one its own way, as pieces sent one by one.
+
+    Pieces are Python work, made on the loop between its sweeps (offload.gather); a whole
+    reply's text joins strings in C, on a thread when it is long."""
     custom = getattr(fmt, "render_json", None)
-    return custom(reply, opts, ctx) if custom else json.dumps(fmt.render(reply, opts, ctx))
+    if custom is not None:
+        return offload.gather(custom(reply, opts, ctx), state.stream_loop().catch_up)
+    return offload.call(offload.heavy_render(reply), _dumps, fmt, reply, opts, ctx)
+
+
+def _dumps(fmt: WireFormat, reply: Reply, opts: Any, ctx: RenderContext) -> str:
+    return json.dumps(fmt.render(reply, opts, ctx))
