@@ -35,6 +35,7 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.exception import StopTest, StopUser
 
 from llmsim.load import errors as E
+from llmsim.load import resolve
 from llmsim.load.metrics import LLMMetrics, RequestRecord
 from llmsim.load.options import LLMConfig
 from llmsim.load.reactor import read_body
@@ -160,6 +161,7 @@ class LLMUser(FastHttpUser):
         self.origin, self.base_path = split_host(self.host)
         agent = self.client.client  # FastHttpUser's LocustUserAgent, with the class's settings
         self._http = agent.clientpool.get_client(URL(self.origin))
+        resolve.install(self._http)  # not once per new connection (see resolve.py)
         headers = dict(agent.default_headers)
         if self.client.auth_header:  # user:password@ in --host
             headers["Authorization"] = self.client.auth_header
