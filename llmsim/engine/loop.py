@@ -47,10 +47,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from llmsim.engine.hrtimer import TimerFd
+
 log = logging.getLogger("llmsim.loop")
 
-# Timer wake-ups land up to ~1 ms late (libev waits in whole milliseconds), so the timer is set
-# WAKE_EARLY_S before the deadline and the rest is slept precisely (see _fire).
+# The loop wakes on a timerfd at the deadline itself (hrtimer.py). Without one (not Linux, or a
+# fake clock), libev's timer wakes up to ~1 ms late (it waits in whole milliseconds), so it is
+# set WAKE_EARLY_S before the deadline and the rest is slept precisely (see _fire).
 WAKE_EARLY_S = 0.0011
 # The precise sleep blocks the hub (no I/O meanwhile, and on a busy machine the scheduler may
 # take milliseconds to give the CPU back): only while few entries are in flight, where it makes
@@ -228,6 +231,14 @@ class StreamLoop:
         self.events = EventLog(log_size)
         self.lateness = Lateness()
         self._hub_loop = gevent.get_hub().loop
+        # A timerfd wakes the loop at the exact deadline (hrtimer.py); libev's whole-ms timer,
+        # with the precise sleep below, is the fallback (and what a test's fake clock gets).
+        self._precise: TimerFd | None = None
+        if clock is time.monotonic:
+            try:
+                self._precise = TimerFd(self._fire_precise)
+            except (OSError, AttributeError):
+                self._precise = None
         self._heap: list[tuple[float, int, Clocked]] = []
         self._seq = itertools.count()
         self._timer: Any = None
@@ -264,6 +275,10 @@ class StreamLoop:
         if not self._heap:
             return
         target = max(self._heap[0][0], self._last_sweep + self.min_sweep_s)
+        if self._precise is not None:
+            self._timer_for = target
+            self._precise.arm(target)
+            return
         if self._timer is not None:
             self._timer.stop()
         self._timer_for = target
@@ -272,6 +287,13 @@ class StreamLoop:
         self._hub_loop.update_now()  # the timer counts from now, not from a stale loop time
         self._timer = self._hub_loop.timer(max(0.0, delay))
         self._timer.start(self._fire)
+
+    def _fire_precise(self) -> None:
+        self._timer_for = float("inf")
+        try:
+            self.sweep()
+        finally:
+            self._arm()
 
     def _fire(self) -> None:
         self._timer = None

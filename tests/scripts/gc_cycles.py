@@ -1,6 +1,6 @@
 """Serve streams in-process, then report which of the simulator's objects ended up in cycles.
 
-Run by tests/test_gc_policy.py in a subprocess (it turns the GC off and inspects garbage, which
+Run by tests/test_pauses.py in a subprocess (it turns the GC off and inspects garbage, which
 must not happen inside the test runner). Prints one JSON line: {"garbage": {type: count}, ...}.
 """
 

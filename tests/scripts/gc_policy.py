@@ -1,6 +1,6 @@
 """Exercise llmsim.gcpolicy in a process of its own (it turns the automatic collector off).
 
-Prints one JSON line with what the policy did; tests/test_gc_policy.py checks it.
+Prints one JSON line with what the policy did; tests/test_pauses.py checks it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""The GC policy of timing processes, and the simulator's per-request objects forming no cycles.
-
-Both run in a subprocess: they switch the collector off and read the garbage, which must not
-happen inside pytest's own process.
+"""What keeps pauses out of timed processes: the GC policy, no per-request reference cycles, and
+the stream loop's precise timer. Each runs in a subprocess: they switch the collector off, read the
+garbage or drive a gevent hub, which must not happen inside pytest's own process.
 """
 
 from __future__ import annotations
@@ -44,3 +43,13 @@ def test_served_requests_leave_no_reference_cycles():
     # and 400s: none may leave a cycle (each one would wait for a full scan to be freed).
     out = run("gc_cycles.py", "3")
     assert out["garbage"] == {}, out
+
+
+def test_the_loops_timerfd_fires_at_its_deadline_not_early():
+    # libev's own timers wait in whole milliseconds; the stream loop's timerfd must fire at
+    # the deadline, never before it (the bound above leaves room for a loaded machine).
+    out = run("hrtimer_check.py")
+    late = sorted(out["late_s"])
+    assert late[0] >= 0, late  # never early
+    assert late[len(late) // 2] < 0.002, late  # libev alone: up to 1 ms, ~0.5 ms typical
+    assert out["past_fires"] is True
