@@ -332,7 +332,8 @@ class Stats:
         for w in range(self.workers):
             for s in range(_RING):
                 base = w * size + lay.ring + s * len(_RING_FIELDS)
-                if now - 60 <= d[base] < now:
+                # The current second counts too: a burst that all fell in it is not "0/s".
+                if now - 60 < d[base] <= now:
                     for i, name in enumerate(_RING_FIELDS[1:], start=1):
                         sums[name] += d[base + i]
         window = max(1.0, min(60.0, now - self.started))
