@@ -145,7 +145,8 @@ class LLMUser(FastHttpUser):
     batch_start_spread_s: float = 1.0
 
     def __init__(self, environment: Any) -> None:
-        self.llm: LLMConfig = get_runtime(environment).config_for(type(self))
+        self.runtime = get_runtime(environment)
+        self.llm: LLMConfig = self.runtime.config_for(type(self))
         # FastHttpUser reads its client settings from the instance: --llm-timeout is the wait
         # for the next bytes of a reply; connection_timeout and the rest stay the class's own.
         self.network_timeout = self.llm.timeout
@@ -156,7 +157,6 @@ class LLMUser(FastHttpUser):
             # bound stays moderate because geventhttpclient retries a send up to pool size times.
             self.concurrency = max(self.concurrency, self.llm.max_in_flight or 2048)
         super().__init__(environment)
-        self.runtime = get_runtime(environment)
         self.metrics: LLMMetrics = self.runtime.metrics
         self.origin, self.base_path = split_host(self.host)
         agent = self.client.client  # FastHttpUser's LocustUserAgent, with the class's settings
