@@ -59,6 +59,13 @@ ATTACKS = [
      {**CHAT, "max_tokens": 1, "messages": [{"role": "user", "content": "a" * 8_000_000}]}),
     ("embeddings 2,048 x text-embedding-3-large float", "/v1/embeddings",
      {"model": "text-embedding-3-large", "input": [f"input number {i}" for i in range(2048)]}),
+    # 8 MB bodies of tiny values: the parse holds the GIL for as long as it builds objects.
+    ("8 MB of [[],[],...] in a chat body", "/v1/chat/completions",
+     {**CHAT, "metadata": {"x": [[]] * 2_600_000}}),
+    ("a dict of 600,000 distinct keys", "/v1/chat/completions",
+     {**CHAT, "metadata": {f"k{i}": 1 for i in range(600_000)}}),
+    ("450,000 ints (under the value bound)", "/v1/chat/completions",
+     {**CHAT, "metadata": {"x": [1] * 450_000}}),
     ("Anthropic 100,000 stop_sequences", "/v1/messages",
      {"model": "claude-sonnet-4", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
       "stop_sequences": [f"s{i}" for i in range(100_000)]}),

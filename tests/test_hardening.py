@@ -178,6 +178,47 @@ def test_bad_json_is_a_400(target, text):
     _assert_unharmed(server, watch, w)
 
 
+@pytest.mark.parametrize(
+    "junk",
+    [[[]] * 600_000, {f"k{i}": 1 for i in range(300_000)}, [1] * 600_000],
+    ids=["600k-lists", "300k-keys", "600k-ints"],
+)
+def test_body_of_too_many_values_is_a_400(target, junk):
+    """Parsing holds the GIL for as long as it builds objects: past the bound, none are built."""
+    server, watch = target
+    with watch.window() as w:
+        r = _post_raw(server, json.dumps({**CHAT, "metadata": {"x": junk}}))
+    assert r.status_code == 400, r.text[:300]
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == "request_too_complex", err
+    assert "500,000" in err["message"]
+    _assert_unharmed(server, watch, w)
+
+
+def test_commas_inside_strings_are_text_not_values(target):
+    """A prompt with 600,000 commas holds only a few JSON values: it is served."""
+    server, watch = target
+    body = {**CHAT, "model": "gpt-4.1", "max_tokens": 1,
+            "messages": [{"role": "user", "content": "a, [b], {c}, " * 100_000}]}  # fmt: skip
+    with watch.window() as w:
+        r = _post_raw(server, json.dumps(body))
+    assert r.status_code == 200, r.text[:300]
+    enc = get_encoding("o200k_base")
+    want = len(enc.encode("a, [b], {c}, " * 100_000)) + 1 + 3 + 3
+    assert r.json()["usage"]["prompt_tokens"] == want
+    _assert_unharmed(server, watch, w)
+
+
+def test_integer_beyond_64_bits_names_the_param(target):
+    """orjson reads such a literal as a float; it is still refused as the integer it is."""
+    server, _ = target
+    text = json.dumps(CHAT)[:-1] + ', "n": 123456789012345678901234567890}'
+    r = _post_raw(server, text)
+    assert r.status_code == 400, r.text[:300]
+    err = r.json()["error"]
+    assert err["code"] == "integer_above_max_value" and err["param"] == "n", err
+
+
 def test_schema_bigger_than_the_estimate_is_cut_with_length(target):
     """minLength 1000 needs >= 63 tokens by the bound; with max_tokens 70 the reply is cut."""
     server, watch = target

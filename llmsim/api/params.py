@@ -37,9 +37,9 @@ def int_param(body: dict[str, Any], name: str, lo: int | None, hi: int | None) -
     v = body.get(name)
     if v is None:
         return None
+    check_int64(name, v)  # first: a literal beyond 64 bits may have been read as a float
     if not _is_int(v):
         raise invalid_type(name, "an integer", v)
-    check_int64(name, v)
     if lo is not None and v < lo:
         raise below_min(name, lo, v, integer=True)
     if hi is not None and v > hi:
