@@ -34,7 +34,9 @@ def test_rate_is_achieved_and_latency_counts_from_the_schedule(bench: Bench) -> 
     assert code == 0, err
     run = bench.run_dir()
     s = summary_of(run)
-    assert s["config"]["rate"] == 20 and s["window"]["start_s"] == 1
+    # The warm-up counts from the first scheduled arrival (the user spawns after test start).
+    assert s["config"]["rate"] == 20 and 1 <= s["window"]["start_s"] < 2, s["window"]
+    assert s["window"]["duration_s"] > 2, s["window"]
     # The steady window holds 3 s at 20/s; a busy machine may start a few late, not fewer.
     assert 17 <= s["requests"]["per_s"] <= 21, s["requests"]
     rows = read_csv(run / "requests.csv")

@@ -193,6 +193,34 @@ def test_load_request_log_finds_the_earliest_start(tmp_path: Path) -> None:
     assert log.t0 == 1003 and log.total == 3
 
 
+def test_open_loop_window_counts_from_the_first_scheduled_arrival(tmp_path: Path) -> None:
+    """A schedule that began 0.9 s after the test's start (a user spawned late): the warm-up
+    counts from its first arrival, so the window holds the full rate, not 30 % less."""
+    from llmsim.bench.reports import add_window
+
+    t0, delay, rate, e2e = 1_800_000_000.0, 0.9, 20.0, 0.7
+    path = tmp_path / "requests.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["start_time", "end_time", "status", "ttft_ms", "tpot_ms", "e2e_ms",
+                    "input_tokens", "output_tokens", "scheduled_time"])  # fmt: skip
+        due = t0 + delay
+        while due < t0 + 4.0:  # the schedule stops with the run (warm-up 1 s + 3 s)
+            w.writerow([due, due + e2e, "ok", 600, 5, e2e * 1000, 10, 20, due])
+            due += 1 / rate
+    cfg = BenchConfig(rate=rate, warmup_s=1.0, duration_s=3.0)
+    summary = {"requests": {"total": 0}, "tokens": {}}
+    add_window(summary, cfg, {}, path, t0, None)
+    assert summary["window"]["start_s"] == pytest.approx(1.9)
+    assert summary["window"]["duration_s"] == pytest.approx(2.1)
+    assert summary["window"]["basis"].endswith("from the first scheduled arrival")
+    assert summary["requests"]["per_s"] == pytest.approx(rate, rel=0.05)
+    # Closed loop keeps the test's start.
+    closed = {"requests": {"total": 0}, "tokens": {}}
+    add_window(closed, BenchConfig(users=4, warmup_s=1.0, duration_s=3.0), {}, path, t0, None)
+    assert closed["window"]["start_s"] == 1.0
+
+
 # --------------------------------------------------------------------------- summary and files
 
 
