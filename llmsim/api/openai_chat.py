@@ -12,7 +12,7 @@ from typing import Any
 
 from llmsim.api import tools
 from llmsim.api.chat_stream import ChunkShape, chat_family_events
-from llmsim.api.errors import ApiError, invalid_type, missing, openai_limit_error
+from llmsim.api.errors import ApiError, invalid_type, missing
 from llmsim.api.params import (
     MAX_N,
     body_and_model,
@@ -21,7 +21,7 @@ from llmsim.api.params import (
     sampling_params,
     stop_param,
 )
-from llmsim.api.wire import RenderContext
+from llmsim.api.wire import OpenAIErrors, RenderContext
 from llmsim.engine.request import Choice, EngineRequest, Reply
 from llmsim.engine.tokens import count_chat_prompt_tokens, message_text, messages_text
 
@@ -294,7 +294,7 @@ def stream_events(
     return chat_family_events(reply, shape)
 
 
-class OpenAIChat:
+class OpenAIChat(OpenAIErrors):
     """The chat completions wire format for the server pipeline."""
 
     name = "openai.chat"
@@ -309,13 +309,3 @@ class OpenAIChat:
         self, reply: Reply, opts: ChatOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
         return stream_events(reply, ctx.system_fingerprint, opts.include_usage)
-
-    def error_body(self, err: ApiError) -> bytes:
-        return err.json_bytes()
-
-    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
-        # What the openai SDK recognises mid-stream: a data event whose object has "error".
-        return b"data: " + err.json_bytes() + b"\n\n"
-
-    def limit_error(self, violation: Any) -> ApiError:
-        return openai_limit_error(violation)

@@ -21,7 +21,6 @@ from llmsim.api.errors import (
     below_min,
     invalid_type,
     missing,
-    openai_limit_error,
 )
 from llmsim.api.params import (
     MAX_N,
@@ -31,7 +30,7 @@ from llmsim.api.params import (
     sampling_params,
     stop_param,
 )
-from llmsim.api.wire import RenderContext
+from llmsim.api.wire import OpenAIErrors, RenderContext
 from llmsim.engine.request import Choice, EngineRequest, Reply
 from llmsim.engine.tokens import encoding_for_model
 
@@ -226,7 +225,7 @@ def stream_events(
     return chat_family_events(reply, shape)
 
 
-class OpenAICompletions:
+class OpenAICompletions(OpenAIErrors):
     """The legacy completions wire format for the server pipeline."""
 
     name = "openai.completions"
@@ -241,12 +240,3 @@ class OpenAICompletions:
         self, reply: Reply, opts: CompletionOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
         return stream_events(reply, opts, ctx.system_fingerprint)
-
-    def error_body(self, err: ApiError) -> bytes:
-        return err.json_bytes()
-
-    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
-        return b"data: " + err.json_bytes() + b"\n\n"
-
-    def limit_error(self, violation: Any) -> ApiError:
-        return openai_limit_error(violation)

@@ -22,7 +22,7 @@ import orjson
 from llmsim.api.errors import ApiError, below_min, invalid_type, missing
 from llmsim.api.params import body_and_model
 from llmsim.api.tools import invalid_value
-from llmsim.api.wire import RenderContext
+from llmsim.api.wire import OpenAIErrors, RenderContext
 from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.tokens import encoding_for_model, exact_len
 
@@ -203,7 +203,7 @@ def render_json(reply: Reply, opts: EmbeddingOptions) -> Iterator[bytes]:
     yield b'],"model":%s,"usage":%s}' % (orjson.dumps(reply.model), orjson.dumps(usage))
 
 
-class OpenAIEmbeddings:
+class OpenAIEmbeddings(OpenAIErrors):
     """The embeddings wire format for the server pipeline (never streamed)."""
 
     name = "openai.embeddings"
@@ -222,9 +222,3 @@ class OpenAIEmbeddings:
 
     def stream_events(self, reply: Reply, opts: EmbeddingOptions, ctx: RenderContext):
         raise NotImplementedError("embeddings are not streamed")
-
-    def error_body(self, err: ApiError) -> bytes:
-        return err.json_bytes()
-
-    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
-        return b"data: " + err.json_bytes() + b"\n\n"

@@ -33,7 +33,7 @@ from llmsim.api.tools import (
     schema_prompt_tokens,
     tool_choice_mode,
 )
-from llmsim.api.wire import RenderContext
+from llmsim.api.wire import OpenAIErrors, RenderContext
 from llmsim.engine.reasoning import is_reasoning_model
 from llmsim.engine.request import Choice, EngineRequest, Reply
 from llmsim.engine.structured import OutputSpec, ToolSpec
@@ -597,7 +597,7 @@ def error_event(err: ApiError, sent_events: int = 0) -> bytes:
     return b"event: error\ndata: " + json.dumps(obj).encode() + b"\n\n"
 
 
-class OpenAIResponses:
+class OpenAIResponses(OpenAIErrors):
     """The Responses wire format for the server pipeline."""
 
     name = "openai.responses"
@@ -612,9 +612,6 @@ class OpenAIResponses:
         self, reply: Reply, opts: ResponsesOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
         return stream_events(reply, opts)
-
-    def error_body(self, err: ApiError) -> bytes:
-        return err.json_bytes()
 
     def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
         return error_event(err, sent_events)

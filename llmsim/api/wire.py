@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from llmsim.api.errors import ApiError
+from llmsim.api.errors import ApiError, openai_limit_error
 from llmsim.engine.request import EngineRequest, Reply
 from llmsim.engine.simulator import LimitViolation
 from llmsim.engine.timing import ChunkSpec
@@ -70,3 +70,21 @@ class WireFormat(Protocol):
     def limit_error(self, violation: LimitViolation) -> ApiError:
         """The API's 400 for a request above the model's limits, in the provider's words."""
         ...
+
+
+class OpenAIErrors:
+    """Errors the way OpenAI's APIs send them, for the wire formats of that family to inherit:
+    the JSON error body, mid-stream a `data:` event whose object has "error" (what the openai
+    SDK recognises), and the limit errors in OpenAI's words."""
+
+    def error_body(self, err: ApiError) -> bytes:
+        """The error response body: `{"error": {...}}`."""
+        return err.json_bytes()
+
+    def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
+        """The error as one SSE data event."""
+        return b"data: " + err.json_bytes() + b"\n\n"
+
+    def limit_error(self, violation: LimitViolation) -> ApiError:
+        """OpenAI's 400 for a request above the model's limits."""
+        return openai_limit_error(violation)
