@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
+import stat
 import statistics
 import time
 
@@ -301,3 +303,36 @@ def test_a_client_that_reads_slowly_gets_every_event(llmsim_server):
     assert data.count(b'"delta":{"content":"') == 16_000
     assert data.count(b"data: [DONE]") == 1
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_any_worker_answers_for_a_request_another_worker_served(llmsim_server):
+    """With two workers a lookup lands on either: both must find every request."""
+    server = llmsim_server("--workers", "2", "--ttft-ms", "5", "--tbt-ms", "1", *EXACT)
+    ids, answered_by = [], set()
+    for _ in range(8):  # a new connection each: the kernel spreads them over the workers
+        with httpx.Client(timeout=30) as c:
+            r = c.post(server.base_url + "/chat/completions",
+                       json={"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 3})  # fmt: skip
+            assert r.status_code == 200
+            ids.append(r.headers["x-request-id"])
+    for rid in ids:
+        for _ in range(4):
+            with httpx.Client(timeout=30) as c:  # one connection: the same worker answers both
+                r = c.get(f"{server.url}/llmsim/requests/{rid}")
+                assert r.status_code == 200, r.text
+                assert r.json()["request_id"] == rid and r.json()["events"]
+                answered_by.add(c.get(f"{server.url}/llmsim/stats").json()["worker"])
+    assert answered_by == {0, 1}  # both workers answered lookups (32 of them)
+    r = httpx.get(f"{server.url}/llmsim/requests/req_000000000000000000000000", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{server.url}/llmsim/requests/a%20b", timeout=10).status_code == 404
+    # The workers' sockets live in one private directory, removed when the server exits.
+    children = psutil.Process(server.proc.pid).children()
+    paths = {
+        c.laddr for p in children for c in p.net_connections("unix") if "llmsim-logs-" in c.laddr
+    }
+    assert len(paths) == 2, paths
+    directory = os.path.dirname(next(iter(paths)))
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    server.stop()
+    assert not os.path.exists(directory)

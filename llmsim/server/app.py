@@ -247,6 +247,7 @@ def create_app(
     @app.get("/llmsim/stats")
     def stats() -> Response:
         snap = state.stats.snapshot()
+        snap["worker"] = state.shared.worker  # which worker answered (the rest is shared)
         loop = state.loop
         if loop is not None:  # this worker's stream loop: how often it woke and what it sent
             snap["stream_loop"] = {
@@ -279,11 +280,14 @@ def create_app(
     @app.get("/llmsim/requests/<request_id>")
     def request_events(request_id: str) -> Response:
         found = state.stream_loop().events.get(request_id)
+        peers = state.shared.peer_logs
+        if found is None and peers is not None:  # served by another worker?
+            found = peers.ask(state.shared.worker, request_id)
         if found is None:
             raise ApiError(
                 404,
-                f"No request {request_id!r} in this worker's log (it keeps the last "
-                f"{settings.request_log_size}; with --workers > 1, each worker keeps its own).",
+                f"No request {request_id!r} in the server's log (each worker keeps the last "
+                f"{settings.request_log_size} it served).",
                 code="not_found",
             )
         return _json_response(found)

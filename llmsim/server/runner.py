@@ -16,6 +16,7 @@ from typing import TextIO
 
 from llmsim import __version__
 from llmsim.engine.tokens import preload_encodings
+from llmsim.server.peer_logs import PeerLogs
 from llmsim.server.state import Shared
 from llmsim.server.supervisor import Supervisor
 from llmsim.settings import Settings
@@ -269,6 +270,9 @@ def serve_on_socket(
         environ={"wsgi.multiprocess": settings.workers > 1},
     )
 
+    if shared is not None and shared.peer_logs is not None:
+        state = app.extensions["llmsim.state"]
+        shared.peer_logs.serve(worker, lambda rid: state.stream_loop().events.get(rid))
     server.handlers = weakref.WeakSet()
     server.fd_guard = FdGuard()
     # What exists now lives as long as the server: frozen out of the cyclic GC's scans, which
@@ -322,6 +326,10 @@ def serve(settings: Settings, out: TextIO | None = None) -> int:
             lambda: print(startup_line(settings, url), file=out, flush=True),
         )
         return 0
+    shared.peer_logs = PeerLogs.create(settings.workers)
     # The parent keeps the listener open: a restarted worker accepts on it too.
     supervisor = Supervisor(settings, sock, shared, serve_on_socket)
-    return supervisor.run(lambda: print(startup_line(settings, url), file=out, flush=True))
+    try:
+        return supervisor.run(lambda: print(startup_line(settings, url), file=out, flush=True))
+    finally:
+        shared.peer_logs.remove()

@@ -17,6 +17,7 @@ from llmsim.engine.stats import Stats
 from llmsim.record.served import profile_error_rates
 from llmsim.server.config import engine_config, pool_config, vllm_config
 from llmsim.server.live_config import CAPACITY, FAULTS, LATENCY, SharedConfig, apply_changes
+from llmsim.server.peer_logs import PeerLogs
 from llmsim.settings import Settings
 
 
@@ -29,6 +30,7 @@ class Shared:
     engine_stats: EngineStats | None = None  # engine mode only
     worker: int = 0
     config: SharedConfig = field(default_factory=SharedConfig)  # PATCH /llmsim/config's changes
+    peer_logs: PeerLogs | None = None  # --workers > 1: request-log lookups across workers
 
     @classmethod
     def create(cls, settings: Settings) -> Shared:
