@@ -71,17 +71,21 @@ def _optional_int(value: Any) -> int | None:
     return _int(value)
 
 
+def _pairs(value: Any, shape: str) -> list[str]:
+    """`K=V` items from a YAML mapping, a comma-separated string or a list."""
+    if isinstance(value, dict):
+        return [f"{k}={v}" for k, v in value.items()]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value]
+    raise ValueError(f"expected {shape} items, got {value!r}")
+
+
 def _faults(value: Any) -> list[str]:
     from llmsim.engine.faults import parse_fault_rates
 
-    if isinstance(value, dict):  # YAML: {500: 0.1, drop: 2%}
-        items = [f"{k}={v}" for k, v in value.items()]
-    elif isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = [str(v).strip() for v in value]
-    else:
-        raise ValueError(f"expected KIND=RATE items, got {value!r}")
+    items = _pairs(value, "KIND=RATE")  # YAML: {500: 0.1, drop: 2%}
     parse_fault_rates(items)  # raises ValueError with the reason
     return items
 
@@ -165,14 +169,7 @@ def _readable_file(v: str) -> None:
 
 
 def _deployments(value: Any) -> dict[str, str]:
-    if isinstance(value, dict):  # YAML: {prod-chat: gpt-4o}
-        items = [f"{k}={v}" for k, v in value.items()]
-    elif isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = [str(v).strip() for v in value]
-    else:
-        raise ValueError(f"expected NAME=MODEL items, got {value!r}")
+    items = _pairs(value, "NAME=MODEL")  # YAML: {prod-chat: gpt-4o}
     out: dict[str, str] = {}
     for item in items:
         name, sep, model = item.partition("=")

@@ -100,6 +100,14 @@ def read_requests(path: Path) -> Iterator[Request]:
             )
 
 
+def _add(hist: dict[str, Histogram], r: Request, extra: str, value: float | None) -> None:
+    """Fold a successful request's latencies, and one more figure, into `hist`."""
+    for name, v in (("ttft_ms", r.ttft_ms), ("tpot_ms", r.tpot_ms), ("e2e_ms", r.e2e_ms),
+                    (extra, value)):  # fmt: skip
+        if v is not None:
+            hist.setdefault(name, Histogram()).add(v)
+
+
 @dataclass
 class _Second:
     requests: int = 0
@@ -152,14 +160,7 @@ class RequestLog:
             kind = r.error_kind or "unknown"
             self.errors[kind] = self.errors.get(kind, 0) + 1
             return
-        for name, value in (
-            ("ttft_ms", r.ttft_ms),
-            ("tpot_ms", r.tpot_ms),
-            ("e2e_ms", r.e2e_ms),
-            ("planned_ttft_ms", r.planned_ttft_ms),
-        ):
-            if value is not None:
-                self.hist.setdefault(name, Histogram()).add(value)
+        _add(self.hist, r, "planned_ttft_ms", r.planned_ttft_ms)
         if r.ttft_ms is not None and r.planned_ttft_ms is not None:
             self.hist.setdefault("fidelity_ttft_ms", Histogram()).add(r.ttft_ms - r.planned_ttft_ms)
         if r.ttft_ms is not None:
@@ -238,14 +239,7 @@ class Slice:
             kind = r.error_kind or "unknown"
             self.errors[kind] = self.errors.get(kind, 0) + 1
             return
-        for name, value in (
-            ("ttft_ms", r.ttft_ms),
-            ("tpot_ms", r.tpot_ms),
-            ("e2e_ms", r.e2e_ms),
-            ("schedule_lag_ms", r.schedule_lag_ms),
-        ):
-            if value is not None:
-                self.hist.setdefault(name, Histogram()).add(value)
+        _add(self.hist, r, "schedule_lag_ms", r.schedule_lag_ms)
 
     def stats(self, name: str) -> dict[str, Any] | None:
         h = self.hist.get(name)
