@@ -8,20 +8,21 @@ prefill, gaps are step times.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent.event
 from flask import Response
 
 from llmsim.api.errors import ApiError
-from llmsim.api.wire import RenderContext, WireFormat
 from llmsim.engine.ids import hex_id
 from llmsim.engine.loop import Stream
 from llmsim.engine.replicas import EngineOwner, EnginePool, LoopTokens
-from llmsim.engine.request import EngineRequest, Reply
+from llmsim.engine.request import EngineRequest
 from llmsim.engine.scheduler import Replica, Seq
 from llmsim.engine.tokens import encoding_for_model
-from llmsim.server.state import ServerState
+
+if TYPE_CHECKING:
+    from llmsim.server.pipeline import Planned
 from llmsim.server.takeover import LoopBody
 
 
@@ -52,21 +53,13 @@ def prompt_token_ids(pool: EnginePool, req: EngineRequest) -> list[int]:
     return enc.encode(text, disallowed_special=())[: req.prompt_tokens]
 
 
-def respond(
-    fmt: WireFormat,
-    state: ServerState,
-    gen: Any,
-    req: EngineRequest,
-    reply: Reply,
-    opts: Any,
-    fault: str | None,
-    start: float,
-    headers: dict[str, str],
-    environ: dict[str, Any],
-) -> Response:
+def respond(p: Planned) -> Response:
     """Serve a planned reply through a replica (see the module docstring)."""
     from llmsim.server import pipeline  # the shared fault and error helpers
 
+    state, gen, req, reply, opts, start, headers = (
+        p.state, p.gen, p.req, p.reply, p.opts, p.start, p.headers
+    )  # fmt: skip
     pool = state.engines
     assert pool is not None
     loop = state.stream_loop()
@@ -102,8 +95,7 @@ def respond(
             "admitted_ms": round((seq.arrival - start) * 1000, 3),
         },
     )
-    ctx = RenderContext(state.engine.system_fingerprint)
-    cut = state.faults.cut_point(reply.steps) if fault in ("drop", "stream-error") else None
+    cut = p.cut_step()
     headers.update(
         {
             "x-request-id": request_id,
@@ -122,8 +114,6 @@ def respond(
             ) from None
 
     if opts.stream:
-        headers["Cache-Control"] = "no-cache"
-        headers["X-Accel-Buffering"] = "no"
         owner = EngineOwner(gen)
         # The replica is chosen now, so the headers can name it; the stream joins its batch
         # when the response starts.
@@ -134,18 +124,7 @@ def respond(
         headers["x-llmsim-replica"] = replica.name
 
         def begin(sink: Any) -> Stream:
-            stream = Stream(
-                loop,
-                iter(fmt.stream_events(reply, opts, ctx)),
-                reply.step_end,
-                sink,
-                owner,
-                start,
-                event_log,
-                cut,
-                fault,
-                lambda sent: fmt.stream_error(pipeline.fault_error("stream-error", {}), sent),
-            )
+            stream = p.stream(sink, owner, event_log, cut)
             listener.stream = stream
             if seq.produced:  # tokens made before the response began (a fast step)
                 stream.emit(seq.produced, loop.clock())
@@ -156,17 +135,11 @@ def respond(
                     stream.fail("server_error")
             return stream
 
-        body = LoopBody(environ, begin)
-        response = Response(body, headers=headers, mimetype="text/event-stream")
-
-        def closed() -> None:  # also when the client vanished before the stream began
+        def closed() -> None:
             replica.abort(seq)
             gen.finish("client_disconnect", reply, start)
 
-        response.call_on_close(closed)
-        if fault == "drop":
-            response.call_on_close(lambda: pipeline._drop_connection(environ))
-        return response
+        return p.streamed(LoopBody(p.environ, begin), closed)
 
     last = max(reply.steps - 1, 0) if cut is None else min(cut, max(reply.steps - 1, 0))
     woken = gevent.event.Event()
@@ -184,4 +157,4 @@ def respond(
     gen.first_s = seq.first_token_at if seq.first_token_at is not None else now
     planned = (seq.last_token_at or now) - start
     loop.events.add(event_log, last, reply.completion_tokens, planned, now - start)
-    return pipeline.finish_plain(fmt, state, gen, reply, opts, fault, start, headers, environ, ctx)
+    return pipeline.finish_plain(p)

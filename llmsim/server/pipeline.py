@@ -12,6 +12,8 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -317,27 +319,74 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
         gen.finish(accounting.failure_kind(exc))
         accounting.mark_counted(exc)
         raise
-    return _respond(fmt, state, gen, req, reply, opts, fault, start, headers, environ)
-
-
-def _respond(
-    fmt: WireFormat,
-    state: ServerState,
-    gen: Generation,
-    req: EngineRequest,
-    reply: Reply,
-    opts: Any,
-    fault: str | None,
-    start: float,
-    headers: dict[str, str],
-    environ: dict[str, Any],
-) -> Response:
+    planned = Planned(fmt, state, gen, req, reply, opts, fault, start, headers, environ)
     if state.engines is not None:
         from llmsim.server import engine_respond
 
-        return engine_respond.respond(
-            fmt, state, gen, req, reply, opts, fault, start, headers, environ
+        return engine_respond.respond(planned)
+    return _respond(planned)
+
+
+@dataclass
+class Planned:
+    """A request whose reply is planned: what either way of sending it needs (api mode's
+    token schedule here, engine mode's replica in engine_respond)."""
+
+    fmt: WireFormat
+    state: ServerState
+    gen: Generation
+    req: EngineRequest
+    reply: Reply
+    opts: Any
+    fault: str | None
+    start: float
+    headers: dict[str, str]
+    environ: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.ctx = RenderContext(self.state.engine.system_fingerprint)
+
+    def cut_step(self) -> int | None:
+        """The step a mid-stream fault strikes instead of sending (None: no such fault)."""
+        if self.fault in ("drop", "stream-error"):
+            return self.state.faults.cut_point(self.reply.steps)
+        return None
+
+    def stream(self, sink: Any, owner: Any, event_log: Any, cut: int | None) -> Stream:
+        """The reply's events on the worker's stream loop, written to `sink`."""
+        fmt = self.fmt
+        return Stream(
+            self.state.stream_loop(),
+            iter(fmt.stream_events(self.reply, self.opts, self.ctx)),
+            self.reply.step_end,
+            sink,
+            owner,
+            self.start,
+            event_log,
+            cut,
+            self.fault,
+            lambda sent: fmt.stream_error(fault_error("stream-error", {}), sent),
         )
+
+    def streamed(self, body: LoopBody, closed: Callable[[], None]) -> Response:
+        """The streaming response around `body`; `closed` runs when the server is done with
+        it (also when the client vanished before it began)."""
+        self.headers["Cache-Control"] = "no-cache"
+        self.headers["X-Accel-Buffering"] = "no"
+        # SSE, unless the API streams another way (Gemini's JSON array without alt=sse).
+        media = getattr(self.opts, "media_type", "text/event-stream")
+        response = Response(body, headers=self.headers, mimetype=media)
+        response.call_on_close(closed)
+        if self.fault == "drop":
+            response.call_on_close(lambda: _drop_connection(self.environ))
+        return response
+
+
+def _respond(p: Planned) -> Response:
+    """api mode: each token is sent at the time the latency model plans for it."""
+    state, gen, req, reply, opts, start, headers = (
+        p.state, p.gen, p.req, p.reply, p.opts, p.start, p.headers
+    )  # fmt: skip
     engine = state.engine
     loop = state.stream_loop()
     gen.reply, gen.start = reply, start
@@ -371,40 +420,19 @@ def _respond(
             "chunk_tokens": str(reply.chunking._spec),
         },
     )
-    ctx = RenderContext(engine.system_fingerprint)
-    cut = state.faults.cut_point(reply.steps) if fault in ("drop", "stream-error") else None
+    cut = p.cut_step()
 
     if opts.stream:
-        headers["Cache-Control"] = "no-cache"
-        headers["X-Accel-Buffering"] = "no"
 
         def begin(sink: Any) -> Stream:
-            stream = Stream(
-                loop,
-                iter(fmt.stream_events(reply, opts, ctx)),
-                reply.step_end,
-                sink,
-                gen,
-                start,
-                event_log,
-                cut,
-                fault,
-                lambda sent: fmt.stream_error(fault_error("stream-error", {}), sent),
-            )
+            stream = p.stream(sink, gen, event_log, cut)
             pacer = TimedStream(stream, schedule.due, reply.chunking.total)
             loop.add(pacer, pacer.first_deadline())
             return stream
 
         # A hang-up watcher costs two syscalls: not worth it for a reply due within ~5 ms.
-        body = LoopBody(environ, begin, watch=reply.duration_s > 0.005)
-        # SSE, unless the API streams another way (Gemini's JSON array without alt=sse).
-        media = getattr(opts, "media_type", "text/event-stream")
-        response = Response(body, headers=headers, mimetype=media)
-        # Runs when the server is done with the response, also when the client vanished.
-        response.call_on_close(lambda: gen.finish("client_disconnect", reply, start))
-        if fault == "drop":
-            response.call_on_close(lambda: _drop_connection(environ))
-        return response
+        body = LoopBody(p.environ, begin, watch=reply.duration_s > 0.005)
+        return p.streamed(body, lambda: gen.finish("client_disconnect", reply, start))
 
     last = max(reply.steps - 1, 0) if cut is None else min(cut, max(reply.steps - 1, 0))
     last_token = max(reply.step_end(last) - 1, 0)
@@ -420,31 +448,23 @@ def _respond(
         raise
     now = time.monotonic()
     loop.events.add(event_log, last, reply.completion_tokens, schedule.due(last_token), now - start)
-    return finish_plain(fmt, state, gen, reply, opts, fault, start, headers, environ, ctx)
+    return finish_plain(p)
 
 
-def finish_plain(
-    fmt: WireFormat,
-    state: ServerState,
-    gen: Generation,
-    reply: Reply,
-    opts: Any,
-    fault: str | None,
-    start: float,
-    headers: dict[str, str],
-    environ: dict[str, Any],
-    ctx: RenderContext,
-) -> Response:
+def finish_plain(p: Planned) -> Response:
     """The end of a non-streaming reply once its last token is due: a fault, or the JSON."""
+    fmt, state, gen, reply, opts, fault, start, headers = (
+        p.fmt, p.state, p.gen, p.reply, p.opts, p.fault, p.start, p.headers
+    )  # fmt: skip
     if fault == "drop":
         gen.finish("fault_drop", reply, start)
-        _drop_connection(environ)
+        _drop_connection(p.environ)
         return Response(b"", status=500)
     if fault == "stream-error":
         gen.finish("fault_stream_error", reply, start)
         raise _counted(fault_error("stream-error", headers))
     try:
-        body = _render_json(fmt, state, reply, opts, ctx)
+        body = _render_json(fmt, state, reply, opts, p.ctx)
     except BaseException as exc:
         gen.finish(accounting.failure_kind(exc), reply, start)
         accounting.mark_counted(exc)
