@@ -214,6 +214,17 @@ def test_engine_mode_keeps_the_apis_faults_and_limits(servers, client) -> None:
         oai.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=9000
         )
+    # Gemini's streamGenerateContent without alt=sse is one JSON array, in engine mode too.
+    r = client.post(
+        f"{server.url}/v1beta/models/{MODEL}:streamGenerateContent",
+        json={
+            "contents": [{"parts": [{"text": "hi"}]}],
+            "generationConfig": {"maxOutputTokens": 4},
+        },
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert isinstance(r.json(), list) and r.json()[-1]["usageMetadata"]["candidatesTokenCount"] == 4
     # Two requests at once go to the two replicas (least loaded); clients that hang up
     # mid-stream give their KV blocks back.
     long_body = {
