@@ -9,13 +9,11 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llmsim.bench.errors import BenchError
-from llmsim.bench.processes import spawn, stop
+from llmsim.bench.processes import start_until, stop
 from llmsim.settings import SERVE_OPTIONS
 
 _URL = re.compile(r"(https?://\S+?)/v1\b")
@@ -67,22 +65,10 @@ def start_embedded_server(
     flags: Mapping[str, Any], config: str | None, log_path: Path, timeout: float = 30.0
 ) -> EmbeddedServer:
     """Start the simulator and wait for its start-up line; BenchError says why it did not start."""
-    log = open(log_path, "wb")  # noqa: SIM115  (the child writes to it for its whole life)
-    try:
-        proc = spawn(server_args(flags, config), log)
-    finally:
-        log.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log_path.read_text("utf-8", errors="replace")
-        m = _URL.search(text)
-        if m:
-            return EmbeddedServer(proc, m.group(1), log_path)
-        if proc.poll() is not None:
-            raise BenchError(f"the embedded simulator did not start: {_last_error(text)}")
-        time.sleep(0.02)
-    stop(proc)
-    raise BenchError(f"the embedded simulator did not start within {timeout:g} s (see {log_path})")
+    proc, url = start_until(
+        server_args(flags, config), log_path, _URL, "the embedded simulator", _last_error, timeout
+    )
+    return EmbeddedServer(proc, url, log_path)
 
 
 def _last_error(text: str) -> str:

@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from re import Pattern
 from typing import IO
 
 import llmsim
@@ -92,3 +94,31 @@ def kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def start_until(
+    args: Sequence[str],
+    log_path: Path,
+    ready: Pattern[str],
+    what: str,
+    why: Callable[[str], str],
+    timeout: float = 30.0,
+) -> tuple[subprocess.Popen, str]:
+    """Start `python ARGS…` with its output in `log_path` and wait for a line matching
+    `ready`: (the process, the pattern's first group). A BenchError says why it did not
+    start: `why(log text)` when it exited, the log's path when it took too long."""
+    from llmsim.bench.errors import BenchError
+
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        proc = spawn(args, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text("utf-8", errors="replace")
+        m = ready.search(text)
+        if m:
+            return proc, m.group(1)
+        if proc.poll() is not None:
+            raise BenchError(f"{what} did not start: {why(text)}")
+        time.sleep(0.02)
+    stop(proc)
+    raise BenchError(f"{what} did not start within {timeout:g} s (see {log_path})")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,24 +39,13 @@ def start_recorder(
 ) -> RecorderProcess:
     """Start the recorder on a free loopback port for `target` (an OpenAI base URL); it writes
     `run_dir`/recording.jsonl."""
-    from llmsim.bench.errors import BenchError
-    from llmsim.bench.processes import spawn, stop
+    from llmsim.bench.processes import start_until
 
-    log_path = run_dir / "recorder.log"
     args = ["-m", "llmsim", "record", "--target", target, "--host", "127.0.0.1", "--port", "0"]
     args += ["--out", str(run_dir / RECORDING), "--timeout", "3600"]
     if with_bodies:
         args.append("--with-bodies")
-    with open(log_path, "wb") as log:
-        proc = spawn(args, log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log_path.read_text("utf-8", errors="replace")
-        m = _URL.search(text)
-        if m:
-            return RecorderProcess(proc, m.group(1), target)
-        if proc.poll() is not None:
-            raise BenchError(f"the recorder did not start: {text.strip()[-300:]}")
-        time.sleep(0.02)
-    stop(proc)
-    raise BenchError(f"the recorder did not start within {timeout:g} s (see {log_path})")
+    proc, url = start_until(
+        args, run_dir / "recorder.log", _URL, "the recorder", lambda t: t.strip()[-300:], timeout
+    )
+    return RecorderProcess(proc, url, target)
