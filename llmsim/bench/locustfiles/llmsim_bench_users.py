@@ -2,11 +2,9 @@
 
 Bench names one class on Locust's command line (`--api`, see swarm.API_USERS), so only that
 one runs. A file of its own because Locust loads locustfiles by path and refuses `locust.py`.
+Users spawned in one of Locust's batches spread their first requests over a second
+(LLMUser.batch_start_spread_s); open-loop users start their schedule at once.
 """
-
-import random
-
-import gevent
 
 from llmsim.locust import (
     AnthropicMessagesUser,
@@ -19,44 +17,29 @@ from llmsim.locust import (
 )
 
 
-class _Staggered:
-    """Each user waits a random part of a second before its first request.
-
-    Locust starts floor(spawn rate) users in one tight loop once a second, so at 50 users/s
-    fifty first requests (connections, prompts) land at the same instant and stall the client and
-    the simulator for tens of milliseconds: TTFT error that real, independent clients would never
-    cause. Spreading each batch over its second removes it; a user's first request comes at most
-    a second later, well inside the ramp-up.
-    """
-
-    def on_start(self) -> None:
-        gevent.sleep(random.random())
-        super().on_start()  # type: ignore[misc]
-
-
-class ChatUser(_Staggered, OpenAIChatUser):
+class ChatUser(OpenAIChatUser):
     """Streams chat completions back to back; the workload comes from bench's options."""
 
 
-class ResponsesUser(_Staggered, OpenAIResponsesUser):
+class ResponsesUser(OpenAIResponsesUser):
     """Streams OpenAI Responses back to back (--api responses)."""
 
 
-class AnthropicUser(_Staggered, AnthropicMessagesUser):
+class AnthropicUser(AnthropicMessagesUser):
     """Streams Anthropic Messages back to back (--api anthropic)."""
 
 
-class CompletionsUser(_Staggered, OpenAICompletionsUser):
+class CompletionsUser(OpenAICompletionsUser):
     """Streams legacy completions back to back (--api completions)."""
 
 
-class EmbeddingsUser(_Staggered, OpenAIEmbeddingsUser):
+class EmbeddingsUser(OpenAIEmbeddingsUser):
     """Embeds prompts back to back (--api embeddings)."""
 
 
-class AzureUser(_Staggered, AzureOpenAIUser):
+class AzureUser(AzureOpenAIUser):
     """Streams Azure OpenAI chat completions back to back (--api azure)."""
 
 
-class GeminiApiUser(_Staggered, GeminiUser):
+class GeminiApiUser(GeminiUser):
     """Streams Gemini generateContent back to back (--api gemini)."""
