@@ -3,7 +3,8 @@
 Each peer tool runs from its own virtualenv (never one of llmsim's dependencies) against a fresh
 `llmsim serve` on 127.0.0.1 with exact timing (TTFT 200 ms, 20 ms between tokens, no noise),
 streaming chat completions of a fixed prompt length and an exact reply length (ignore_eos). The
-tool's own result files are parsed and one table printed against the plan, with the server's
+tool's own result files are parsed and one table printed against the plan, beside llmsim's own
+raw-socket client (benchmarks/serve_timing.py, the baseline of the same run), with the server's
 own view beside it (its first-event and per-event lateness from /llmsim/stats) and the CPU the
 other processes on the machine used meanwhile. `--noisy` adds one run per tool on the gpt-4o
 profile, where the plan is a distribution and the server's measured TTFT is the reference.
@@ -238,6 +239,34 @@ def parse_guidellm(out: Path) -> dict[str, Any]:
     }
 
 
+def baseline_cmd(url: str, c: int, a: argparse.Namespace) -> list:
+    """llmsim's own raw-socket epoll client: the floor the peers' clients are compared with."""
+    return [
+        sys.executable, str(REPO / "benchmarks" / "serve_timing.py"), "timing", "--url", url,
+        "--streams", str(c), "--tokens", str(a.output_tokens), "--model", MODEL,
+        "--ramp-s", "0.5", "--duration-s", "4", "--drain-s", "5",
+    ]  # fmt: skip
+
+
+def parse_baseline(out: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """serve_timing.py's JSON line: TTFT from request sent, every gap between content chunks."""
+    d = json.loads((out / "tool.log").read_text().strip().splitlines()[-1])
+    return {
+        "requests": d["streams_done"],
+        "errors": d["errors"] + d["unfinished"],
+        "ttft_p50": d["ttft_ms"]["p50"],
+        "ttft_p99": d["ttft_ms"]["p99"],
+        "itl_p50": None,  # per gap only
+        "itl_p99": None,
+        "gap_p99": d["gap_ms"]["p99"],
+        "out_min": a.output_tokens if not d["wrong_token_count"] else None,
+        "out_max": a.output_tokens if not d["wrong_token_count"] else None,
+        "usage_out_max": None,
+        "send_p50": None,
+        "wait_p50": None,
+    }
+
+
 def run_one(tool: str, c: int, noisy: bool, a: argparse.Namespace, venv: Path, work: Path) -> dict:
     """One tool at one concurrency against a fresh server; the row of the table."""
     n = max(a.min_requests, a.requests_per_stream * c)
@@ -249,7 +278,9 @@ def run_one(tool: str, c: int, noisy: bool, a: argparse.Namespace, venv: Path, w
     server = Server(NOISY if noisy else EXACT, out / "server.log")
     try:
         env = {**os.environ, **OFFLINE, "NO_COLOR": "1"}
-        if tool == "aiperf":
+        if tool == "baseline":
+            cmd = baseline_cmd(server.url, c, a)
+        elif tool == "aiperf":
             cmd = aiperf_cmd(venv, server.url, c, n, a, out)
             env["TIKTOKEN_CACHE_DIR"] = str(tiktoken_cache(work))
         else:
@@ -275,7 +306,8 @@ def run_one(tool: str, c: int, noisy: bool, a: argparse.Namespace, venv: Path, w
         if "failure" not in row and proc.returncode != 0:
             row["failure"] = f"exit {proc.returncode}; see {out / 'tool.log'}"
         try:
-            row.update(parse_aiperf(out) if tool == "aiperf" else parse_guidellm(out))
+            parse = {"aiperf": parse_aiperf, "guidellm": parse_guidellm}.get(tool)
+            row.update(parse(out) if parse else parse_baseline(out, a))
         except (OSError, KeyError, IndexError, ValueError) as exc:
             row.setdefault("failure", f"no results ({type(exc).__name__}: {exc})")
         st = server.stats()
@@ -337,9 +369,13 @@ def main() -> int:
     p.add_argument("--startup-s", type=float, default=90.0, help="a tool's start-up allowance")
     p.add_argument("--noisy", action="store_true", help="also one run per tool on gpt-4o")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "llmsim-peers")
+    p.add_argument("--no-baseline", action="store_true", help="skip llmsim's own client")
     p.add_argument("--json", type=Path, help="write the rows here too")
     a = p.parse_args()
 
+    if not (a.peers_venv / "bin" / "python").exists():
+        print(f"peer_judges: skipping: no peer virtualenv at {a.peers_venv} (see docs/peers.md)")
+        return 0
     tools = []
     for tool in a.tools.split(","):
         exe = a.peers_venv / "bin" / tool
@@ -349,6 +385,8 @@ def main() -> int:
             print(f"peer_judges: skipping {tool}: {exe} not found (see docs/peers.md)")
     if not tools:
         return 0
+    if not a.no_baseline:
+        tools.insert(0, "baseline")
     a.work_dir.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in a.concurrency.split(",")]
     print(f"peer_judges: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, work dir {a.work_dir}")
