@@ -34,6 +34,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,15 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """Kill what is left of a tool's process group (its own session) and reap the tool."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is gone: the tool and every worker it forked have exited
+    proc.wait()
 
 
 def hf_tokenizer(venv: Path, work: Path) -> Path:
@@ -288,15 +298,21 @@ def run_one(tool: str, c: int, noisy: bool, a: argparse.Namespace, venv: Path, w
         row["command"] = " ".join(["nice", "-n", "15", *cmd])
         b0, s0, k0, t0 = busy_s(), server.cpu_s(), children_cpu_s(), time.monotonic()
         with (out / "tool.log").open("w") as log:
+            # A session of its own: the tools fork workers (guidellm's outlive a killed parent),
+            # so a timeout ends the whole group, and whatever is left of it after a clean exit.
             proc = subprocess.Popen(
-                ["nice", "-n", "15", *cmd], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out
+                ["nice", "-n", "15", *cmd],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=out,
+                start_new_session=True,
             )
             try:
                 proc.wait(a.run_timeout + a.startup_s)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
                 row["failure"] = f"killed after {a.run_timeout + a.startup_s:g} s"
+            end_group(proc)
         wall = time.monotonic() - t0
         tool_cpu, srv_cpu = children_cpu_s() - k0, server.cpu_s() - s0
         row["tool_cpu_pct"] = round(100 * tool_cpu / wall)
@@ -312,9 +328,10 @@ def run_one(tool: str, c: int, noisy: bool, a: argparse.Namespace, venv: Path, w
             row.setdefault("failure", f"no results ({type(exc).__name__}: {exc})")
         st = server.stats()
         row["server_ttft_mean"] = st["ttft_ms"].get("mean")  # its percentiles are bucketed
-        late = st["stream_loop"]["lateness"]
-        row["late_first_p99"] = late["first_event"].get("p99_ms")
-        row["late_events_p99"] = late["events"].get("p99_ms")
+        # No stream_loop section until the server has streamed something.
+        late = st.get("stream_loop", {}).get("lateness", {})
+        row["late_first_p99"] = late.get("first_event", {}).get("p99_ms")
+        row["late_events_p99"] = late.get("events", {}).get("p99_ms")
     finally:
         server.close()
     return row
