@@ -117,6 +117,31 @@ def test_stream_shape_with_usage(fast_server):
     assert len(enc.encode(text)) == 20
 
 
+def test_continuous_usage_stats_counts_the_tokens_in_every_chunk(fast_server):
+    """vLLM's stream_options.continuous_usage_stats (guidellm sends it): usage so far in each
+    chunk, the final usage chunk unchanged; without include_usage it does nothing."""
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 12, "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+    events = raw_stream(fast_server.base_url, body)
+    assert events[-1] == "[DONE]"
+    first, *content, finish, final = events[:-1]
+    for ch in (first, *content, finish):
+        validate("CreateChatCompletionStreamResponse", ch)
+    prompt = final["usage"]["prompt_tokens"]
+    assert first["usage"] == {"prompt_tokens": prompt, "completion_tokens": 0,
+                              "total_tokens": prompt}  # fmt: skip
+    assert [ch["usage"]["completion_tokens"] for ch in content] == list(range(1, 13))
+    assert all(ch["usage"]["total_tokens"] == prompt + ch["usage"]["completion_tokens"]
+               for ch in content)  # fmt: skip
+    assert finish["usage"]["completion_tokens"] == 12 == final["usage"]["completion_tokens"]
+    assert final["choices"] == [] and "completion_tokens_details" in final["usage"]
+    text = "".join(ch["choices"][0]["delta"]["content"] for ch in content)
+    assert len(encoding_for_model("gpt-4o").encode(text)) == 12
+    body["stream_options"] = {"continuous_usage_stats": True}  # needs include_usage, as in vLLM
+    assert all("usage" not in ch for ch in raw_stream(fast_server.base_url, body)[:-1])
+
+
 def test_stream_without_usage_has_no_usage_field(fast_server):
     body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 5, "stream": True}
     events = raw_stream(fast_server.base_url, body)

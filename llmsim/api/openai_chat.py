@@ -34,6 +34,8 @@ class ChatOptions:
 
     stream: bool = False
     include_usage: bool = False
+    # vLLM's stream_options.continuous_usage_stats (with include_usage): usage in every chunk.
+    continuous_usage: bool = False
 
 
 def _validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -111,7 +113,7 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
     stream = bool_param(body, "stream")
     ignore_eos = bool_param(body, "ignore_eos")
 
-    include_usage = False
+    include_usage = continuous_usage = False
     stream_options = body.get("stream_options")
     if stream_options is not None:
         if not isinstance(stream_options, dict):
@@ -124,6 +126,8 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
                 code="invalid_value",
             )
         include_usage = bool_param(stream_options, "include_usage")
+        # vLLM's extension, which guidellm sends: counts so far in every chunk.
+        continuous_usage = include_usage and bool_param(stream_options, "continuous_usage_stats")
 
     if seed is not None:
         # Only the conversation: a cap or a stop sequence then cuts the same text short.
@@ -151,7 +155,9 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
         output=output,
         prefix_text=lambda: messages_text(messages),
     )
-    return req, ChatOptions(stream=stream, include_usage=include_usage)
+    return req, ChatOptions(
+        stream=stream, include_usage=include_usage, continuous_usage=continuous_usage
+    )
 
 
 def completion_id(reply: Reply) -> str:
@@ -220,12 +226,15 @@ def _token_json(tok: str) -> bytes:
 
 
 def stream_events(
-    reply: Reply, system_fingerprint: str, include_usage: bool
+    reply: Reply, system_fingerprint: str, include_usage: bool, continuous_usage: bool = False
 ) -> Iterator[tuple[int, bytes]]:
     """SSE bytes for a streamed reply, as (step, bytes) (api/chat_stream.py's sequence).
 
     Chunks are pre-rendered around the one field that changes, so each token costs a dict
-    lookup and a join instead of a json.dumps of the whole chunk.
+    lookup and a join instead of a json.dumps of the whole chunk. With `continuous_usage`
+    (vLLM's continuous_usage_stats) every chunk's usage counts the tokens so far, as vLLM's
+    does: the role chunk 0, each content chunk those through it (reasoning tokens, made
+    first, included), the finish chunk the choice's whole count.
     """
     usage_chunk = None
     if include_usage:
@@ -269,6 +278,8 @@ def stream_events(
             p + '{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason + tail
         ).encode()
     suffix = ('},"logprobs":null,"finish_reason":null}]' + tail).encode()
+    if continuous_usage and reply.choices:
+        return chat_family_events(reply, _continuous_shape(reply, prefixes, head, usage_chunk))
 
     if reply.chunking.one_per_step:  # a token's JSON is cached: replies reuse a vocabulary
         # Each choice's content is asked for once per step, in order: read it as a stream.
@@ -294,6 +305,43 @@ def stream_events(
     return chat_family_events(reply, shape)
 
 
+def _continuous_shape(
+    reply: Reply, prefixes: dict[int, bytes], head: str, usage_chunk: bytes | None
+) -> ChunkShape:
+    """The chunks of a stream with vLLM's continuous_usage_stats: each one's usage so far."""
+    prompt, reasoning = reply.prompt_tokens, reply.reasoning_tokens
+
+    def tail(done: int) -> bytes:
+        out = done + reasoning if done else 0
+        return b',"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (
+            prompt,
+            out,
+            prompt + out,
+        )
+
+    step_end = reply.step_end
+    middle = b'},"logprobs":null,"finish_reason":null}]'
+
+    def content(c: Choice, step: int) -> bytes:
+        done = min(len(c.tokens), step_end(step))
+        return prefixes[c.index] + json.dumps(reply.text_at(c, step)).encode() + middle + tail(done)
+
+    def opening(c: Choice) -> bytes:
+        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
+        return (
+            p + '{"role":"assistant","content":"","refusal":null},"logprobs":null,'
+            '"finish_reason":null}]'
+        ).encode() + tail(0)
+
+    def finish(c: Choice) -> bytes:
+        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
+        return (p + '{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason).encode() + tail(
+            len(c.tokens)
+        )
+
+    return ChunkShape(content=content, finish=finish, opening=opening, usage=usage_chunk)
+
+
 class OpenAIChat(OpenAIErrors):
     """The chat completions wire format for the server pipeline."""
 
@@ -308,4 +356,6 @@ class OpenAIChat(OpenAIErrors):
     def stream_events(
         self, reply: Reply, opts: ChatOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
-        return stream_events(reply, ctx.system_fingerprint, opts.include_usage)
+        return stream_events(
+            reply, ctx.system_fingerprint, opts.include_usage, opts.continuous_usage
+        )
