@@ -1,11 +1,11 @@
 """The recorder's fast path: every response is relayed from the gevent hub, none by a greenlet.
 
-A relayed stream has no greenlet of its own. Its handler greenlet sends the request upstream
-and parks; one libev read watcher on the upstream socket runs a callback in the hub that takes
-what one `recv()` brings, timestamps it, and writes it straight to the client socket the gevent
-WSGI handler holds (a raw non-blocking `send()`, as the simulator's stream loop does in
-`server/takeover.py`). The response head is parsed in that callback too, so the first event
-goes out with the head in one send, without a greenlet switch.
+A relayed stream has no greenlet of its own. The client connection's greenlet (`front.py` read
+the request) sends the request upstream and parks; one libev read watcher on the upstream
+socket runs a callback in the hub that takes what one `recv()` brings, timestamps it, and writes
+it straight to the client's socket (a raw non-blocking `send()`, as the simulator's stream loop
+does in `server/takeover.py`). The response head is parsed in that callback too, so the first
+event goes out with the head in one send, without a greenlet switch.
 
 Bytes pass through unchanged: a chunked upstream body is forwarded with its own framing (the
 client's response is chunked too), a Content-Length body as it is. The callback only follows
@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 from llmsim.record.recording import Capture
-from llmsim.server import fastio
 
 _READ, _WRITE = 1, 2
 MAX_HEAD_BYTES = 64 * 1024
@@ -145,13 +144,22 @@ _HOP_RESPONSE = frozenset(
 )
 
 
-def _forwarded_head(raw_head: bytes, close: bool) -> bytes:
-    """The upstream's response head for the client: its lines minus the hop-by-hop ones."""
+_FRAMING = frozenset({b"transfer-encoding", b"content-length"})
+
+
+def _forwarded_head(raw_head: bytes, close: bool, reframe: bytes | None = None) -> bytes:
+    """The upstream's response head for the client: its lines minus the hop-by-hop ones.
+
+    `reframe`: the body is framed differently for this client (b"chunked": chunked by us;
+    b"": sent as it is, ending with the connection); the upstream's framing lines are dropped."""
+    drop = _HOP_RESPONSE if reframe is None else _HOP_RESPONSE | _FRAMING
     lines = raw_head.split(b"\r\n")
     kept = [lines[0].replace(b"HTTP/1.0", b"HTTP/1.1", 1)]
     for line in lines[1:]:
-        if line.split(b":", 1)[0].strip().lower() not in _HOP_RESPONSE:
+        if line.split(b":", 1)[0].strip().lower() not in drop:
             kept.append(line)
+    if reframe:
+        kept.append(b"Transfer-Encoding: " + reframe)
     if close:
         kept.append(b"Connection: close")
     return b"\r\n".join(kept) + b"\r\n\r\n"
@@ -216,28 +224,22 @@ class Dechunker:
 
 
 class HubRelay:
-    """One exchange on the fast path: the WSGI body the recorder's app returns.
+    """One exchange on the fast path, answered on a `front.ClientConn`.
 
-    Iterating it starts the watchers and parks the handler greenlet until the response is over;
-    it yields nothing (the hub wrote everything), except a 502 when the upstream never answered.
+    `run()` starts the watchers and parks the connection's greenlet until the response is over
+    (the hub wrote everything); `failure` is then set when the upstream never answered.
     """
 
     def __init__(
-        self,
-        relays: HubRelays,
-        handler: Any,
-        start_response: Any,
-        request: bytes,
-        conn: Any,
-        reused: bool,
+        self, relays: HubRelays, client: Any, request: bytes, conn: Any, reused: bool
     ) -> None:
         import gevent.event
 
-        self.relays, self.handler, self.start_response = relays, handler, start_response
+        self.relays, self.front = relays, client  # the client's ClientConn
         self.request, self.conn, self.reused = request, conn, reused
-        # Set by the recorder before the body is iterated (the request is parsed meanwhile).
+        # Set by the recorder before run() (the request is parsed meanwhile).
         self.cap: Capture = None  # type: ignore[assignment]
-        self.client = handler.socket._sock
+        self.client = client.raw
         self.up = conn._sock
         self.loop = relays.loop
         self.done = gevent.event.Event()
@@ -257,7 +259,8 @@ class HubRelay:
         self.client_watch: Any = None
         self.write_watch: Any = None
 
-    def __iter__(self) -> Any:
+    def run(self) -> None:
+        """Relay the response; returns when it is over (or abandoned)."""
         try:
             while True:
                 self._start()
@@ -277,22 +280,9 @@ class HubRelay:
             self.cap.detail = f"{type(exc).__name__}: {exc}"
             self._end(UNREACHABLE)
         finally:
-            if not self.done.is_set():  # the handler was killed (shutdown): abandon it
+            if not self.done.is_set():  # the greenlet was killed (shutdown): abandon it
                 self._end("client_disconnect")
-                self.handler.close_connection = True
-        start_response = self.start_response
-        # The handler keeps this body until its next request: no cycle through it is left
-        # for the cyclic GC to find (the recorder runs with gcpolicy's time-driven GC).
-        self.handler = self.start_response = None
-        if self.failure:
-            yield from self.relays.rec._json(
-                start_response, "502 Bad Gateway", self.relays.rec.unreachable_body()
-            )
-
-    def close(self) -> None:
-        """Called by the server when it is done, also when the client went away mid-reply."""
-        if not self.done.is_set():
-            self._end("client_disconnect")
+                self.front.close_connection = True
 
     def _start(self) -> None:
         self.relays.active.add(self)
@@ -339,7 +329,7 @@ class HubRelay:
         except ProtocolError as exc:
             self.cap.detail = str(exc)
             self.keep = False
-            if self.cap.first_byte is None or not self.handler.headers_sent:
+            if self.cap.first_byte is None or not self.front.headers_sent:
                 self.failure = UNREACHABLE
                 self._end(UNREACHABLE)
             else:
@@ -351,7 +341,7 @@ class HubRelay:
 
     def _upstream_eof(self, now: float) -> None:
         self.keep = False
-        if not self.handler.headers_sent:
+        if not self.front.headers_sent:
             if self.reused and not self.buf and self.cap.first_byte is None:
                 self.failure = "retry"
                 self._end("retry")
@@ -386,18 +376,16 @@ class HubRelay:
                 self.buf = buf
                 return None
             raw_head = buf[:end]
-            status, reason, headers = parse_head(raw_head)
+            status, _, headers = parse_head(raw_head)
             buf = buf[end + 4 :]
             if status >= 200 or status == 101:
                 break  # interim responses (100 Continue) are not the answer
         self.buf = b""
-        cap, h = self.cap, self.handler
+        cap, h = self.cap, self.front
         cap.first_byte = now
         cap.status = status
         cap.headers = headers
         lower = {k.lower(): v for k, v in headers}
-        hop = self.relays.hop
-        out_headers = [(k, v) for k, v in headers if k.lower() not in hop]
         if "close" in lower.get("connection", "").lower() or status == 101:
             self.keep = False
         te = lower.get("transfer-encoding", "").lower()
@@ -414,31 +402,23 @@ class HubRelay:
             except ValueError:
                 raise ProtocolError("bad content-length") from None
             self.mode = "length"
-            out_headers.append(("Content-Length", lower["content-length"]))
         else:
             self.mode = "close"
             self.keep = False
-        if h.request_version == "HTTP/1.1" and self.mode != "close" and status != 101:
-            # The common case: the upstream's own head, minus its hop-by-hop lines, as it came
-            # (no start_response, header encoding and Date formatting per response: this runs
-            # between the upstream's first event and the client).
-            h.status = f"{status} {reason}".strip().encode("latin-1")
-            h.code = status
-            h.headers_sent = True
-            h.response_use_chunked = False
-            # close_connection: gevent set it from the client's own Connection header.
-            return self._first(_forwarded_head(raw_head, h.close_connection), buf, now)
-        self.start_response(f"{status} {reason}".strip(), out_headers)
         h.headers_sent = True
-        h.finalize_headers()
-        if self.mode == "chunked":
-            self.payload_only = not h.response_use_chunked
-        elif self.mode == "close":
-            self.frame = h.response_use_chunked
-        if not h.response_use_chunked and self.mode in ("chunked", "close"):
-            h.close_connection = True  # the client's body ends with the connection
-        h.response_use_chunked = False  # the framing is ours (or the upstream's): none owed
-        return self._first(bytes(fastio.head_and_body(h, b"")), buf, now)
+        reframe = None
+        if status == 101:
+            h.close_connection = True  # an upgrade is not relayed: the connection ends
+        elif h.version == "HTTP/1.1" and self.mode == "close":
+            self.frame, reframe = True, b"chunked"  # its end is our last chunk
+        elif h.version != "HTTP/1.1":  # HTTP/1.0 has no chunks: the body ends with the close
+            h.close_connection = True
+            if self.mode == "chunked":
+                self.payload_only, reframe = True, b""
+        # The upstream's own head, minus its hop-by-hop lines, as it came (no header
+        # rebuilding per response: this runs between the upstream's first event and the
+        # client). close_connection was set from the client's own Connection header.
+        return self._first(_forwarded_head(raw_head, h.close_connection, reframe), buf, now)
 
     def _first(self, head: bytes, buf: bytes, now: float) -> bytes:
         """The head and whatever body bytes came with it."""
@@ -484,7 +464,6 @@ class HubRelay:
         except OSError:
             self._end("client_disconnect")
             return
-        self.handler.response_length += n
         if n < len(buf):
             # The client is slower than the upstream: stop reading it until this is flushed.
             self.pending = buf[n:]
@@ -503,7 +482,6 @@ class HubRelay:
             self.pending = None
             self._end("client_disconnect")
             return
-        self.handler.response_length += n
         self.pending = self.pending[n:] or None
         if self.pending is not None:
             return
@@ -538,7 +516,7 @@ class HubRelay:
         else:
             self.conn.close()
         if outcome not in ("ok", UNREACHABLE):
-            self.handler.close_connection = True
+            self.front.close_connection = True
             if outcome == "client_disconnect" and self.cap.outcome == "ok":
                 self.cap.outcome = outcome
         if outcome == UNREACHABLE:
@@ -551,16 +529,13 @@ class HubRelay:
 class HubRelays:
     """The recorder's fast-path state: the upstream pool, the relays in flight, the timeout."""
 
-    def __init__(
-        self, rec: Any, host: str, port: int, timeout_s: float, hop: frozenset[str]
-    ) -> None:
+    def __init__(self, rec: Any, host: str, port: int, timeout_s: float) -> None:
         import gevent
 
         self.rec = rec
         self.pool = UpstreamPool(host, port)
         self.loop = gevent.get_hub().loop
         self.timeout_s = timeout_s
-        self.hop = hop
         self.max_capture = rec.max_capture
         self.active: set[HubRelay] = set()
         # One timer for every relay's read timeout, rather than a timer per stream re-armed on
@@ -569,16 +544,11 @@ class HubRelays:
         self._timer.start(self._check_timeouts)
 
     def start(
-        self,
-        handler: Any,
-        start_response: Any,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        body: bytes,
+        self, client: Any, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> HubRelay:
-        """Send the request upstream (in the handler's greenlet) and return the relay that
-        answers it. Raises OSError when the upstream cannot be reached."""
+        """Send the request upstream (in the client connection's greenlet) and return the
+        relay that answers it on `client` (a ClientConn). Raises OSError when the upstream
+        cannot be reached."""
         request = request_bytes(method, target, self.pool.host_header, headers, body)
         conn, reused = self.pool.get()
         try:
@@ -590,7 +560,7 @@ class HubRelays:
             conn, reused = self.pool.connect(), False  # the idle connection was gone
             conn.sendall(request)
         self.rec.in_flight += 1
-        return HubRelay(self, handler, start_response, request, conn, reused)
+        return HubRelay(self, client, request, conn, reused)
 
     def finished(self, cap: Capture) -> None:
         """Hand a finished exchange to the recorder's writer (never blocks the hub)."""
@@ -601,7 +571,7 @@ class HubRelays:
         now = time.monotonic()
         for relay in [r for r in self.active if now - r.last > self.timeout_s]:
             relay.cap.detail = f"no bytes from the upstream for {self.timeout_s:g} s"
-            if relay.handler.headers_sent:
+            if relay.front.headers_sent:
                 relay.keep = False
                 relay._break_off(now)
             else:

@@ -5,12 +5,12 @@ client as soon as it reaches us), and timed. The analysis of an exchange (SSE pa
 counting) happens after its last byte was forwarded, in the analysis process, so it never
 sits between an event and the client.
 
-Two ways to forward. A plain-http upstream, with the client on a gevent handler's socket, goes
-through `hub_relay` (no greenlet per stream: the hub reads the upstream and writes the client).
-Otherwise (an https upstream, a HEAD request, or a WSGI test client without a socket) urllib3
-is the upstream client: connection pools with keep-alive, chunked decoding, TLS, timeouts and
-`read1()` (return whatever one socket read brings), one greenlet per stream. Both hand the
-recording the same captures.
+Requests are read by the recorder's own HTTP/1.1 front end (`front.py`, no WSGI). Two ways to
+forward. A plain-http upstream goes through `hub_relay` (no greenlet per stream: the hub reads
+the upstream and writes the client). Otherwise (an https upstream, or a HEAD request) urllib3 is
+the upstream client: connection pools with keep-alive, TLS, timeouts and `read1()` (return
+whatever one socket read brings), in the connection's greenlet. Both hand the recording the
+same captures.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import socket
 import sys
 import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from llmsim import __version__
 from llmsim.record.apis import read_request
+from llmsim.record.front import ClientConn, Request
 from llmsim.record.recording import Capture, analyse
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class _PipeSink:
 
 
 class Recorder:
-    """The proxy's WSGI app and its writer (needs a gevent hub: run under gevent).
+    """The proxy: answers each request the front end read, and writes (needs a gevent hub).
 
     `sink(capture)` records a finished exchange: a LineWriter in this process, or the pipe to
     the analysis process that `run` starts."""
@@ -188,7 +188,7 @@ class Recorder:
         self.hub: HubRelays | None = None
         parts = urlsplit(self.origin)
         if parts.scheme == "http":  # TLS upstreams are read through urllib3's SSL sockets
-            self.hub = HubRelays(self, parts.hostname or "", parts.port or 80, cfg.timeout_s, _HOP)
+            self.hub = HubRelays(self, parts.hostname or "", parts.port or 80, cfg.timeout_s)
 
     def write_loop(self) -> None:
         """Hand finished exchanges to the sink until None arrives (off the forwarding path)."""
@@ -200,48 +200,26 @@ class Recorder:
             self.sink(cap)
             self.recorded += 1
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        from llmsim.server.pipeline import SOCKET_KEY, START_KEY
-        from llmsim.server.takeover import HANDLER_KEY
-
-        start = environ.get(START_KEY) or time.monotonic()
-        path = environ.get("PATH_INFO", "")
-        if path == "/health":
-            return self._json(start_response, "200 OK", self.health())
-        method = environ.get("REQUEST_METHOD", "GET")
-        length = environ.get("CONTENT_LENGTH") or ""
-        if length.isdigit():
-            body = b"" if int(length) > MAX_BODY_BYTES else environ["wsgi.input"].read(int(length))
-            too_large = int(length) > MAX_BODY_BYTES
-        else:  # chunked, or no body
-            body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
-            too_large = len(body) > MAX_BODY_BYTES
-        if too_large:
-            return self._json(
-                start_response,
-                "413 Request Entity Too Large",
-                {"error": {"message": f"llmsim record: body above {MAX_BODY_BYTES} bytes"}},
-            )
+    def handle(self, req: Request, client: ClientConn) -> None:
+        """Answer one request read by the front end on `client` (in its greenlet)."""
+        start = req.start
+        if req.path == "/health":
+            client.send_json("200 OK", self.health())
+            return
         headers = {}
         secrets = []
-        for k, v in environ.items():
-            if k.startswith("HTTP_"):
-                name = k[5:].replace("_", "-").lower()
-                if name not in _HOP:
-                    headers[name] = v
-                if name in _SECRET_HEADERS:
-                    secrets += [v, v.split(" ", 1)[-1]]
-        if environ.get("CONTENT_TYPE"):
-            headers["content-type"] = environ["CONTENT_TYPE"]
-        query = environ.get("QUERY_STRING", "")
+        for k, v in req.headers:
+            name = k.lower()
+            if name not in _HOP:
+                headers[name] = v
+            if name in _SECRET_HEADERS:
+                secrets += [v, v.split(" ", 1)[-1]]
+        path, query, body, method = req.path, req.query, req.body, req.method
         wall = time.time() - (time.monotonic() - start)
         upstream_path = self.prefix + path + (f"?{query}" if query else "")
-        handler = environ.get(HANDLER_KEY)
-        if self.hub is not None and method != "HEAD" and _raw_socket(handler) is not None:
+        if self.hub is not None and method != "HEAD":
             try:
-                relay = self.hub.start(
-                    handler, start_response, method, upstream_path, headers, body
-                )
+                relay = self.hub.start(client, method, upstream_path, headers, body)
             except OSError as exc:
                 relay, error = None, exc
             # Parsed while the upstream works on it: a long prompt's JSON is not parsed
@@ -250,17 +228,31 @@ class Recorder:
             info.secrets = secrets
             cap = Capture(wall, start, method, path, info)
             if relay is None:
-                return self._unreachable(start_response, cap, error)
+                self._unreachable(client, cap, error)
+                return
             relay.cap = cap
-            return relay
+            relay.run()
+            if relay.failure:
+                client.send_json("502 Bad Gateway", self.unreachable_body())
+            return
         info = read_request(path, query, body)
         info.secrets = secrets
         cap = Capture(wall, start, method, path, info)
-        url = self.origin + upstream_path
+        self._relay_urllib3(client, cap, upstream_path, headers, body)
+
+    def _relay_urllib3(
+        self,
+        client: ClientConn,
+        cap: Capture,
+        upstream_path: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        """An https upstream (or a HEAD request): urllib3 reads it, one read at a time."""
         try:
             resp = self.pool.urlopen(
-                method,
-                url,
+                cap.method,
+                self.origin + upstream_path,
                 body=body or None,
                 headers=headers,
                 preload_content=False,
@@ -269,21 +261,69 @@ class Recorder:
                 timeout=self.timeout,
             )
         except self.errors as exc:
-            return self._unreachable(start_response, cap, exc)
+            self._unreachable(client, cap, exc)
+            return
         cap.first_byte = time.monotonic()
         cap.status = resp.status
         cap.headers = list(resp.headers.items())
-        out_headers = [(k, v) for k, v in cap.headers if k.lower() not in _HOP]
+        lines = [f"HTTP/1.1 {resp.status} {resp.reason or ''}".strip()]
+        lines += [f"{k}: {v}" for k, v in cap.headers if k.lower() not in _HOP]
+        bodiless = cap.method == "HEAD" or resp.status in (204, 304) or resp.status < 200
+        chunked = False
         if "content-length" in resp.headers and "transfer-encoding" not in resp.headers:
-            out_headers.append(("Content-Length", resp.headers["content-length"]))
-        start_response(f"{resp.status} {resp.reason or ''}".strip(), out_headers)
-        return _Relay(self, resp, cap, environ.get(SOCKET_KEY))
+            lines.append(f"Content-Length: {resp.headers['content-length']}")
+        elif not bodiless:
+            if client.version == "HTTP/1.1":
+                chunked = True
+                lines.append("Transfer-Encoding: chunked")
+            else:
+                client.close_connection = True  # HTTP/1.0: the body ends with the connection
+        if client.close_connection:
+            lines.append("Connection: close")
+        self.in_flight += 1
+        size = 0
+        try:
+            client.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            client.headers_sent = True
+            while not bodiless:
+                try:
+                    data = resp.read1(65536, decode_content=False)
+                except self.errors as exc:
+                    # The upstream broke off mid-reply: break off to the client too.
+                    cap.outcome, cap.detail = "drop", f"{type(exc).__name__}"
+                    client.close_connection = True
+                    with contextlib.suppress(OSError):
+                        client.raw.shutdown(socket.SHUT_RDWR)
+                    break
+                now = time.monotonic()
+                if not data:
+                    cap.end = now
+                    if chunked:
+                        client.send(b"0\r\n\r\n")
+                    break
+                size += len(data)
+                if size <= MAX_CAPTURE_BYTES:
+                    cap.chunks.append((now, data))
+                else:
+                    cap.truncated = True
+                client.send(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        except OSError:
+            cap.outcome = "client_disconnect"
+            client.close_connection = True
+        finally:
+            self.in_flight -= 1
+            cap.end = cap.end or time.monotonic()
+            if cap.outcome == "ok":
+                resp.release_conn()
+            else:
+                resp.close()
+            self.queue.put(cap)
 
-    def _unreachable(self, start_response: Any, cap: Capture, exc: Exception) -> list[bytes]:
+    def _unreachable(self, client: ClientConn, cap: Capture, exc: Exception) -> None:
         cap.status, cap.outcome, cap.end = 502, "upstream_unreachable", time.monotonic()
         cap.detail = f"{type(exc).__name__}: {exc}"
         self.queue.put(cap)
-        return self._json(start_response, "502 Bad Gateway", self.unreachable_body())
+        client.send_json("502 Bad Gateway", self.unreachable_body())
 
     def unreachable_body(self) -> dict[str, Any]:
         """The 502 answer when the upstream cannot be reached or sent no valid reply."""
@@ -304,77 +344,6 @@ class Recorder:
             "recorded": self.recorded,
             "in_flight": self.in_flight,
         }
-
-    @staticmethod
-    def _json(start_response: Any, status: str, payload: Any) -> list[bytes]:
-        data = json.dumps(payload).encode()
-        start_response(
-            status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
-        )
-        return [data]
-
-
-def _raw_socket(handler: Any) -> Any:
-    """The OS socket under a gevent handler's client socket (None: no handler, or TLS)."""
-    sock = getattr(handler, "socket", None)
-    if sock is None or hasattr(sock, "getpeercert"):
-        return None
-    return getattr(sock, "_sock", None)
-
-
-class _Relay:
-    """The response body: each upstream read forwarded as it arrives, and timed."""
-
-    def __init__(self, rec: Recorder, resp: Any, cap: Capture, client: Any) -> None:
-        self.rec, self.resp, self.cap, self.client = rec, resp, cap, client
-        self.size = 0
-        self.done = False
-        rec.in_flight += 1
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        if self.done:
-            raise StopIteration
-        try:
-            data = self.resp.read1(65536, decode_content=False)
-        except self.rec.errors as exc:
-            # The upstream broke off mid-reply: break off to the client too, as it would have.
-            self.cap.outcome, self.cap.detail = "drop", f"{type(exc).__name__}"
-            if self.client is not None:
-                with contextlib.suppress(OSError):
-                    self.client.shutdown(socket.SHUT_RDWR)
-            self._finish()
-            raise StopIteration from None
-        now = time.monotonic()
-        if not data:
-            self._finish(now)
-            raise StopIteration
-        self.size += len(data)
-        if self.size <= MAX_CAPTURE_BYTES:
-            self.cap.chunks.append((now, data))
-        else:
-            self.cap.truncated = True
-        return data
-
-    def _finish(self, now: float | None = None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.rec.in_flight -= 1
-        self.cap.end = now or time.monotonic()
-        if self.cap.outcome == "ok":
-            self.resp.release_conn()
-        else:
-            self.resp.close()
-        self.rec.queue.put(self.cap)
-
-    def close(self) -> None:
-        """Called by the server when it is done, also when the client went away mid-reply."""
-        if not self.done:
-            self.cap.outcome = "client_disconnect"
-            self._finish()
 
 
 def run(cfg: RecordConfig, out: TextIO | None = None) -> int:
@@ -411,18 +380,23 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
     from gevent import monkey
 
     monkey.patch_all()
+    import functools
     import signal
 
     import gevent
     from gevent.pool import Pool
-    from gevent.pywsgi import WSGIServer
+    from gevent.server import StreamServer
 
     from llmsim import gcpolicy
-    from llmsim.server.runner import _make_handler, base_url, drain
+    from llmsim.record.front import Limits, serve_connection
+    from llmsim.server.runner import base_url, drain
 
     rec = Recorder(cfg, _PipeSink(write_fd))
-    server = WSGIServer(sock, rec, handler_class=_make_handler(False), spawn=Pool(), log=None)
-    server.handlers = weakref.WeakSet()  # what drain() looks at
+    handlers: weakref.WeakSet[ClientConn] = weakref.WeakSet()  # what drain() looks at
+    limits = Limits.from_settings(MAX_BODY_BYTES)
+    handle = functools.partial(serve_connection, rec, limits, handlers)
+    server = StreamServer(sock, handle, spawn=Pool())
+    server.handlers = handlers
     writer = gevent.spawn(rec.write_loop)
     # Time-driven GC, as in the simulator's workers: an automatic full scan stalls every
     # stream being relayed (see gcpolicy.py). What exists now is frozen out of the scans.

@@ -34,7 +34,8 @@ from typing import Any
 
 log = logging.getLogger("llmsim.server")
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+            414: "URI Too Long", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}  # fmt: skip
 
 

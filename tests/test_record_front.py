@@ -1,0 +1,202 @@
+"""The recorder's own request reader (llmsim/record/front.py), driven over raw sockets: what
+gevent's WSGI handler used to do for it (keep-alive, chunked bodies, 100-continue, HTTP/1.0)
+and the simulator front end's refusals (400, 413, 414, 431), on a real `llmsim record`."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmsim.bench.preflight import free_port
+from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
+
+
+@pytest.fixture(scope="module")
+def rec(fast_server, tmp_path_factory) -> RecorderProcess:
+    run_dir = tmp_path_factory.mktemp("front")
+    recorder = start_recorder(fast_server.base_url, run_dir)
+    recorder.run_dir = run_dir  # type: ignore[attr-defined]
+    yield recorder
+    recorder.stop()
+
+
+def _connect(rec: RecorderProcess) -> socket.socket:
+    host, port = rec.url.rsplit("//", 1)[1].rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=20)
+    return s
+
+
+def _read_response(s: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """(head, body, what follows) of one response with Content-Length or chunked framing."""
+    while b"\r\n\r\n" not in buf:
+        data = s.recv(65536)
+        if not data:
+            raise AssertionError(f"connection closed before a response head: {buf!r}")
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    if m:
+        n = int(m.group(1))
+        while len(rest) < n:
+            rest += s.recv(65536)
+        return head, rest[:n], rest[n:]
+    assert re.search(rb"(?i)\r\ntransfer-encoding: *chunked", head), head
+    body = b""
+    while True:
+        while b"\r\n" not in rest:
+            rest += s.recv(65536)
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        while len(rest) < size + 2:
+            rest += s.recv(65536)
+        body, rest = body + rest[:size], rest[size + 2 :]
+        if not size:
+            return head, body, rest
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _chat_body(content: str, **extra) -> bytes:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}], **extra}
+    return json.dumps({**body, "max_tokens": 3}).encode()
+
+
+def test_keep_alive_chunked_bodies_continue_and_http10(rec):
+    s = _connect(rec)
+    for i in range(3):  # several requests on one connection
+        body = _chat_body(f"keep-alive {i}")
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))  # fmt: skip
+        head, data, rest = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 200") and not rest
+        assert json.loads(data)["usage"]["completion_tokens"] == 3
+    # A chunked request body, split anywhere, with a chunk extension and a trailer.
+    body = _chat_body("chunked", stream=True)
+    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in (body[:7], body[7:]))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    s.sendall(head + chunks + b"0\r\nX-T: 1\r\n\r\n")
+    head, data, rest = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in data and not rest
+    # Expect: 100-continue is answered before the body is sent.
+    body = _chat_body("continue")
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+    interim = s.recv(100)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    s.sendall(body)
+    head, data, _ = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 200") and json.loads(data)["choices"]
+    s.close()
+    # HTTP/1.0: a streamed (chunked upstream) reply comes as its payload, ending at the close.
+    s = _connect(rec)
+    body = _chat_body("http/1.0", stream=True)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    head, payload = data.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+    assert payload.startswith(b"data: {") and payload.rstrip().endswith(b"data: [DONE]")
+    s.close()
+    lines = _wait_lines(rec.run_dir / RECORDING, 6)
+    assert [x["model"] for x in lines[-6:]] == ["gpt-4o"] * 6
+    assert [x["stream"] for x in lines[-6:]] == [False, False, False, True, False, True]
+    assert all(x["error_kind"] is None for x in lines[-6:])
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status, code",
+    [
+        (b"GARBAGE\r\n\r\n", 400, "invalid_request_line"),
+        (b"GET /health HTTP/2.0\r\n\r\n", 400, "invalid_request_line"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /health HTTP/1.1\r\n" + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431,
+         "header_too_large"),
+        (b"GET /health HTTP/1.1\r\n" + b"X-A: 1\r\n" * 120 + b"\r\n", 431, "too_many_headers"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", 413,
+         "request_too_large"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 5\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "conflicting_framing"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n"
+         b"\r\n", 400, "invalid_content_length"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+         "invalid_chunked_body"),
+    ],
+)  # fmt: skip
+def test_refusals_are_the_simulators_and_close_the_connection(rec, request_bytes, status, code):
+    s = _connect(rec)
+    s.sendall(request_bytes)
+    head, data, _ = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert json.loads(data)["error"]["code"] == code
+    assert b"connection: close" in head.lower() and _closed(s)
+    s.close()
+    assert httpx.get(rec.url + "/health", timeout=10).json()["status"] == "ok"
+
+
+def _wait_lines(path: Path, n: int, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= n:
+            break
+        time.sleep(0.05)
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_client_leaving_mid_stream_releases_the_upstream_connection(tmp_path):
+    """A one-connection upstream that sends a head and one event, then waits: when the client
+    hangs up, the recorder must close its upstream connection (the upstream sees EOF)."""
+    listener = socket.create_server(("127.0.0.1", free_port()))
+    released = threading.Event()
+
+    def upstream() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(20)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        event = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        conn.sendall(head + b"%x\r\n%s\r\n" % (len(event), event))
+        try:
+            while conn.recv(65536):
+                pass
+            released.set()
+        except OSError:
+            released.set()
+        conn.close()
+
+    thread = threading.Thread(target=upstream, daemon=True)
+    thread.start()
+    recorder = start_recorder(f"http://127.0.0.1:{listener.getsockname()[1]}", tmp_path)
+    try:
+        s = _connect(recorder)
+        body = _chat_body("leaving", stream=True)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))  # fmt: skip
+        got = b""
+        while b"hi" not in got:
+            got += s.recv(65536)
+        s.close()
+        assert released.wait(15), "the upstream connection was kept after the client left"
+        (line,) = _wait_lines(tmp_path / RECORDING, 1)
+        assert line["error_kind"] == "client_disconnect" and line["output_tokens"] == 1
+        assert httpx.get(recorder.url + "/health", timeout=10).json()["in_flight"] == 0
+    finally:
+        recorder.stop()
+        listener.close()
