@@ -282,10 +282,10 @@ def serve(config: str | None, **flags: Any) -> int:
 )
 @click.option(
     "--record/--no-record",
-    default=False,
-    help="With --target (not --master): also write every request's timing to recording.jsonl "
-    "through a llmsim record proxy (for llmsim calibrate). Off by default: the proxy's hop "
-    "adds to the latencies bench reports under load.",
+    default=None,
+    help="Write every request's timing to recording.jsonl in the report folder, through a "
+    "llmsim record proxy in front of the target (for llmsim calibrate). Default: on with "
+    "--target, off for the embedded simulator; not with --master.",
 )
 @simulator_options(embedded=True)
 @click.argument("locust_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- LOCUST ARGS…]")

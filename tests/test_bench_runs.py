@@ -206,7 +206,7 @@ def test_slo_failure_exits_1_against_a_separate_target(bench: Bench, llmsim_serv
     server = llmsim_server(*EXACT)
     code, out, err = bench.run(
         "--target", server.base_url, "--users", "2", "--duration", "2s", *WORKLOAD,
-        "--slo", "ttft_p50<=20ms", "--slo", "error_rate<=1%", "--record",
+        "--slo", "ttft_p50<=20ms", "--slo", "error_rate<=1%",
     )  # fmt: skip
     assert code == 1, err
     summary = read_summary(bench.run_dir())
@@ -220,7 +220,7 @@ def test_slo_failure_exits_1_against_a_separate_target(bench: Bench, llmsim_serv
     assert 50 <= summary["ttft_ms"]["p50"] <= 75  # 63 ms seen on a loaded machine
     assert "FAIL" in out and "SLO FAILED" in out
     assert server.proc.poll() is None  # bench never stops a target it did not start
-    # With --record, bench records every request through llmsim record (llmsim calibrate).
+    # Against a --target bench records every request through llmsim record by default.
     lines = (bench.run_dir() / "recording.jsonl").read_text().splitlines()
     recorded = [json.loads(x) for x in lines]
     assert len(recorded) >= summary["requests"]["total"] > 0

@@ -441,6 +441,7 @@ def test_make_run_dir(tmp_path: Path) -> None:
         (["--ttft-ms", "-5"], "--ttft-ms"),
         (["--max-tokens", "normal:mean=5"], "--max-tokens"),
         (["--processes", "0"], "--processes must be -1"),
+        (["--master", "--record"], "--record and --master do not mix"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -449,6 +450,23 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("llmsim: error: "), result.output
     assert message in lines[0]
+
+
+def test_recording_is_on_against_a_target_and_opt_in_for_the_embedded_simulator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert BenchConfig().records(embedded=False) and not BenchConfig().records(embedded=True)
+    assert not BenchConfig(record=False).records(embedded=False)  # --no-record
+    assert BenchConfig(record=True).records(embedded=True)  # --record
+    assert not BenchConfig(master=True).records(embedded=False)
+    import llmsim.bench.cli_support as support
+
+    seen: list[bool | None] = []
+    monkeypatch.setattr(support, "run_from_cli", lambda cfg: seen.append(cfg.record) or 0)
+    for flags in ([], ["--no-record"], ["--record"]):
+        result = CliRunner().invoke(cli, ["bench", "--target", "http://127.0.0.1:1", *flags])
+        assert result.exit_code == 0, result.output
+    assert seen == [None, False, True]
 
 
 def test_progress_line() -> None:

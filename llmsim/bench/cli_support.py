@@ -73,6 +73,11 @@ def build_config(
     if users < 1:
         raise click.UsageError(f"--users must be at least 1, got {users}")
     _open_loop_checks(opts)
+    if opts.get("record") and opts.get("master"):
+        raise click.UsageError(
+            "--record and --master do not mix: remote workers cannot reach a recorder on this "
+            "machine's loopback (run llmsim record in front of the target instead)"
+        )
     if opts["spawn_rate"] is not None and opts["spawn_rate"] <= 0:
         raise click.UsageError(f"--spawn-rate must be above 0, got {opts['spawn_rate']:g}")
     processes = opts["processes"]
@@ -159,7 +164,7 @@ def build_config(
         simulator_config=opts["config"],
         locust_args=list(locust_args),
         progress=opts["progress"],
-        record=opts.get("record", False),
+        record=opts.get("record"),
     )
 
 

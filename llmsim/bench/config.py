@@ -55,7 +55,21 @@ class BenchConfig:
     simulator_config: str | None = None
     locust_args: list[str] = field(default_factory=list)  # passed through after `--`
     progress: bool = True
-    record: bool = False  # with a target (opt-in): write recording.jsonl (llmsim.record.bench_hook)
+    # Write recording.jsonl through llmsim record (llmsim.record.bench_hook); None: with a
+    # --target yes, for the embedded simulator no (see `records`).
+    record: bool | None = None
+
+    def records(self, embedded: bool) -> bool:
+        """Whether this run writes recording.jsonl.
+
+        By default a run against a --target does: that is the endpoint worth calibrating, and
+        the recording costs nothing extra to ask for later. The embedded simulator's run does
+        not unless asked (calibrating the simulator from itself is a test, not a use), and
+        its figures then carry no proxy hop. Never with --master: remote workers could not
+        reach a proxy on this machine's loopback."""
+        if self.master:
+            return False
+        return not embedded if self.record is None else self.record
 
     @property
     def open_loop(self) -> bool:

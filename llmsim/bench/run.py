@@ -24,7 +24,7 @@ from llmsim.bench.preflight import check_port_free, check_reachable, normalize_t
 from llmsim.bench.progress import ProgressDisplay
 from llmsim.bench.reports import write_reports
 from llmsim.bench.swarm import LOCUST_CSV_PREFIX, LOCUST_HTML, Swarm, start_swarm
-from llmsim.record.bench_hook import RecorderProcess, start_recorder
+from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
 
 EXIT_OK, EXIT_SLO_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 POLL_S = 0.2
@@ -199,10 +199,13 @@ def run_bench(
             )
             target = server.base_url
             monitor.watch("simulator", server.pid)
-        elif cfg.record and not cfg.master:  # remote workers could not reach a loopback proxy
-            recorder = start_recorder(target, run_dir)
         embedded = server or shared_server
+        if cfg.records(embedded is not None):
+            recorder = start_recorder(target, run_dir)
+            monitor.watch("recorder", recorder.pid)
         _say(human, f"llmsim bench: {_describe(cfg, target, embedded)}")
+        if recorder is not None:
+            _say(human, f"llmsim bench: recording every request into {run_dir / RECORDING}")
         swarm = start_swarm(cfg, recorder.base_url if recorder else target, run_dir)
         monitor.watch("locust", swarm.pid)
         monitor.watch("bench", os.getpid())
