@@ -90,6 +90,16 @@ def _cpu(p: psutil.Process) -> float:
         return 0.0
 
 
+def schedstat(pid: int) -> tuple[float, float, int]:
+    """(seconds on a CPU, seconds runnable but waiting for one, times scheduled) of a process's
+    main thread, from /proc/PID/schedstat (zeros where the kernel does not keep it)."""
+    try:
+        run_ns, wait_ns, slices = Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
+    except (OSError, ValueError):
+        return 0.0, 0.0, 0
+    return int(run_ns) / 1e9, int(wait_ns) / 1e9, int(slices)
+
+
 def print_paired(rows: list[dict], recording: Path) -> None:
     """Per request, what the recorder added: the client's TTFT through the recorder minus the
     TTFT the recorder itself saw from the upstream for the same request (matched by its
@@ -149,6 +159,9 @@ def main() -> int:
         paths.append(("floor", floor_url))
     rows = []
     rec_cpu_s = 0.0
+    # How long the recorder was ready to run but had no CPU: on a shared machine at nice 15
+    # that wait, not the recorder's own work, is most of what it adds at the tail.
+    sched = [0.0, 0.0, 0]
     try:
         for r in range(args.rounds):
             order = list(paths)
@@ -159,10 +172,14 @@ def main() -> int:
                 t = psutil.cpu_times()
                 before = {"busy": t.user + t.system + t.nice, "mine": sum(_cpu(x) for x in ours)}
                 rec_cpu0 = _cpu(ours[2])
+                sched0 = schedstat(rec.pid)
                 t0 = time.monotonic()
                 results = timing([url for _, url in batch], args)
                 wall = time.monotonic() - t0
                 rec_cpu_s += _cpu(ours[2]) - rec_cpu0
+                sched = [
+                    a + b - c for a, b, c in zip(sched, schedstat(rec.pid), sched0, strict=True)
+                ]
                 for (name, _), res in zip(batch, results, strict=True):
                     res.update(
                         path=name,
@@ -210,6 +227,11 @@ def main() -> int:
         f"recorder CPU per relayed event: {1e6 * rec_cpu_s / max(1, events):.1f} µs "
         f"({events} events)"
     )
+    if sched[2]:
+        print(
+            f"recorder on a CPU {sched[0]:.2f} s, ready but waiting for one {sched[1]:.2f} s "
+            f"(mean wait {1000 * sched[1] / sched[2]:.3f} ms over {sched[2]} wake-ups)"
+        )
     lines = (tmp / "rec.jsonl").read_text().count("\n")
     print(f"recording: {lines} lines in {tmp / 'rec.jsonl'}")
     print_paired(rows, tmp / "rec.jsonl")
