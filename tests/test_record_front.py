@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -157,6 +158,61 @@ def _wait_lines(path: Path, n: int, timeout: float = 10) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+
+
+def _one_stream_upstream(listener: socket.socket) -> socket.socket:
+    """Accept one connection, read a request, send the head of a stream and one event."""
+    conn, _ = listener.accept()
+    conn.settimeout(20)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n"
+    conn.sendall(head + b"%x\r\n%s\r\n" % (len(_EVENT), _EVENT))
+    return conn
+
+
+def _stream_request(recorder: RecorderProcess) -> socket.socket:
+    s = _connect(recorder)
+    body = _chat_body("a stream", stream=True)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+              % (len(body), body))  # fmt: skip
+    got = b""
+    while b"hi" not in got:
+        got += s.recv(65536)
+    return s
+
+
+def test_sigterm_lets_a_stream_in_flight_finish_then_writes_its_line(tmp_path):
+    listener = socket.create_server(("127.0.0.1", free_port()))
+
+    def upstream() -> None:
+        conn = _one_stream_upstream(listener)
+        time.sleep(1.5)  # longer than gevent's own 1 s stop timeout: the drain's grace counts
+        conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(_EVENT), _EVENT))
+        conn.close()
+
+    threading.Thread(target=upstream, daemon=True).start()
+    recorder = start_recorder(f"http://127.0.0.1:{listener.getsockname()[1]}", tmp_path)
+    try:
+        s = _stream_request(recorder)
+        recorder.proc.send_signal(signal.SIGTERM)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, f"the stream was cut at SIGTERM: {data!r}"
+            data += chunk
+        assert data.count(b"hi") == 1  # the second event (the first came before the signal)
+        assert recorder.proc.wait(15) == 0
+        (line,) = _wait_lines(tmp_path / RECORDING, 1)
+        assert line["error_kind"] is None and line["output_tokens"] == 2
+    finally:
+        recorder.stop()
+        listener.close()
+
+
 def test_client_leaving_mid_stream_releases_the_upstream_connection(tmp_path):
     """A one-connection upstream that sends a head and one event, then waits: when the client
     hangs up, the recorder must close its upstream connection (the upstream sees EOF)."""
@@ -164,15 +220,7 @@ def test_client_leaving_mid_stream_releases_the_upstream_connection(tmp_path):
     released = threading.Event()
 
     def upstream() -> None:
-        conn, _ = listener.accept()
-        conn.settimeout(20)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
-        event = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-        head += b"Transfer-Encoding: chunked\r\n\r\n"
-        conn.sendall(head + b"%x\r\n%s\r\n" % (len(event), event))
+        conn = _one_stream_upstream(listener)
         try:
             while conn.recv(65536):
                 pass
@@ -185,14 +233,7 @@ def test_client_leaving_mid_stream_releases_the_upstream_connection(tmp_path):
     thread.start()
     recorder = start_recorder(f"http://127.0.0.1:{listener.getsockname()[1]}", tmp_path)
     try:
-        s = _connect(recorder)
-        body = _chat_body("leaving", stream=True)
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
-                  % (len(body), body))  # fmt: skip
-        got = b""
-        while b"hi" not in got:
-            got += s.recv(65536)
-        s.close()
+        _stream_request(recorder).close()
         assert released.wait(15), "the upstream connection was kept after the client left"
         (line,) = _wait_lines(tmp_path / RECORDING, 1)
         assert line["error_kind"] == "client_disconnect" and line["output_tokens"] == 1

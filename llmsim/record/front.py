@@ -187,7 +187,10 @@ def serve_connection(recorder: Any, limits: Limits, handlers: Any, sock: Any, _a
             conn.busy = False
             if served:
                 started = None
-                with gevent.Timeout(limits.keepalive_timeout_s, False):
+                with (
+                    contextlib.suppress(OSError),
+                    gevent.Timeout(limits.keepalive_timeout_s, False),
+                ):
                     started = conn.rfile.peek(1)
                 if not started:
                     return  # idle too long, or the client closed
@@ -212,7 +215,10 @@ def serve_connection(recorder: Any, limits: Limits, handlers: Any, sock: Any, _a
             conn.busy = True
             conn.headers_sent = False
             served += 1
-            recorder.handle(req, conn)
+            try:
+                recorder.handle(req, conn)
+            except OSError:
+                return  # the client went away while being answered (the exchange is recorded)
             if conn.close_connection:
                 return
     finally:

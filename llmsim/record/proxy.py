@@ -384,6 +384,7 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
     import signal
 
     import gevent
+    import gevent.event
     from gevent.pool import Pool
     from gevent.server import StreamServer
 
@@ -401,14 +402,12 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
     # Time-driven GC, as in the simulator's workers: an automatic full scan stalls every
     # stream being relayed (see gcpolicy.py). What exists now is frozen out of the scans.
     gcpolicy.install()
-    stopping: list[Any] = []
-
-    def stop() -> None:
-        if not stopping:
-            stopping.append(gevent.spawn(drain, server, cfg.grace_period_s))
-
-    gevent.signal_handler(signal.SIGTERM, stop)
-    gevent.signal_handler(signal.SIGINT, stop)
+    stopped = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stopped.set)
+    gevent.signal_handler(signal.SIGINT, stopped.set)
+    # Not serve_forever(): on its way out it stops the handlers with gevent's own 1 s timeout,
+    # which cut every stream in flight after 1 s whatever the grace period. The drain owns it.
+    server.start()
     url = base_url(sock)
     print(
         f"llmsim {__version__} recording {cfg.target} at {url} into {cfg.out}",
@@ -416,9 +415,8 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
         flush=True,
     )
     try:
-        server.serve_forever()
-        if stopping:
-            stopping[0].join()
+        stopped.wait()
+        drain(server, cfg.grace_period_s)
     finally:
         rec.queue.put(None)
         writer.join(timeout=30)
