@@ -4,6 +4,7 @@ and the simulator front end's refusals (400, 413, 414, 431), on a real `llmsim r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -185,10 +186,22 @@ def _stream_request(recorder: RecorderProcess) -> socket.socket:
     return s
 
 
-def test_sigterm_lets_a_stream_in_flight_finish_then_writes_its_line(tmp_path):
+def test_a_client_leaving_mid_stream_releases_the_upstream_and_sigterm_lets_one_finish(
+    tmp_path,
+):
+    """A fake upstream that sends a stream's head and one event, then waits. First: the client
+    hangs up, and the recorder must close its upstream connection (the upstream sees EOF).
+    Then: SIGTERM while a stream is in flight, which must end whole and be recorded."""
     listener = socket.create_server(("127.0.0.1", free_port()))
+    released = threading.Event()
 
     def upstream() -> None:
+        conn = _one_stream_upstream(listener)
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+        released.set()
+        conn.close()
         conn = _one_stream_upstream(listener)
         time.sleep(1.5)  # longer than gevent's own 1 s stop timeout: the drain's grace counts
         conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(_EVENT), _EVENT))
@@ -197,6 +210,12 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_writes_its_line(tmp_path):
     threading.Thread(target=upstream, daemon=True).start()
     recorder = start_recorder(f"http://127.0.0.1:{listener.getsockname()[1]}", tmp_path)
     try:
+        _stream_request(recorder).close()
+        assert released.wait(15), "the upstream connection was kept after the client left"
+        (line,) = _wait_lines(tmp_path / RECORDING, 1)
+        assert line["error_kind"] == "client_disconnect" and line["output_tokens"] == 1
+        assert httpx.get(recorder.url + "/health", timeout=10).json()["in_flight"] == 0
+
         s = _stream_request(recorder)
         recorder.proc.send_signal(signal.SIGTERM)
         data = b""
@@ -206,38 +225,45 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_writes_its_line(tmp_path):
             data += chunk
         assert data.count(b"hi") == 1  # the second event (the first came before the signal)
         assert recorder.proc.wait(15) == 0
-        (line,) = _wait_lines(tmp_path / RECORDING, 1)
-        assert line["error_kind"] is None and line["output_tokens"] == 2
+        lines = _wait_lines(tmp_path / RECORDING, 2)
+        assert lines[1]["error_kind"] is None and lines[1]["output_tokens"] == 2
     finally:
         recorder.stop()
         listener.close()
 
 
-def test_client_leaving_mid_stream_releases_the_upstream_connection(tmp_path):
-    """A one-connection upstream that sends a head and one event, then waits: when the client
-    hangs up, the recorder must close its upstream connection (the upstream sees EOF)."""
-    listener = socket.create_server(("127.0.0.1", free_port()))
-    released = threading.Event()
+def test_https_upstream_and_head_go_through_urllib3_framed_by_the_front(
+    llmsim_server, tmp_path, monkeypatch
+):
+    """What the hub relay does not take (a TLS upstream, HEAD) is written by the recorder
+    itself: a streamed reply chunked as it arrives, HEAD without a body, on a kept-alive
+    connection."""
+    from conftest import self_signed_cert
 
-    def upstream() -> None:
-        conn = _one_stream_upstream(listener)
-        try:
-            while conn.recv(65536):
-                pass
-            released.set()
-        except OSError:
-            released.set()
-        conn.close()
-
-    thread = threading.Thread(target=upstream, daemon=True)
-    thread.start()
-    recorder = start_recorder(f"http://127.0.0.1:{listener.getsockname()[1]}", tmp_path)
+    cert, key = self_signed_cert(tmp_path)
+    up = llmsim_server(
+        "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+        "--ttft-ms", "5", "--ttft-stddev-ms", "0", "--tbt-ms", "1", "--tbt-stddev-ms", "0",
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the recorder trusts the test's certificate
+    recorder = start_recorder(up.base_url, tmp_path)
     try:
-        _stream_request(recorder).close()
-        assert released.wait(15), "the upstream connection was kept after the client left"
-        (line,) = _wait_lines(tmp_path / RECORDING, 1)
-        assert line["error_kind"] == "client_disconnect" and line["output_tokens"] == 1
-        assert httpx.get(recorder.url + "/health", timeout=10).json()["in_flight"] == 0
+        s = _connect(recorder)
+        s.sendall(b"HEAD /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200") and not rest
+        body = _chat_body("over tls", stream=True)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))  # fmt: skip
+        head, data, _ = _read_response(s)  # the same connection: HEAD left no body behind
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+        assert data.count(b"data: {") >= 4 and data.rstrip().endswith(b"data: [DONE]")
+        s.close()
+        lines = _wait_lines(tmp_path / RECORDING, 2)
+        assert [x["status"] for x in lines] == [200, 200]
+        assert lines[1]["stream"] and lines[1]["output_tokens"] == 3
     finally:
         recorder.stop()
-        listener.close()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import re
 import ssl
 import subprocess
 import sys
 from importlib import resources
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -21,47 +18,10 @@ from llmsim.api.errors import ApiError
 from llmsim.server import live_config
 from llmsim.settings import SERVE_OPTIONS, load_settings
 
-from conftest import REPO, start_server
+from conftest import REPO, self_signed_cert, start_server
 
 MSG = [{"role": "user", "content": "hello"}]
 FAST = ("--ttft-ms", "5", "--tbt-ms", "1")
-
-
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 made now (nothing secret is kept in the repository)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmsim test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +81,7 @@ def test_api_keys_answered_as_each_provider_does(keyed):
 
 
 def test_https_with_the_sdk_trusting_the_certificate(llmsim_server, tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     server = llmsim_server("--ssl-certfile", str(cert), "--ssl-keyfile", str(key), *FAST)
     trusted = ssl.create_default_context(cafile=str(cert))
     assert server.url.startswith("https://127.0.0.1:")
