@@ -307,10 +307,13 @@ def main() -> None:
         if args.write:
             path = out / f"{p['name']}.json"
             # A calibration against a whole-curve reference (benchmarks/engine_reference.py
-            # --fit) is not derived from the profiles: keep it across a rewrite.
-            if path.exists() and "calibration" in (old := json.loads(path.read_text())):
-                p["calibration"] = old["calibration"]
-            path.write_text(json.dumps(p, indent=1) + "\n")
+            # --fit) and a front end fitted to one (--fit-frontend) are not derived from the
+            # profiles: keep them across a rewrite.
+            old = json.loads(path.read_text()) if path.exists() else {}
+            for key in ("calibration", "frontend"):
+                if key in old:
+                    p[key] = old[key]
+            path.write_text(json.dumps(p, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Engine mode against a published real-GPU curve: Llama-3-8B on one A100-80GB, vLLM v0.6.0.
 
     python benchmarks/engine_reference.py [--reference a100|h100|all] [--server] [--fit]
+                                          [--fit-frontend]
 
 The reference (benchmarks/data/lambda_vllm_a100_llama3_8b.json, from LambdaLabsML/vllm-benchmark
 on GitHub, the files and commit named in it): vLLM's own `benchmark_serving.py` run against
@@ -12,19 +13,21 @@ same workload is replayed here.
 
 The replay: N requests at t = 0 with those lengths (a reply of 0 tokens is one token that
 printed nothing, as in vLLM; its TTFT counts as 0 like the benchmark's), on the preset with the
-engine options vLLM v0.6.0 ran with (multi-step scheduling excludes chunked prefill, so
-`--no-enable-chunked-prefill`, whose budget vLLM sets to max(max_model_len, 2048) = 2048 tokens,
-and `--no-enable-prefix-caching`, V0's default).
+engine options vLLM v0.6.0 ran with: `--num-scheduler-steps 10` (rounds of 10 decode steps,
+tokens streamed at each round's end, prefills admitted between rounds), which excludes chunked
+prefill, so `--no-enable-chunked-prefill`, whose budget vLLM sets to max(max_model_len, 2048) =
+2048 tokens, and `--no-enable-prefix-caching`, V0's default; and the preset's front end (vLLM's
+API server taking the burst in, llmsim/engine/frontend.py).
 Figures are computed as `benchmark_serving.py` does: TTFT mean / median over every request, TPOT
-= (latency - TTFT) / (output - 1) over requests with more than one token, output throughput =
-output tokens / duration. With --server the replay also goes through `llmsim serve --engine vllm`
-with the same options, read by an open-loop raw-socket client.
+= (latency - TTFT) / (output - 1) over requests with more than one token, ITL median over the
+gaps between a reply's successive chunks (tokens that arrive together are one chunk, as vLLM
+sends a round's tokens in one delta), output throughput = output tokens / duration. With
+--server the replay also goes through `llmsim serve --engine vllm` with the same options, read
+by an open-loop raw-socket client.
 
-What cannot match: multi-step scheduling streams tokens in runs of 10 steps (so its ITL is ~10x
-its TPOT: ITL is not compared) and admits new prefills only between runs; vLLM v0.6.0 also has
-CPU time between steps (scheduling, detokenizing) that the preset, built from GPU kernel
-profiles, leaves out. Both make the real server slower than the preset: the errors below say by
-how much, point by point.
+--fit refits the preset's step_time_scale to the median TPOT; --fit-frontend fits the front
+end's cost per request from the published earliest first token of each point (the first token's
+delay less the replay's first step, over N: least squares weighted by N).
 """
 
 from __future__ import annotations
@@ -52,9 +55,18 @@ REFERENCES = {
 }
 
 
+# vLLM v0.6.0's --num-scheduler-steps in every reference run.
+SCHEDULER_STEPS = 10
+
+
 def engine_options(ref: dict) -> dict:
     """vLLM v0.6.0's engine options in the reference run (see the module docstring)."""
-    return {**ref["engine"], "chunked_prefill": False, "prefix_caching": False}
+    return {
+        **ref["engine"],
+        "chunked_prefill": False,
+        "prefix_caching": False,
+        "num_scheduler_steps": SCHEDULER_STEPS,
+    }
 
 
 def serve_flags(ref: dict) -> tuple[str, ...]:
@@ -62,6 +74,7 @@ def serve_flags(ref: dict) -> tuple[str, ...]:
     e = ref["engine"]
     return (
         "--no-enable-chunked-prefill", "--no-enable-prefix-caching",
+        "--num-scheduler-steps", str(SCHEDULER_STEPS),
         "--max-num-batched-tokens", str(e["max_num_batched_tokens"]),
         "--max-model-len", str(e["max_model_len"]),
     )  # fmt: skip
@@ -69,7 +82,10 @@ def serve_flags(ref: dict) -> tuple[str, ...]:
 
 METRICS = (
     "output_throughput", "mean_ttft_ms", "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
+    "median_itl_ms",
 )  # fmt: skip
+# Tokens that reach the client within this of each other arrived as one chunk.
+CHUNK_S = 0.001
 
 
 def load_reference(name: str = "a100") -> dict:
@@ -79,7 +95,7 @@ def load_reference(name: str = "a100") -> dict:
 
 def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[str, float]:
     """`benchmark_serving.py`'s figures for replies of the published lengths `outs`."""
-    ttfts, tpots, total = [], [], 0
+    ttfts, tpots, itls, total = [], [], [], 0
     end = start
     for r, n in zip(results, outs, strict=True):
         end = max(end, r.tokens[-1])
@@ -88,12 +104,18 @@ def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[
         ttfts.append(0.0 if n == 0 else (r.tokens[0] - start) * 1000)
         if n > 1:
             tpots.append((r.tokens[-1] - r.tokens[0]) / (n - 1) * 1000)
+        last = r.tokens[0]
+        for t in r.tokens[1:]:
+            if t - last > CHUNK_S:
+                itls.append((t - last) * 1000)
+                last = t
     return {
         "output_throughput": total / (end - start),
         "mean_ttft_ms": statistics.fmean(ttfts),
         "median_ttft_ms": statistics.median(ttfts),
         "mean_tpot_ms": statistics.fmean(tpots),
         "median_tpot_ms": statistics.median(tpots),
+        "median_itl_ms": statistics.median(itls) if itls else 0.0,
     }
 
 
@@ -147,6 +169,30 @@ def fit_scale(preset: str, engine: dict, points: list[dict]) -> tuple[float, flo
     return best
 
 
+def fit_frontend(preset: str, engine: dict, points: list[dict]) -> float:
+    """The front end's cost per request (ms) that the published earliest first tokens give.
+
+    With a cost c per request, vLLM's API server hands a burst of N over at about N c (its
+    handlers share one CPU), so the earliest first token comes one prefill step after that:
+    c = (earliest first token - first step) / N, one estimate per point, combined by least
+    squares weighted by N. The first step is the replay's own without a front end.
+    """
+    num = den = 0.0
+    off = {**engine, "frontend_s_per_request": 0.0, "frontend_s_per_prompt_token": 0.0}
+    for pt in points:
+        if "earliest_ttft_s" not in pt:
+            continue
+        n = pt["num_prompts"]
+        first = min(r.tokens[0] for r in replay_sim(preset, off, pt["input_lens"],
+                                                    pt["output_lens"]))  # fmt: skip
+        delay = pt["earliest_ttft_s"] - first
+        print(f"  N = {n}: earliest first token {pt['earliest_ttft_s'] * 1000:.0f} ms, first "
+              f"step {first * 1000:.0f} ms: {delay / n * 1000:.2f} ms a request")  # fmt: skip
+        num += n * delay
+        den += n * n
+    return num / den * 1000 if den else 0.0
+
+
 def errors(got: dict[str, float], ref: dict) -> dict[str, float]:
     """Relative error of each figure against the published one (+ = llmsim higher)."""
     return {k: (got[k] - ref[k]) / ref[k] for k in METRICS}
@@ -156,7 +202,7 @@ def fmt(tag: str, f: dict[str, float]) -> str:
     return (
         f"{tag:>16} {f['output_throughput']:7.0f} tok/s  TTFT mean {f['mean_ttft_ms']:7.0f} "
         f"median {f['median_ttft_ms']:7.0f} ms  TPOT mean {f['mean_tpot_ms']:6.1f} "
-        f"median {f['median_tpot_ms']:6.1f} ms"
+        f"median {f['median_tpot_ms']:6.1f} ms  ITL median {f['median_itl_ms']:6.1f} ms"
     )
 
 
@@ -164,18 +210,25 @@ def fmt_err(tag: str, e: dict[str, float]) -> str:
     return (
         f"{tag:>16} {e['output_throughput']:+7.1%}         TTFT mean {e['mean_ttft_ms']:+7.1%}"
         f" median {e['median_ttft_ms']:+7.1%}     TPOT mean {e['mean_tpot_ms']:+6.1%}"
-        f" median {e['median_tpot_ms']:+6.1%}"
+        f" median {e['median_tpot_ms']:+6.1%}  ITL median {e['median_itl_ms']:+7.1%}"
     )
 
 
-def check(name: str, preset: str | None, server: bool, fit: bool) -> dict:
+def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool = False) -> dict:
     """Replay one reference through its preset (or `preset`); print and return the errors."""
     ref = load_reference(name)
     preset = preset or ref["preset"]
     engine = engine_options(ref)
     print(f"reference: {ref['source']}\n  {ref['what']}")
     cal = load_preset(preset).raw.get("calibration", {})
-    print(f"preset {preset}: step_time_scale {cal.get('step_time_scale', 1.0)}")
+    fe = load_preset(preset)
+    print(f"preset {preset}: step_time_scale {cal.get('step_time_scale', 1.0)}, front end "
+          f"{fe.frontend_ms_per_request} ms a request + {fe.frontend_us_per_prompt_token} µs a "
+          f"prompt token; --num-scheduler-steps {engine['num_scheduler_steps']}")  # fmt: skip
+    if fit_fe:
+        c = fit_frontend(preset, engine, ref["points"])
+        print(f"fitted front end: {c:.2f} ms a request")
+        return {"reference": name, "preset": preset, "frontend_ms_per_request": c}
     if fit:
         f, rms = fit_scale(preset, engine, ref["points"])
         print(f"fitted step_time_scale {f} (RMS error of median TPOT over the curve {rms:.1%})")
@@ -230,10 +283,11 @@ def main() -> int:
     p.add_argument("--preset", default=None, help="instead of the reference's own preset")
     p.add_argument("--server", action="store_true", help="also replay through llmsim serve")
     p.add_argument("--fit", action="store_true", help="fit the preset's step_time_scale")
+    p.add_argument("--fit-frontend", action="store_true", help="fit the front end's cost")
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
     a = p.parse_args()
     names = list(REFERENCES) if a.reference == "all" else [a.reference]
-    out = [check(name, a.preset, a.server, a.fit) for name in names]
+    out = [check(name, a.preset, a.server, a.fit, a.fit_frontend) for name in names]
     a.json.write_text(json.dumps(out, indent=1))
     return 0
 

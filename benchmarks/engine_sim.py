@@ -54,6 +54,12 @@ def replica_for(preset: str = "llama-3-8b-a100", **overrides) -> Replica:
         block_size=block_size,
         num_gpu_blocks=overrides.pop("num_gpu_blocks", p.gpu_blocks(block_size)),
         max_model_len=overrides.pop("max_model_len", p.max_model_len),
+        frontend_s_per_request=overrides.pop(
+            "frontend_s_per_request", p.frontend_ms_per_request / 1e3
+        ),
+        frontend_s_per_prompt_token=overrides.pop(
+            "frontend_s_per_prompt_token", p.frontend_us_per_prompt_token / 1e6
+        ),
         **overrides,
     )
     return Replica(cfg, p.step_time)
@@ -64,25 +70,38 @@ def simulate(replica: Replica, requests: list[tuple[float, int, int, list[int]]]
     collect = _Collect()
     now, i, busy = 0.0, 0, None
     n = len(requests)
-    while i < n or not replica.idle or busy is not None:
+
+    def add(k: int, at: float) -> None:
+        arrival, p_len, o_len, ids = requests[k]
+        collect.results[str(k)] = Result(arrival=arrival)
+        replica.add(Seq(str(k), p_len, o_len, token_ids=ids, listener=collect), at)
+
+    while True:
         nxt = requests[i][0] if i < n else float("inf")
-        if busy is not None and busy <= nxt:
-            now = busy
+        if busy is not None:
+            if nxt < busy:  # arrives during the step: joins (or enters the front end) now
+                now = nxt
+                add(i, now)
+                i += 1
+                continue
+            now, busy = busy, None
             replica.finish_step(now)
-            busy = None
-        elif i < n and (busy is not None or replica.idle or nxt <= now):
-            # Requests arriving at the same instant all join before the next step starts.
-            now = max(now, nxt)
-            arrival, p_len, o_len, ids = requests[i]
-            rid = str(i)
-            collect.results[rid] = Result(arrival=arrival)
-            replica.add(Seq(rid, p_len, o_len, token_ids=ids, listener=collect), now)
-            i += 1
             continue
-        if busy is None:
-            dt = replica.step(now)
-            if dt is not None:
-                busy = now + dt
+        # Requests arriving at the same instant all join before the next step starts.
+        while i < n and requests[i][0] <= now:
+            add(i, now)
+            i += 1
+        dt = replica.step(now)
+        if dt is not None:
+            busy = now + dt
+            continue
+        # Nothing to run: wait for the next arrival or the front end's next hand-over.
+        wake = replica.next_intake()
+        nxt = requests[i][0] if i < n else float("inf")
+        t = min(nxt, float("inf") if wake is None else wake)
+        if t == float("inf"):
+            break
+        now = max(now, t)
     return [collect.results[str(k)] for k in range(n)]
 
 

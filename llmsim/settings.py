@@ -82,6 +82,20 @@ def _pairs(value: Any, shape: str) -> list[str]:
     raise ValueError(f"expected {shape} items, got {value!r}")
 
 
+def _optional_float(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return _float(value)
+
+
+def _finite_at_least(minimum: float) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v is not None and not (minimum <= v < float("inf")):
+            raise ValueError(f"must be a finite number of at least {minimum:g}, got {v}")
+
+    return check
+
+
 def _faults(value: Any) -> list[str]:
     from llmsim.engine.faults import parse_fault_rates
 
@@ -610,6 +624,33 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _at_least(0),
         "F",
     ),
+    # Engine mode, vLLM v0.6's multi-step scheduling and API-server front end (docs/engine.md).
+    Option(
+        "num_scheduler_steps",
+        _int,
+        1,
+        "Decode steps per scheduling round (vLLM V0 multi-step): a round's tokens are sent at "
+        "its end, prefills wait for the next round; >1 needs --no-enable-chunked-prefill.",
+        _at_least(1),
+        "K",
+    ),
+    Option(
+        "frontend_ms_per_request",
+        _optional_float,
+        None,
+        "CPU ms vLLM's API server spends taking a request in, shared by every request it holds "
+        "(default: the preset's; 0 with --frontend-us-per-prompt-token 0: no front end).",
+        _finite_at_least(0),
+        "MS",
+    ),
+    Option(
+        "frontend_us_per_prompt_token",
+        _optional_float,
+        None,
+        "CPU µs the API server spends per prompt token on top (default: the preset's).",
+        _finite_at_least(0),
+        "US",
+    ),
     # Record, calibrate, replay (llmsim.record): behave like a recorded provider.
     Option(
         "profile_file",
@@ -813,6 +854,9 @@ class Settings:
     num_gpu_blocks_override: int | None = None
     enable_prefix_caching: bool = True
     step_jitter_cv: float = 0.0
+    num_scheduler_steps: int = 1
+    frontend_ms_per_request: float | None = None
+    frontend_us_per_prompt_token: float | None = None
     profile_file: str | None = None
     replay: str | None = None
     api_keys: list[str] = field(default_factory=list)

@@ -101,10 +101,14 @@ class EngineStats:
         self._observe("inter_token", seconds)
 
     def request_done(self, seq: Seq) -> None:
-        """vLLM's request phases: queued until first scheduled, prefill, then decode."""
+        """vLLM's request phases: queued until first scheduled, prefill, then decode.
+
+        The queue time starts when the request reaches the engine, after the front end has
+        taken it in (vLLM stamps `arrival_time` there), so front-end time is not in it.
+        """
         if seq.scheduled_at is None or seq.first_token_at is None:
             return
-        self._observe("queue_time", max(0.0, seq.scheduled_at - seq.arrival))
+        self._observe("queue_time", max(0.0, seq.scheduled_at - seq.engine_at))
         self._observe("prefill_time", max(0.0, seq.first_token_at - seq.scheduled_at))
         last = seq.last_token_at if seq.last_token_at is not None else seq.first_token_at
         self._observe("decode_time", max(0.0, last - seq.first_token_at))

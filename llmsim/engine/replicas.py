@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmsim.engine.engine_stats import EngineStats
-from llmsim.engine.scheduler import Replica, ReplicaConfig, Seq, SeqListener
+from llmsim.engine.scheduler import (
+    MULTI_STEP_CHUNKED_ERROR,
+    Replica,
+    ReplicaConfig,
+    Seq,
+    SeqListener,
+)
 from llmsim.engine.steptime import Preset, load_preset
 
 if TYPE_CHECKING:
@@ -47,6 +53,9 @@ class VllmConfig:
     prefix_caching: bool = True
     step_jitter_cv: float = 0.0
     seed: int | None = None
+    num_scheduler_steps: int = 1
+    frontend_ms_per_request: float | None = None  # None: the preset's
+    frontend_us_per_prompt_token: float | None = None
 
     @property
     def preset_data(self) -> Preset:
@@ -70,10 +79,25 @@ class VllmConfig:
             prefix_caching=self.prefix_caching,
             max_model_len=max_model_len,
             step_jitter_cv=self.step_jitter_cv,
+            num_scheduler_steps=self.num_scheduler_steps,
+            frontend_s_per_request=self.frontend_per_request_ms() / 1e3,
+            frontend_s_per_prompt_token=self.frontend_per_token_us() / 1e6,
         )
+
+    def frontend_per_request_ms(self) -> float:
+        """The front end's cost per request in force: the flag's, else the preset's."""
+        v = self.frontend_ms_per_request
+        return self.preset_data.frontend_ms_per_request if v is None else v
+
+    def frontend_per_token_us(self) -> float:
+        """The front end's cost per prompt token in force: the flag's, else the preset's."""
+        v = self.frontend_us_per_prompt_token
+        return self.preset_data.frontend_us_per_prompt_token if v is None else v
 
     def check(self) -> None:
         """ValueError with the reason when the combination cannot run (as vLLM refuses it)."""
+        if self.num_scheduler_steps > 1 and self.chunked_prefill:
+            raise ValueError(f"{MULTI_STEP_CHUNKED_ERROR}: add --no-enable-chunked-prefill")
         rc = self.replica_config()
         if not rc.chunked_prefill and rc.max_num_batched_tokens < rc.max_model_len:
             raise ValueError(
@@ -90,48 +114,62 @@ class VllmConfig:
 
 
 class ReplicaClock:
-    """One replica as an entry of the stream loop: due when the step in flight ends."""
+    """One replica as an entry of the stream loop: due when the step in flight ends or, with
+    the engine idle, when the front end hands over its next request.
 
-    __slots__ = ("busy", "loop", "replica")
+    The loop cannot move an entry's deadline, so the entry remembers the one deadline it is
+    due at (`due`); a wake-up queued for another time is stale and fires as a no-op.
+    """
+
+    __slots__ = ("due", "loop", "replica", "stepping")
 
     def __init__(self, replica: Replica, loop: StreamLoop) -> None:
         self.replica = replica
         self.loop = loop
-        self.busy = False
+        self.stepping = False  # a step is in flight (it ends at `due`)
+        self.due: float | None = None  # when the loop fires this entry; None: not in the loop
 
     def submit(self, seq: Seq, now: float) -> None:
         self.replica.add(seq, now)
-        if not self.busy:  # idle: the next step starts now
-            self._schedule(now)
+        if self.stepping:  # the next step starts when this one ends
+            return
+        nxt = self._next(now)
+        if nxt is not None and (self.stepping or self.due is None or nxt < self.due):
+            self.due = nxt
+            self.loop.add(self, nxt)
 
-    def _schedule(self, start: float) -> float | None:
+    def _next(self, start: float) -> float | None:
+        """Start the next step at `start` if there is one: its end; else the front end's next
+        hand-over (the engine waits for it), or None when there is nothing at all."""
         try:
             dt = self.replica.step(start)
         except Exception:  # never leave streams waiting on a broken replica
             log.exception("replica %s failed to schedule a step", self.replica.name)
             self.abort()
-            dt = None
-        if dt is None:
-            self.busy = False
             return None
-        end = start + dt
-        if not self.busy:
-            self.busy = True
-            self.loop.add(self, end)
-        return end
+        if dt is not None:
+            self.stepping = True
+            return start + dt
+        self.stepping = False
+        nxt = self.replica.next_intake()
+        return None if nxt is None else max(nxt, start)
 
     def fire(self, deadline: float, now: float) -> float | None:
-        self.replica.finish_step(deadline)
+        if deadline != self.due:  # a wake-up superseded by an earlier one
+            return None
+        if self.stepping:
+            self.replica.finish_step(deadline)
         start = deadline if now - deadline < _MAX_LAG_S else now
-        # Still busy: _schedule returns the next deadline and the loop re-queues this entry.
-        end = self._schedule(start)
-        return end
+        # The loop re-queues this entry at the deadline returned (None: it leaves the loop).
+        self.due = self._next(start)
+        return self.due
 
     def abort(self) -> None:
         """Fail every request of the replica (called by the loop if a step raised)."""
-        self.busy = False
+        self.stepping = False
+        self.due = None
         now = time.monotonic()
-        for seq in [*self.replica.running, *self.replica.waiting]:
+        for seq in [*self.replica.running, *self.replica.waiting, *self.replica.in_intake()]:
             self.replica.abort(seq)
             if seq.listener is not None:
                 seq.listener.on_finish(seq, now)

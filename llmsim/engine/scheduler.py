@@ -13,7 +13,16 @@ The semantics follow vLLM V1's scheduler (`vllm/v1/core/sched/scheduler.py`):
   queue and later prefills its prompt and the tokens it had produced again), and no one is
   admitted in that step;
 - with `chunked_prefill=False` (vLLM V0's default scheduler) a prompt is prefilled whole in one
-  step, and a step that prefills carries no decodes.
+  step, and a step that prefills carries no decodes;
+- with `num_scheduler_steps` K > 1 (vLLM V0's multi-step scheduling, which excludes chunked
+  prefill) a decode step is a round of K steps of the same batch: the blocks for K tokens are
+  taken at the round's start, every sequence's tokens of the round are delivered at its end
+  (a sequence done mid-round stays in the batch until then, as on the GPU), and waiting
+  requests are admitted only between rounds; a prefill step stays one step.
+
+With a front end (`frontend_s_per_request` / `frontend_s_per_prompt_token`, vLLM's API server
+process; llmsim.engine.frontend) a request added at t reaches the waiting queue only when the
+front end, shared by every request it holds, has taken it in; `next_intake()` says when.
 
 A sequence produces a token at the end of each step in which its computed tokens reach its
 full length (prompt plus tokens produced so far): that is its first token after the prefill,
@@ -30,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from llmsim.engine.frontend import FrontEnd
 from llmsim.engine.kv_cache import KVCache, block_hashes
 from llmsim.engine.steptime import StepTimeModel
 
@@ -46,6 +56,15 @@ class ReplicaConfig:
     prefix_caching: bool = True
     max_model_len: int = 8192
     step_jitter_cv: float = 0.0
+    num_scheduler_steps: int = 1
+    frontend_s_per_request: float = 0.0
+    frontend_s_per_prompt_token: float = 0.0
+
+
+# vLLM 0.6's refusal (EngineArgs.create_engine_config), in its words.
+MULTI_STEP_CHUNKED_ERROR = (
+    "Chunked prefill is not supported with multi-step (--num-scheduler-steps > 1)"
+)
 
 
 class SeqListener:
@@ -67,6 +86,7 @@ class Seq:
         "arrival",
         "blocks",
         "computed",
+        "engine_at",
         "first_token_at",
         "hashes",
         "hit_tokens",
@@ -109,6 +129,7 @@ class Seq:
         self.state = "new"  # new, waiting, running, done, aborted
         self.replica: Replica | None = None
         self.queued_at = arrival
+        self.engine_at = arrival  # reached the engine (after the front end, if any)
         self.scheduled_at: float | None = None  # first admitted
         self.admitted_at = 0.0  # last admitted (after a preemption too)
         self.first_token_at: float | None = None
@@ -158,6 +179,10 @@ class Replica:
         name: str = "0",
         on_step: Callable[[Replica, float, int, int], None] | None = None,
     ) -> None:
+        if config.num_scheduler_steps < 1:
+            raise ValueError("num_scheduler_steps must be at least 1")
+        if config.num_scheduler_steps > 1 and config.chunked_prefill:
+            raise ValueError(MULTI_STEP_CHUNKED_ERROR)
         if not config.chunked_prefill and config.max_num_batched_tokens < config.max_model_len:
             # vLLM refuses this too: a prompt that does not fit one step would never start.
             raise ValueError(
@@ -171,6 +196,8 @@ class Replica:
         self.kv = KVCache(config.num_gpu_blocks, config.block_size, config.prefix_caching)
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
+        self.frontend = FrontEnd(config.frontend_s_per_request, config.frontend_s_per_prompt_token)
+        self._round = 1  # steps in the round in flight
         self.counters = ReplicaCounters()
         self._rng = rng or random.Random(0)
         self._scheduled: list[tuple[Seq, int]] = []
@@ -197,9 +224,27 @@ class Replica:
             seq.hashes = block_hashes(seq._token_ids, bs, seq.prompt_len // bs)
         seq._token_ids = ()  # only the hashes are needed from here on
         seq.replica = self
+        if self.frontend.enabled:
+            seq.state = "intake"
+            self.frontend.add(seq, seq.prompt_len, now, self._join)
+        else:
+            self._join(seq, now)
+
+    def _join(self, seq: Seq, now: float) -> None:
+        """The request reaches the engine: its waiting queue, FIFO."""
+        if seq.state == "aborted":  # gone while the front end was taking it in
+            return
         seq.state = "waiting"
-        seq.queued_at = now
+        seq.queued_at = seq.engine_at = now
         self.waiting.append(seq)
+
+    def in_intake(self) -> list[Seq]:
+        """Requests the front end is still taking in."""
+        return self.frontend.jobs()
+
+    def next_intake(self) -> float | None:
+        """When the front end hands over its next request (None: it holds none)."""
+        return self.frontend.next_done()
 
     def abort(self, seq: Seq) -> None:
         """Drop a request (client gone, fault): its blocks go back at once."""
@@ -212,6 +257,7 @@ class Replica:
                 pass
         elif seq.state == "running":
             self.running.remove(seq)
+        # "intake": the front end finishes taking it in, then _join drops it.
         self.kv.release(seq.blocks)
         seq.blocks = []
         seq.state = "aborted"
@@ -219,16 +265,19 @@ class Replica:
     @property
     def load(self) -> int:
         """How much work is queued or running: the least-loaded spread compares this."""
-        return len(self.running) + len(self.waiting)
+        return len(self.running) + len(self.waiting) + len(self.frontend)
 
     @property
     def idle(self) -> bool:
-        return not self.running and not self.waiting
+        return not self.running and not self.waiting and not len(self.frontend)
 
     # -- one step ---------------------------------------------------------------------
 
     def step(self, now: float) -> float | None:
-        """Schedule one step starting at `now`; its duration in seconds, or None if idle."""
+        """Schedule one step (or one multi-step round) starting at `now`; its duration in
+        seconds, or None if there is nothing to run (see `next_intake`)."""
+        if len(self.frontend):
+            self.frontend.advance(now, self._join)
         if self.config.chunked_prefill:
             scheduled = self._schedule_v1(now)
         else:
@@ -236,6 +285,10 @@ class Replica:
         if not scheduled:
             return None
         self._scheduled = scheduled
+        self._round = 1
+        first = scheduled[0][0]
+        if self.config.num_scheduler_steps > 1 and first.computed >= first.prompt_len:
+            return self._decode_round(scheduled, now)
         n_tokens = 0
         decodes = 0
         decode_ctx = 0
@@ -256,8 +309,30 @@ class Replica:
         self.busy_until = now + t
         return t
 
+    def _decode_round(self, scheduled: list[tuple[Seq, int]], now: float) -> float:
+        """K decode steps of `scheduled`'s batch (blocks for all K taken already): the time."""
+        k = self.config.num_scheduler_steps
+        batch = len(scheduled)
+        ctx = sum(seq.computed + 1 for seq, _ in scheduled)
+        cv = self.config.step_jitter_cv
+        st = self.step_time
+        t = 0.0
+        for j in range(k):
+            dt = st.step_s(batch, batch, ctx + j * batch)
+            if cv > 0:
+                dt *= self._rng.lognormvariate(-0.5 * _log1p_sq(cv), _sqrt_log1p_sq(cv))
+            t += dt
+        self._round = k
+        self.last_step_tokens = batch
+        self.last_step_s = t / k
+        self.busy_until = now + t
+        return t
+
     def finish_step(self, end: float) -> None:
         """The step scheduled last has ended at `end`: advance each sequence, emit tokens."""
+        if self._round > 1:
+            self._finish_round(end)
+            return
         scheduled, self._scheduled = self._scheduled, []
         self.busy_until = None
         c = self.counters
@@ -300,6 +375,38 @@ class Replica:
                 seq.listener.on_finish(seq, end)
         if self._on_step is not None:
             self._on_step(self, end, tokens, len(scheduled))
+
+    def _finish_round(self, end: float) -> None:
+        """A multi-step round has ended: each sequence gets its tokens of the round at once."""
+        scheduled, self._scheduled = self._scheduled, []
+        k, self._round = self._round, 1
+        self.busy_until = None
+        c = self.counters
+        c.iterations += k
+        finished: list[tuple[Seq, int]] = []
+        for seq, n in scheduled:
+            if seq.state != "running":  # aborted during the round
+                continue
+            seq.computed += n
+            seq.produced += n
+            c.generation_tokens += n
+            seq.last_token_at = end
+            if seq.produced >= seq.max_output:
+                finished.append((seq, n))
+            elif seq.listener is not None:
+                seq.listener.on_tokens(seq, n, end)
+        for seq, n in finished:
+            self.running.remove(seq)
+            self.kv.release(seq.blocks)
+            seq.blocks = []
+            seq.state = "done"
+            c.finished += 1
+            if seq.listener is not None:
+                seq.listener.on_tokens(seq, n, end)
+                seq.listener.on_finish(seq, end)
+        if self._on_step is not None:
+            for _ in range(k):  # one iteration of the batch's size per step of the round
+                self._on_step(self, end, len(scheduled), len(scheduled))
 
     # -- scheduling policies ------------------------------------------------------------
 
@@ -420,18 +527,21 @@ class Replica:
             budget -= n
         if scheduled:
             return scheduled
-        # Otherwise a decode step for every running sequence, preempting the newest on need.
+        # Otherwise a decode step (or a multi-step round of K: the blocks for K tokens, vLLM's
+        # lookahead slots) for every running sequence, preempting the newest on need.
+        k = cfg.num_scheduler_steps
         running = self.running
         i = 0
         while i < len(running):
             seq = running[i]
-            while not self._grow(seq, 1):
+            n = min(k, seq.max_output - seq.produced) if k > 1 else 1
+            while not self._grow(seq, n):
                 victim = running[-1]
                 self._preempt(victim, now)
                 if victim is seq:
                     break
             else:
-                scheduled.append((seq, 1))
+                scheduled.append((seq, n))
                 i += 1
         return scheduled
 

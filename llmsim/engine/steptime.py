@@ -110,6 +110,9 @@ class Preset:
     max_num_batched_tokens: int
     step_time: StepTimeModel
     raw: dict[str, Any]
+    # vLLM's API server intake (llmsim.engine.frontend), from the preset's `frontend` block.
+    frontend_ms_per_request: float = 0.0
+    frontend_us_per_prompt_token: float = 0.0
 
     def gpu_blocks(self, block_size: int) -> int:
         """Blocks of `block_size` tokens that fit the same memory as the preset's."""
@@ -159,6 +162,8 @@ def load_preset(name: str) -> Preset:
         max_num_batched_tokens=int(defaults["max_num_batched_tokens"]),
         step_time=calibrated_step_time(d),
         raw=d,
+        frontend_ms_per_request=float(d.get("frontend", {}).get("ms_per_request", 0.0)),
+        frontend_us_per_prompt_token=float(d.get("frontend", {}).get("us_per_prompt_token", 0.0)),
     )
     _CACHE[name] = preset
     return preset

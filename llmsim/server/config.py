@@ -90,4 +90,7 @@ def vllm_config(settings: Settings) -> VllmConfig:
         prefix_caching=settings.enable_prefix_caching,
         step_jitter_cv=settings.step_jitter_cv,
         seed=settings.seed,
+        num_scheduler_steps=settings.num_scheduler_steps,
+        frontend_ms_per_request=settings.frontend_ms_per_request,
+        frontend_us_per_prompt_token=settings.frontend_us_per_prompt_token,
     )

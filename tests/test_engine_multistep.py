@@ -1,0 +1,245 @@
+"""vLLM v0.6's multi-step scheduling and API-server front end in engine mode.
+
+On a fake clock (the replica and the front end are pure bookkeeping), then through real
+`llmsim serve --engine vllm` processes read by a real streaming client.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+
+from llmsim.engine.frontend import FrontEnd
+from llmsim.engine.scheduler import MULTI_STEP_CHUNKED_ERROR, Replica, ReplicaConfig
+from llmsim.settings import SERVE_OPTIONS
+from test_engine_scheduler import FLAT, Log, add
+
+from streaming_client import Timed, stream_chat
+
+MODEL = "meta-llama/Meta-Llama-3-8B"
+MULTI_STEP_FLAGS = (
+    "num_scheduler_steps",
+    "frontend_ms_per_request",
+    "frontend_us_per_prompt_token",
+)
+
+
+def _multi_step(k: int = 4, **kw) -> tuple[Replica, Log]:
+    cfg = ReplicaConfig(
+        num_gpu_blocks=1000, max_model_len=4096, chunked_prefill=False,
+        num_scheduler_steps=k, **kw,
+    )  # fmt: skip
+    return Replica(cfg, FLAT), Log()
+
+
+def _deliveries(times: list[float]) -> list[int]:
+    """How many tokens arrived at each distinct time, in order."""
+    runs: list[int] = []
+    last = None
+    for t in times:
+        if t == last:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+            last = t
+    return runs
+
+
+# -- the front end on a fake clock ----------------------------------------------------------
+
+
+def test_front_end_shares_its_cpu_between_the_requests_it_holds() -> None:
+    done: list[tuple[str, float]] = []
+
+    def collect(job: str, t: float) -> None:
+        done.append((job, t))
+
+    fe = FrontEnd(per_request_s=0.010)
+    for i in range(5):  # a burst: every handler interleaves, so all finish together
+        fe.add(f"r{i}", 100, 0.0, collect)
+    assert fe.next_done() == pytest.approx(0.050)
+    fe.advance(0.049, collect)
+    assert done == []
+    fe.advance(0.051, collect)
+    assert [t for _, t in done] == pytest.approx([0.050] * 5)
+
+    done.clear()
+    fe = FrontEnd(per_request_s=0.010, per_token_s=0.0001)
+    fe.add("a", 0, 1.0, collect)  # 10 ms of work, alone for 5 ms, then shared
+    fe.add("b", 0, 1.005, collect)
+    fe.add("c", 100, 1.005, collect)  # 20 ms: its prompt's tokens cost as much again
+    fe.advance(2.0, collect)
+    # a: 5 ms left at 1.005, at a third of the CPU: 1.020; b: 5 ms left then, at half: 1.030;
+    # c: 10 ms left then, alone: 1.040.
+    assert done == [("a", pytest.approx(1.020)), ("b", pytest.approx(1.030)),
+                    ("c", pytest.approx(1.040))]  # fmt: skip
+    assert fe.next_done() is None
+
+
+def test_requests_reach_the_waiting_queue_after_the_front_end() -> None:
+    r, log = _multi_step(k=1, frontend_s_per_request=0.010)
+    seqs = [add(r, log, f"r{i}", 8, 2) for i in range(4)]
+    assert r.step(0.0) is None and not r.waiting  # nothing has reached the engine yet
+    assert r.next_intake() == pytest.approx(0.040)
+    dt = r.step(0.040)
+    assert dt is not None and all(s.state == "running" for s in seqs)
+    # The engine's own queue time starts at the hand-over, as vLLM stamps arrival_time there.
+    assert all(s.engine_at == pytest.approx(0.040) for s in seqs)
+
+
+# -- multi-step rounds on a fake clock ------------------------------------------------------
+
+
+def test_a_round_streams_its_tokens_at_its_end_and_prefills_wait_for_it() -> None:
+    r, log = _multi_step(k=4)
+    add(r, log, "a", 16, 9)
+    now = 0.0
+    prefill = r.step(now)  # a prefill step stays one step
+    now += prefill
+    r.finish_step(now)
+    round_s = r.step(now)  # then a round of 4 decode steps
+    assert round_s == pytest.approx(4 * FLAT.step_s(1, 1, 17), rel=0.05)
+    add(r, log, "b", 16, 2, now=now + round_s / 2)  # arrives mid-round
+    now += round_s
+    r.finish_step(now)
+    # b is admitted only now, in a prefill step of its own (V0: no decodes beside it).
+    b_prefill = r.step(now)
+    now += b_prefill
+    r.finish_step(now)
+    assert log.tokens["b"][0] == pytest.approx(now)
+    while (dt := r.step(now)) is not None:
+        now += dt
+        r.finish_step(now)
+    assert _deliveries(log.tokens["a"]) == [1, 4, 4]
+    assert _deliveries(log.tokens["b"]) == [1, 1]  # b's last token came with its round
+    # a's prefill, a round, b's prefill, a round of both (b done after its first step of it).
+    assert r.counters.iterations == 1 + 4 + 1 + 4
+
+
+def test_multi_step_refuses_chunked_prefill() -> None:
+    with pytest.raises(ValueError, match="Chunked prefill is not supported with multi-step"):
+        Replica(ReplicaConfig(num_scheduler_steps=2, chunked_prefill=True), FLAT)
+
+
+# -- settings and the CLI -------------------------------------------------------------------
+
+
+def test_flags_are_one_block_of_the_settings_table_and_in_the_help() -> None:
+    names = [o.name for o in SERVE_OPTIONS]
+    i = names.index(MULTI_STEP_FLAGS[0])
+    assert tuple(names[i : i + 3]) == MULTI_STEP_FLAGS
+    run = [sys.executable, "-m", "llmsim", "serve", "--port", "0"]
+    procs = {
+        "help": subprocess.Popen([*run, "--help"], stdout=subprocess.PIPE, text=True),
+        "both": subprocess.Popen(
+            [*run, "--engine", "vllm", "--num-scheduler-steps", "8"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+    }
+    out = {k: p.communicate(timeout=60) for k, p in procs.items()}
+    for flag in ("--num-scheduler-steps", "--frontend-ms-per-request",
+                 "--frontend-us-per-prompt-token", "LLMSIM_NUM_SCHEDULER_STEPS"):  # fmt: skip
+        assert flag in out["help"][0].replace("\n", " ").replace("  ", ""), flag
+    err = out["both"][1]
+    assert procs["both"].returncode == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert MULTI_STEP_CHUNKED_ERROR in err and "--no-enable-chunked-prefill" in err, err
+
+
+# -- a real server -------------------------------------------------------------------------
+
+# 40 ms of front end a request: a burst of 6 reaches the engine after ~240 ms, far above what
+# the engine itself takes for tiny prompts (~12 ms a step) and above a loaded machine's noise.
+FRONTEND_MS = 40.0
+BURST = 6
+
+
+@pytest.fixture(scope="module")
+def multi_step_server():
+    from conftest import start_server
+
+    server = start_server(
+        "--engine", "vllm", "--seed", "1", "--no-enable-chunked-prefill",
+        "--num-scheduler-steps", "4", "--frontend-ms-per-request", str(FRONTEND_MS),
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
+        if server.proc.stdout:
+            server.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=20)) as c:
+        yield c
+
+
+def _queue_time(client: httpx.Client, url: str) -> tuple[float, float]:
+    total = count = 0.0
+    for line in client.get(url + "/metrics").text.splitlines():
+        if line.startswith("vllm:request_queue_time_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("vllm:request_queue_time_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def test_server_streams_a_round_of_tokens_at_once(multi_step_server, client) -> None:
+    base = multi_step_server.base_url
+    body = {"model": MODEL, "max_tokens": 13, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "count"}]}  # fmt: skip
+    r = stream_chat(base, body, client)
+    assert r.status == 200 and r.done
+    log = client.get(f"{multi_step_server.url}/llmsim/requests/{r.headers['x-request-id']}")
+    events = [e for e in log.json()["events"] if e["tokens"] > 0]
+    per_step: dict[float, int] = {}
+    for e in events:  # every event of a round is planned at the round's end
+        per_step[e["planned_ms"]] = per_step.get(e["planned_ms"], 0) + e["tokens"]
+    assert list(per_step.values()) == [1, 4, 4, 4], per_step
+    gaps = [b - a for a, b in zip(list(per_step), list(per_step)[1:], strict=False)]
+    # A round is 4 steps of ~11 ms (llama-3-8b-a100, one sequence).
+    assert all(30 < g < 80 for g in gaps[1:]), gaps
+
+
+def test_server_front_end_holds_a_burst_for_about_its_length(multi_step_server, client) -> None:
+    base = multi_step_server.base_url
+    url = multi_step_server.url
+
+    def body(i: int) -> dict:
+        return {"model": MODEL, "max_tokens": 2, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"burst {i}"}]}  # fmt: skip
+
+    alone = stream_chat(base, body(-1), client)
+    assert alone.ttft_s is not None and alone.ttft_s > FRONTEND_MS / 1000
+    before = _queue_time(client, url)
+    out: list[Timed | None] = [None] * BURST
+
+    def run(i: int) -> None:
+        out[i] = stream_chat(base, body(i), client)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(BURST)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    ttfts = sorted(r.ttft_s for r in out if r is not None and r.ttft_s is not None)
+    assert len(ttfts) == BURST
+    burst_s = BURST * FRONTEND_MS / 1000
+    # The front end serves the burst's handlers together: the last one reaches the engine
+    # after the whole burst's work, and most of them only near its end.
+    assert ttfts[-1] > 0.85 * burst_s, ttfts
+    assert statistics.median(ttfts) > 0.5 * burst_s, ttfts
+    assert ttfts[-1] < burst_s + 5.0, ttfts
+    # vLLM's queue time starts at the engine: the front end's wait is not in it.
+    total, count = (a - b for a, b in zip(_queue_time(client, url), before, strict=True))
+    assert count == BURST
+    assert total / count < 0.5 * burst_s, total / count
