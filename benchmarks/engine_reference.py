@@ -173,7 +173,8 @@ def fit_frontend(preset: str, engine: dict, points: list[dict]) -> float:
     """The front end's cost per request (ms) that the published earliest first tokens give.
 
     With a cost c per request, vLLM's API server hands a burst of N over at about N c (its
-    handlers share one CPU), so the earliest first token comes one prefill step after that:
+    intake is serial and each hand-over queues behind it), so the earliest first token comes
+    one prefill step after that:
     c = (earliest first token - first step) / N, one estimate per point, combined by least
     squares weighted by N. The first step is the replay's own without a front end.
     """

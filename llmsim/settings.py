@@ -638,8 +638,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "frontend_ms_per_request",
         _optional_float,
         None,
-        "CPU ms vLLM's API server spends taking a request in, shared by every request it holds "
-        "(default: the preset's; 0 with --frontend-us-per-prompt-token 0: no front end).",
+        "CPU ms vLLM's API server spends taking a request in, serially; a burst reaches the "
+        "engine after all of it (default: the preset's; 0 with --frontend-us-per-prompt-token "
+        "0: no front end).",
         _finite_at_least(0),
         "MS",
     ),

@@ -53,32 +53,32 @@ def _deliveries(times: list[float]) -> list[int]:
 # -- the front end on a fake clock ----------------------------------------------------------
 
 
-def test_front_end_shares_its_cpu_between_the_requests_it_holds() -> None:
+def test_front_end_takes_a_burst_in_serially_and_hands_it_over_together() -> None:
     done: list[tuple[str, float]] = []
 
     def collect(job: str, t: float) -> None:
         done.append((job, t))
 
     fe = FrontEnd(per_request_s=0.010)
-    for i in range(5):  # a burst: every handler interleaves, so all finish together
-        fe.add(f"r{i}", 100, 0.0, collect)
+    for i in range(5):  # a burst, slightly staggered as a real client sends it
+        fe.add(f"r{i}", 100, i * 0.001, collect)
+    # Each intake is serial (r0's ends at 10 ms, r4's at 50 ms), but every hand-over queues
+    # behind the intake of all that had arrived: the engine gets the burst at 50 ms.
     assert fe.next_done() == pytest.approx(0.050)
     fe.advance(0.049, collect)
-    assert done == []
+    assert done == [] and len(fe) == 5
     fe.advance(0.051, collect)
-    assert [t for _, t in done] == pytest.approx([0.050] * 5)
+    assert done == [(f"r{i}", pytest.approx(0.050)) for i in range(5)]
 
     done.clear()
     fe = FrontEnd(per_request_s=0.010, per_token_s=0.0001)
-    fe.add("a", 0, 1.0, collect)  # 10 ms of work, alone for 5 ms, then shared
-    fe.add("b", 0, 1.005, collect)
-    fe.add("c", 100, 1.005, collect)  # 20 ms: its prompt's tokens cost as much again
+    fe.add("a", 0, 1.0, collect)  # alone: handed over when its own 10 ms are done
+    fe.add("b", 100, 1.015, collect)  # after a's intake: 10 ms + 100 tokens x 0.1 ms
+    fe.add("c", 0, 1.020, collect)  # arrives during b's intake: queued behind it
     fe.advance(2.0, collect)
-    # a: 5 ms left at 1.005, at a third of the CPU: 1.020; b: 5 ms left then, at half: 1.030;
-    # c: 10 ms left then, alone: 1.040.
-    assert done == [("a", pytest.approx(1.020)), ("b", pytest.approx(1.030)),
-                    ("c", pytest.approx(1.040))]  # fmt: skip
-    assert fe.next_done() is None
+    assert done == [("a", pytest.approx(1.010)), ("b", pytest.approx(1.045)),
+                    ("c", pytest.approx(1.045))]  # fmt: skip
+    assert fe.next_done() is None and len(fe) == 0
 
 
 def test_requests_reach_the_waiting_queue_after_the_front_end() -> None:

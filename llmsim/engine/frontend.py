@@ -1,82 +1,89 @@
-"""vLLM's API server process as a CPU that every request in it shares, on an injected clock.
+"""vLLM's API server process taking requests in, as bookkeeping on an injected clock.
 
-Before a request reaches the engine's waiting queue, vLLM's HTTP front end (one asyncio process:
-HTTP parsing, the chat template, tokenization) takes it in. Its handlers interleave at their
-await points, so a burst of N requests is served like one processor shared by all of them
-(egalitarian processor sharing): with equal costs every request of a burst reaches the engine
-at about N times the cost of one, and the engine's first step waits for the burst's end. That is
-what vLLM v0.6.0's published per-request times show (docs/engine.md, "reference").
+Before a request reaches the engine's waiting queue, vLLM's HTTP front end (one asyncio process)
+takes it in: HTTP parsing, the chat template, tokenization. That work is serial (one CPU, its
+event loop's ready queue in FIFO order), and a handler that has done it hands its request to the
+engine in a later callback, queued behind the work of every request that had arrived by then.
+So request i's intake ends at e_i = max(arrival_i, e_(i-1)) + cost_i, and it reaches the engine
+at e_k, k being the last request to arrive before e_i: a burst of N requests reaches the engine
+together, after N costs, and the engine's first step waits for the burst's end. That is what
+vLLM v0.6.0's published per-request times show (docs/engine.md, "reference"): at N = 20 every
+first token came within 8 ms of the others, at N = 80 none before 0.69 s. A request alone (or
+arriving once the front end is idle) reaches the engine after its own cost.
 
-Nothing here sleeps or runs per request: it is the textbook virtual-time bookkeeping of a
-processor-sharing queue. Virtual time `v` is the work each job in the system has received; it
-grows at 1/n per second with n jobs in it, and a job of cost c that arrives at virtual time v0
-is done when v reaches v0 + c. A heap of those finish marks gives each completion in order.
+Nothing here sleeps or runs per request: two queues of (time, job) and the end time of the last
+arrival's intake.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 
 class FrontEnd:
-    """A processor-sharing intake stage: `add` a job with its cost, `advance` to collect
-    the ones done by then (each with the time it was done), `next_done` to know when to look.
+    """The intake stage: `add` a job with its prompt's length, `advance` to hand over the jobs
+    due by then (each with its hand-over time), `next_done` to know when to look again.
     """
 
-    __slots__ = ("_heap", "_order", "_t", "_v", "per_request_s", "per_token_s")
+    __slots__ = ("_last_end", "_open", "_ready", "per_request_s", "per_token_s")
 
     def __init__(self, per_request_s: float = 0.0, per_token_s: float = 0.0) -> None:
         self.per_request_s = max(0.0, per_request_s)
         self.per_token_s = max(0.0, per_token_s)
-        self._heap: list[tuple[float, int, Any]] = []
-        self._order = itertools.count()
-        self._v = 0.0  # virtual time
-        self._t = 0.0  # real time `_v` is for
+        # Intake done or under way, hand-over not yet fixed: (end of its intake, job).
+        self._open: deque[tuple[float, Any]] = deque()
+        # Hand-over fixed (a later arrival queued behind it): (hand-over time, job).
+        self._ready: deque[tuple[float, Any]] = deque()
+        self._last_end = float("-inf")  # end of the latest arrival's intake
 
     @property
     def enabled(self) -> bool:
         return self.per_request_s > 0 or self.per_token_s > 0
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._open) + len(self._ready)
 
     def cost(self, prompt_tokens: int) -> float:
         """CPU seconds the front end spends taking in a request of `prompt_tokens` tokens."""
         return self.per_request_s + self.per_token_s * prompt_tokens
 
+    def _seal(self, before: float) -> None:
+        # Jobs whose intake ended before `before` have queued their hand-over already: behind
+        # the intake of every arrival until then, whose last ends at `_last_end`.
+        while self._open and self._open[0][0] < before:
+            self._ready.append((self._last_end, self._open.popleft()[1]))
+
     def add(
         self, job: Any, prompt_tokens: int, now: float, done: Callable[[Any, float], None]
     ) -> None:
-        """A job arrives at `now`; jobs done before it are passed to `done` first."""
+        """A job arrives at `now`; jobs due before it are passed to `done` first."""
         self.advance(now, done)
-        if not self._heap:
-            self._t = now
-        heapq.heappush(self._heap, (self._v + self.cost(prompt_tokens), next(self._order), job))
+        self._seal(now)
+        end = max(now, self._last_end) + self.cost(prompt_tokens)
+        self._last_end = end
+        self._open.append((end, job))
 
     def advance(self, now: float, done: Callable[[Any, float], None]) -> None:
-        """Call `done(job, t)` for every job done by `now`, in order, `t` when it was done."""
-        heap = self._heap
-        while heap:
-            n = len(heap)
-            finish_v = heap[0][0]
-            t = self._t + (finish_v - self._v) * n
-            if t > now:
-                self._v += (now - self._t) / n
-                self._t = now
-                return
-            self._v, self._t = finish_v, t
-            done(heapq.heappop(heap)[2], t)
-        self._t = now
+        """Call `done(job, t)` for every job handed over by `now`, in order, `t` its time."""
+        # Every arrival until `now` is known: an open job whose intake has ended has its
+        # hand-over behind the last of them.
+        while self._open and self._open[0][0] <= now:
+            self._ready.append((self._last_end, self._open.popleft()[1]))
+        ready = self._ready
+        while ready and ready[0][0] <= now:
+            t, job = ready.popleft()
+            done(job, t)
 
     def next_done(self) -> float | None:
-        """When the next job will be done if none arrives meanwhile; None when empty."""
-        if not self._heap:
-            return None
-        return self._t + (self._heap[0][0] - self._v) * len(self._heap)
+        """When the next job is handed over if none arrives meanwhile; None when empty."""
+        if self._ready:
+            return self._ready[0][0]
+        if self._open:
+            return self._last_end
+        return None
 
     def jobs(self) -> list[Any]:
-        """The jobs it holds, in no particular order."""
-        return [job for _, _, job in self._heap]
+        """The jobs it holds, in arrival order."""
+        return [job for _, job in self._ready] + [job for _, job in self._open]

@@ -22,7 +22,8 @@ The semantics follow vLLM V1's scheduler (`vllm/v1/core/sched/scheduler.py`):
 
 With a front end (`frontend_s_per_request` / `frontend_s_per_prompt_token`, vLLM's API server
 process; llmsim.engine.frontend) a request added at t reaches the waiting queue only when the
-front end, shared by every request it holds, has taken it in; `next_intake()` says when.
+front end has taken it in and handed it over (a burst together, after all of its intake);
+`next_intake()` says when.
 
 A sequence produces a token at the end of each step in which its computed tokens reach its
 full length (prompt plus tokens produced so far): that is its first token after the prefill,
