@@ -263,11 +263,16 @@ def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool =
                     rows.append({**row, "failed": failed})
                     continue
                 start = min(r.arrival for r in served)
+                # How long the client took to send the burst: a front end whose backlog drains
+                # between two sends hands the first ones over early (llmsim/engine/frontend.py).
+                spread_ms = (max(r.arrival for r in served) - start) * 1000
                 srv = figures(served, outs, start=start)
-                row.update(server=srv, server_error=errors(srv, point), others_cpu_pct=others)
+                row.update(server=srv, server_error=errors(srv, point), others_cpu_pct=others,
+                           send_spread_ms=round(spread_ms, 1))  # fmt: skip
                 print(fmt("llmsim serve", srv))
                 print(fmt_err("error", row["server_error"]))
-                print(f"{'':>16} every reply complete; others' CPU {others}%")
+                print(f"{'':>16} every reply complete; sent over {spread_ms:.0f} ms; others' "
+                      f"CPU {others}%")  # fmt: skip
             rows.append(row)
     finally:
         if procs is not None:
