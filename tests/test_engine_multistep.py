@@ -205,6 +205,9 @@ def test_server_streams_a_round_of_tokens_at_once(multi_step_server, client) -> 
     for e in events:  # every event of a round is planned at the round's end
         per_step[e["planned_ms"]] = per_step.get(e["planned_ms"], 0) + e["tokens"]
     assert list(per_step.values()) == [1, 4, 4, 4], per_step
+    engine = client.get(multi_step_server.url + "/llmsim/stats").json()["engine"]
+    assert engine["num_scheduler_steps"] == 4 and engine["frontend_ms_per_request"] == FRONTEND_MS
+    assert engine["replicas"][0]["in_frontend"] == 0 and not engine["chunked_prefill"]
     gaps = [b - a for a, b in zip(list(per_step), list(per_step)[1:], strict=False)]
     # A round is 4 steps of ~11 ms (llama-3-8b-a100, one sequence).
     assert all(30 < g < 80 for g in gaps[1:]), gaps

@@ -27,7 +27,7 @@ REPLICA_FIELDS = (
     "running", "waiting", "kv_cache_usage", "kv_blocks_free", "kv_blocks_total",
     "prefix_cached_blocks", "preemptions", "prefix_cache_queries", "prefix_cache_hits",
     "iterations", "prompt_tokens", "generation_tokens", "finished", "last_step_tokens",
-    "last_step_ms", "present",
+    "last_step_ms", "present", "in_frontend",
 )  # fmt: skip
 COUNTERS = frozenset(
     {"preemptions", "prefix_cache_queries", "prefix_cache_hits", "iterations", "prompt_tokens",
@@ -71,6 +71,7 @@ class EngineStats:
         c = r.counters
         d[base + f["running"]] = len(r.running)
         d[base + f["waiting"]] = len(r.waiting)
+        d[base + f["in_frontend"]] = len(r.frontend)
         d[base + f["kv_cache_usage"]] = r.kv.usage
         d[base + f["kv_blocks_free"]] = r.kv.free_blocks
         d[base + f["kv_blocks_total"]] = r.kv.num_blocks

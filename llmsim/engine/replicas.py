@@ -4,7 +4,8 @@ Each replica (llmsim.engine.scheduler.Replica) is one entry of the worker's stre
 (llmsim.engine.loop): its deadline is the end of the step in flight. When it is due, the step's
 tokens go to every stream in the batch at once (`Stream.emit`), and the next step is scheduled
 from the end of this one, so a late wake-up does not push later steps back (deadlines, not
-sleeps). An idle replica leaves the loop and starts its next step when a request arrives.
+sleeps). An idle replica leaves the loop and starts its next step when a request arrives; with a
+front end (llmsim.engine.frontend) it waits in the loop for the front end's next hand-over.
 Requests go to the replica with the least work queued or running.
 """
 

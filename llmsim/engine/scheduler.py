@@ -561,6 +561,7 @@ class Replica:
             "replica": self.name,
             "running": len(self.running),
             "waiting": len(self.waiting),
+            "in_frontend": len(self.frontend),
             "kv_cache_usage": round(self.kv.usage, 4),
             "kv_blocks_total": self.kv.num_blocks,
             "kv_blocks_free": self.kv.free_blocks,

@@ -272,6 +272,9 @@ def create_app(
                 "block_size": rc.block_size,
                 "chunked_prefill": rc.chunked_prefill,
                 "prefix_caching": rc.prefix_caching,
+                "num_scheduler_steps": rc.num_scheduler_steps,
+                "frontend_ms_per_request": round(rc.frontend_s_per_request * 1e3, 6),
+                "frontend_us_per_prompt_token": round(rc.frontend_s_per_prompt_token * 1e6, 6),
                 "replicas": state.shared.engine_stats.replica_rows(),
             }
         snap["rate_limits"] = state.limiter.snapshot()
