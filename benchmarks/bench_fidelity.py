@@ -98,6 +98,7 @@ def run_once(users: int, duration: int, extra: list[str]) -> dict[str, Any]:
         "rss_peak_total_mb": summary["client"]["rss_peak_total_mb"],
         "locust_cpu_warnings": summary["client"]["cpu_warnings"],
         "other_cpu_cores": summary["client"].get("other_busy_cores"),
+        "stolen_cores": summary["client"].get("stolen_cores"),
         "warnings": summary.get("warnings", []),
         "report": str(run_dir / "report.html"),
     }
@@ -130,7 +131,7 @@ def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| users | wall s (limit) | req/s | out tok/s | TTFT p50 ms (planned, error) "
         "| fidelity p50 / p99 ms | steady-state p99 ms | CPU % simulator / locust | "
-        "peak RSS MB | other CPU cores | verdict |"
+        "peak RSS MB | other CPU cores / stolen | verdict |"
     )
     lines = [head, "|" + "---|" * 11]
     for r in results:
@@ -145,7 +146,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {_f(r['fidelity_p50_ms'])} / {_f(r['fidelity_p99_ms'])} "
             f"| {_f(r['steady_fidelity']['p99'])} "
             f"| {_f(cpu.get('simulator'))} / {_f(cpu.get('locust'))} "
-            f"| {_f(r['rss_peak_total_mb'], 0)} | {_f(r['other_cpu_cores'], 2)} "
+            f"| {_f(r['rss_peak_total_mb'], 0)} | {_f(r['other_cpu_cores'], 2)} / "
+            f"{_f(r.get('stolen_cores'), 2)} "
             f"| {'all met' if not missed else 'missed: ' + ', '.join(missed)} |"
         )
     return "\n".join(lines)

@@ -490,3 +490,33 @@ def test_progress_line() -> None:
         "TTFT p50 594 ms p95 914 ms | 11,350 out tok/s | errors 3"
     )
     assert progress_line({}, 5, None).startswith("5s | users 0 | 0.0 req/s | TTFT p50 - ms")
+
+
+def test_monitor_tells_steal_from_other_processes(monkeypatch) -> None:
+    """Steal (the hypervisor running other guests on our cores) is not 'other processes'."""
+    import collections
+
+    from llmsim.bench import monitor as mon
+
+    Times = collections.namedtuple("Times", "user nice system irq softirq steal idle")
+    clock = iter([100.0, 110.0])
+    samples = iter([Times(50, 0, 10, 0, 0, 5, 900), Times(58, 0, 12, 0, 0, 7, 910)])
+    monkeypatch.setattr(mon.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(mon.psutil, "cpu_times", lambda: next(samples))
+    m = mon.ProcessMonitor()
+    m.sample()
+    m.sample()
+    out = m.summary()
+    # 12 s busy in 10 s of which 2 s stolen: 1.2 busy cores, 0.2 stolen, 1.0 other processes.
+    assert out["machine_busy_cores"] == 1.2
+    assert out["stolen_cores"] == 0.2 and out["other_busy_cores"] == 1.0
+
+
+def test_steal_gets_its_own_warning() -> None:
+    from llmsim.bench.reports import warnings_for
+
+    client = {"machine_cores": 2, "other_busy_cores": 0.0, "stolen_cores": 0.19, "processes": []}
+    text = " ".join(warnings_for({"client": client}, RunState(), 0))
+    assert "hypervisor" in text and "0.19 cores" in text
+    client["stolen_cores"] = 0.02
+    assert "hypervisor" not in " ".join(warnings_for({"client": client}, RunState(), 0))

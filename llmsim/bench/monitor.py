@@ -32,8 +32,9 @@ class ProcessMonitor:
         self.tracks: dict[int, _Track] = {}
         self._roots: list[tuple[str, int]] = []
         self.total_rss_peak = 0
-        # Machine-wide busy CPU over the same span: what else ran skews every figure.
-        self._machine: list[tuple[float, float]] = []
+        # Machine-wide busy CPU over the same span, and the part of it the hypervisor took
+        # (steal): what else ran skews every figure.
+        self._machine: list[tuple[float, float, float]] = []
 
     def watch(self, role: str, pid: int) -> None:
         self._roots.append((role, pid))
@@ -75,10 +76,11 @@ class ProcessMonitor:
         busy = sum(
             getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
         )
+        point = (now, busy, getattr(times, "steal", 0.0))
         if len(self._machine) < 2:
-            self._machine.append((now, busy))
+            self._machine.append(point)
         else:
-            self._machine[1] = (now, busy)
+            self._machine[1] = point
 
     def sustained_cpu(self, role_prefix: str, window_s: float) -> float | None:
         """The highest CPU (% of a core) any `role_prefix` process averaged over the last
@@ -114,11 +116,16 @@ class ProcessMonitor:
             "machine_cores": psutil.cpu_count(),
             "machine_busy_cores": None,
             "other_busy_cores": None,
+            "stolen_cores": None,
         }
         if len(self._machine) == 2 and self._machine[1][0] > self._machine[0][0]:
-            (t0, b0), (t1, b1) = self._machine
+            (t0, b0, s0), (t1, b1, s1) = self._machine
             busy = (b1 - b0) / (t1 - t0)
+            # On a virtual machine the host may run its other guests on our cores ("steal"):
+            # no process here used that time, but ours waited for it all the same.
+            stolen = max(0.0, (s1 - s0) / (t1 - t0))
             ours = sum((p["cpu_percent_mean"] or 0) / 100 for p in procs)
             out["machine_busy_cores"] = round(busy, 2)
-            out["other_busy_cores"] = round(max(0.0, busy - ours), 2)
+            out["other_busy_cores"] = round(max(0.0, busy - ours - stolen), 2)
+            out["stolen_cores"] = round(stolen, 2)
         return out

@@ -88,6 +88,13 @@ def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | 
             f"Other processes kept {other:.1f} of the machine's {client.get('machine_cores')} "
             "cores busy during the run: the figures include their interference."
         )
+    stolen = client.get("stolen_cores")
+    if stolen is not None and stolen >= 0.1:
+        out.append(
+            f"The hypervisor ran other work on this machine's cores for {stolen:.2f} cores on "
+            "average (steal time): every process here waited for it, so timing figures are "
+            "noisier than the CPU columns show."
+        )
     if summary.get("interrupted"):
         out.append("The run was interrupted (Ctrl-C): the figures cover what ran until then.")
     if locust_status not in (0, None):
@@ -110,6 +117,8 @@ def _cpu_story(client: dict[str, Any]) -> str:
         )
     if client.get("other_busy_cores") is not None:
         parts.append(f"other processes {client['other_busy_cores']:.1f} cores")
+    if (client.get("stolen_cores") or 0) >= 0.05:
+        parts.append(f"taken by the hypervisor (steal) {client['stolen_cores']:.2f} cores")
     return "; ".join(parts) or "no CPU figures"
 
 

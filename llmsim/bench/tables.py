@@ -185,6 +185,9 @@ def client_table(s: Mapping[str, Any]) -> Table | None:
     other = client.get("other_busy_cores")
     if other is not None:
         rows.append(["everything else on the machine", "", fmt_num(100 * other), "", ""])
+    stolen = client.get("stolen_cores")
+    if stolen:
+        rows.append(["taken by the hypervisor (steal)", "", fmt_num(100 * stolen), "", ""])
     return ["process", "pid", "CPU % mean", "CPU % max", "peak RSS MB"], rows
 
 
