@@ -142,7 +142,9 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     assert 60 <= req["total"] <= 120 and req["failed"] == 0, req
     assert tok["output_total"] == 20 * req["total"] and tok["source"] == "usage"
     assert tok["input_total"] == 64 * req["total"]
-    assert summary["duration_s"] == pytest.approx(4, abs=0.6)
+    # About its --duration: a loaded machine stretches it by up to a second (4.6 s seen at a
+    # load average above 5), while a run that waited out --stop-timeout (5 s) would be ~9 s.
+    assert 3.4 <= summary["duration_s"] <= 5.5, summary["duration_s"]
     # Rates are over the measured window (--duration from the start): the requests that
     # ended in it, not those finishing during the wind-down after it.
     assert summary["window"]["start_s"] == 0 and summary["window"]["duration_s"] == 4
@@ -319,7 +321,7 @@ def test_web_mode_run_started_and_stopped_over_http(bench: Bench) -> None:
     assert proc.poll() is None and _web_up(ui)
     summary = read_summary(bench.run_dir())
     assert summary["requests"]["total"] > 10 and not summary["interrupted"]
-    assert 50 <= summary["ttft_ms"]["p50"] <= 53
+    assert 50 <= summary["ttft_ms"]["p50"] <= 56  # as in the headless test: room for load
     proc.send_signal(signal.SIGINT)  # Ctrl-C quits; the reports are rewritten with Locust's
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
