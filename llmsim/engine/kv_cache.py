@@ -97,24 +97,16 @@ class KVCache:
         """n fresh blocks (evicting the least recently freed prefixes), or None if too few."""
         if n > len(self._free):
             return None
-        out = []
-        free = self._free
-        for _ in range(n):
-            b, _ = free.popitem(last=False)
-            h = self._hash_of[b]
-            if h is not None:
-                self._hash_of[b] = None
-                if self.cached.get(h) == b:
-                    del self.cached[h]
-                    self.evictions += 1
-            self._ref[b] = 1
-            out.append(b)
-        return out
+        return [self._claim() for _ in range(n)]
 
     def allocate_one(self) -> int | None:
         """One fresh block; the fast path of a decode crossing a block boundary."""
         if not self._free:
             return None
+        return self._claim()
+
+    def _claim(self) -> int:
+        # The least recently freed block; a prefix it still held is no longer findable.
         b, _ = self._free.popitem(last=False)
         h = self._hash_of[b]
         if h is not None:

@@ -488,17 +488,22 @@ class Replica:
             if not self.kv.can_take(hits, need):
                 break
             waiting.popleft()
-            self.kv.take(hits)
-            seq.blocks = list(hits)
-            seq.published = len(hits)
-            seq.computed = hit_tokens
-            self._count_query(seq, hit_tokens)
-            seq.hit_tokens = hit_tokens
-            self._grow(seq, n)
-            self._start(seq, now)
+            self._admit(seq, hits, hit_tokens, n, now)
             scheduled.append((seq, n))
             budget -= n
         return scheduled
+
+    def _admit(self, seq: Seq, hits: list[int], hit_tokens: int, n: int, now: float) -> None:
+        """Move the head of the waiting queue into the batch: its cached prefix blocks are
+        reused, and `n` more of its prompt tokens are prefilled in this step."""
+        self.kv.take(hits)
+        seq.blocks = list(hits)
+        seq.published = len(hits)
+        seq.computed = hit_tokens
+        self._count_query(seq, hit_tokens)
+        seq.hit_tokens = hit_tokens
+        self._grow(seq, n)
+        self._start(seq, now)
 
     def _schedule_v0(self, now: float) -> list[tuple[Seq, int]]:
         cfg = self.config
@@ -516,14 +521,7 @@ class Replica:
             if not self.kv.can_take(hits, need):
                 break
             waiting.popleft()
-            self.kv.take(hits)
-            seq.blocks = list(hits)
-            seq.published = len(hits)
-            seq.computed = hit_tokens
-            self._count_query(seq, hit_tokens)
-            seq.hit_tokens = hit_tokens
-            self._grow(seq, n)
-            self._start(seq, now)
+            self._admit(seq, hits, hit_tokens, n, now)
             scheduled.append((seq, n))
             budget -= n
         if scheduled:
