@@ -390,13 +390,16 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
 
     from llmsim import gcpolicy
     from llmsim.record.front import Limits, serve_connection
+    from llmsim.server.http_hygiene import FdGuard, guarded
     from llmsim.server.runner import base_url, drain
 
     rec = Recorder(cfg, _PipeSink(write_fd))
     handlers: weakref.WeakSet[ClientConn] = weakref.WeakSet()  # what drain() looks at
     limits = Limits.from_settings(MAX_BODY_BYTES)
     handle = functools.partial(serve_connection, rec, limits, handlers)
-    server = StreamServer(sock, handle, spawn=Pool())
+    # At the descriptor limit a client gets a 503 and the recorder recovers, as the simulator.
+    server = guarded(StreamServer)(sock, handle, spawn=Pool())
+    server.fd_guard = FdGuard()
     server.handlers = handlers
     writer = gevent.spawn(rec.write_loop)
     # Time-driven GC, as in the simulator's workers: an automatic full scan stalls every

@@ -32,6 +32,11 @@ import time
 from http import client as http_client
 from typing import Any
 
+try:  # imported now: at the descriptor limit, importing it would need a descriptor
+    import resource
+except ImportError:  # pragma: no cover (not POSIX)
+    resource = None  # type: ignore[assignment]
+
 log = logging.getLogger("llmsim.server")
 
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
@@ -149,7 +154,10 @@ class FdGuard:
     def refuse(self, listener: socket.socket) -> bool:
         """Accept one pending client and answer 503; False when nothing could be done."""
         if self.spare is not None:
-            os.close(self.spare)
+            # Not os.close: under gevent's monkey patching (the recorder) it defers closing a
+            # character device to the end of the loop's turn, after the accept that needs the
+            # descriptor now. closerange is the plain close(2).
+            os.closerange(self.spare, self.spare + 1)
             self.spare = None
         done = False
         try:
@@ -165,7 +173,7 @@ class FdGuard:
                 )
             except OSError:
                 pass
-            os.close(fd)
+            os.closerange(fd, fd + 1)  # now, not deferred (see above)
             done = True
         self.spare = self._open_spare()
         self._note()
@@ -196,13 +204,36 @@ class FdGuard:
 
 
 def _nofile() -> str:
-    try:
-        import resource
-
-        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    except (ImportError, OSError):  # pragma: no cover
+    if resource is None:  # pragma: no cover
         return "unknown"
+    return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 def is_fd_exhaustion(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def guarded(server_class: type) -> type:
+    """`server_class` (a gevent server) answering 503 at the descriptor limit (FdGuard).
+
+    The instance needs a `fd_guard` attribute set after it is made."""
+
+    class Guarded(server_class):  # type: ignore[misc, valid-type]
+        """A gevent server whose accept loop survives EMFILE/ENFILE (http_hygiene.FdGuard)."""
+
+        fd_guard: FdGuard
+
+        def do_read(self):
+            try:
+                accepted = super().do_read()
+            except OSError as exc:
+                if not is_fd_exhaustion(exc):
+                    raise
+                self.fd_guard.refuse(self.socket)
+                return None
+            if accepted:
+                self.fd_guard.flush()
+            return accepted
+
+    Guarded.__name__ = f"Guarded{server_class.__name__}"
+    return Guarded

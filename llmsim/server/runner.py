@@ -201,26 +201,9 @@ def drain(server, grace_period_s: float) -> None:
 def _make_server_class():
     from gevent.pywsgi import WSGIServer
 
-    from llmsim.server.http_hygiene import FdGuard, is_fd_exhaustion
+    from llmsim.server.http_hygiene import guarded
 
-    class GuardedServer(WSGIServer):
-        """gevent's WSGIServer, answering 503 at the descriptor limit (http_hygiene.FdGuard)."""
-
-        fd_guard: FdGuard
-
-        def do_read(self):
-            try:
-                accepted = super().do_read()
-            except OSError as exc:
-                if not is_fd_exhaustion(exc):
-                    raise
-                self.fd_guard.refuse(self.socket)
-                return None
-            if accepted:
-                self.fd_guard.flush()
-            return accepted
-
-    return GuardedServer
+    return guarded(WSGIServer)
 
 
 def serve_on_socket(
