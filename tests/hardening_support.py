@@ -174,3 +174,52 @@ def raw_request(url: str, data: bytes, wait: float = 5.0) -> bytes:
 
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
+
+
+def past_the_descriptor_limit(host: str, port: int, limit: int) -> list[bytes]:
+    """Open `limit` + 20 idle connections (more than a server under `ulimit -n limit` can hold),
+    read what the last 10 got within 5 s each, close them all, and return those answers."""
+    held = []
+    try:
+        for _ in range(limit + 20):
+            held.append(socket.create_connection((host, port), timeout=5))
+        time.sleep(0.5)
+        answers = []
+        for s in held[-10:]:
+            s.settimeout(5)
+            try:
+                answers.append(s.recv(4096))
+            except OSError:
+                answers.append(b"")
+        return answers
+    finally:
+        for s in held:
+            s.close()
+
+
+def start_with_fd_limit(args: list[str], limit: int, url_pattern: str, cwd: Any = None):
+    """Start `python -m llmsim ARGS` under `ulimit -n limit`; (process, its URL, its output so
+    far and from now on, appended by a thread). `url_pattern`'s group 1 is the URL."""
+    import os
+    import re
+    import resource
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmsim", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    )  # fmt: skip
+    lines: list[str] = []
+    assert proc.stdout is not None
+    url = None
+    while url is None:
+        line = proc.stdout.readline()
+        assert line, lines
+        lines.append(line)
+        m = re.search(url_pattern, line)
+        url = m.group(1) if m else None
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return proc, url, lines

@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -30,7 +26,7 @@ from llmsim.server.app import create_app
 from llmsim.settings import Settings
 
 from conftest import REPO, start_server
-from hardening_support import status_of
+from hardening_support import past_the_descriptor_limit, start_with_fd_limit, status_of
 
 PACED = ("--ttft-ms", "20", "--ttft-stddev-ms", "0", "--tbt-ms", "20", "--tbt-stddev-ms", "0")
 LONG_STREAM = {
@@ -170,39 +166,15 @@ def test_grace_period_cuts_streams_at_its_end():
 
 def test_at_the_descriptor_limit_clients_get_503_and_the_server_recovers():
     limit = 96
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmsim", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--profile", "instant", "--header-timeout-s", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    proc, url, lines = start_with_fd_limit(
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--profile", "instant",
+         "--header-timeout-s", "30"],
+        limit, r"base_url=(\S+)/v1", cwd=REPO,
     )  # fmt: skip
-    lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        url = None
-        while url is None:
-            line = proc.stdout.readline()
-            assert line, lines
-            lines.append(line)
-            if "base_url=" in line:
-                url = line.rsplit("base_url=", 1)[1].strip()[: -len("/v1")]
-        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
         u = urlsplit(url)
-        held = []
-        for _ in range(limit + 20):  # more idle connections than the server has descriptors
-            held.append(socket.create_connection((u.hostname, u.port), timeout=5))
-        time.sleep(0.5)
-        answers = []
-        for s in held[-10:]:
-            s.settimeout(5)
-            try:
-                answers.append(s.recv(4096))
-            except OSError:
-                answers.append(b"")
+        answers = past_the_descriptor_limit(u.hostname, u.port, limit)
         assert any(status_of(a) == 503 for a in answers), answers
-        for s in held:
-            s.close()
         time.sleep(0.5)
         with httpx.Client(timeout=5) as c:
             assert c.get(url + "/health").status_code == 200  # recovered

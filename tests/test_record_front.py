@@ -271,54 +271,23 @@ def test_https_upstream_and_head_go_through_urllib3_framed_by_the_front(
 
 def test_at_the_descriptor_limit_clients_get_503_and_the_recorder_recovers(tmp_path):
     """As the simulator's front end: a client past the limit gets a 503, not a silent backlog."""
-    import os
-    import resource
-    import subprocess
-    import sys
+    from hardening_support import past_the_descriptor_limit, start_with_fd_limit
 
     limit = 96
-    out = tmp_path / "rec.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmsim", "record", "--target", "http://127.0.0.1:9",
-         "--host", "127.0.0.1", "--port", "0", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")},
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    proc, url, lines = start_with_fd_limit(
+        ["record", "--target", "http://127.0.0.1:9", "--host", "127.0.0.1", "--port", "0",
+         "--out", str(tmp_path / "rec.jsonl")],
+        limit, r" at (http://\S+) into ",
     )  # fmt: skip
-    lines: list[str] = []
-    held: list[socket.socket] = []
     try:
-        assert proc.stdout is not None
-        url = None
-        while url is None:
-            line = proc.stdout.readline()
-            assert line, lines
-            lines.append(line)
-            m = re.search(r" at (http://\S+) into ", line)
-            url = m.group(1) if m else None
-        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
         host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
-        for _ in range(limit + 20):  # more idle connections than it has descriptors
-            held.append(socket.create_connection((host, int(port)), timeout=5))
-        time.sleep(0.5)
-        answers = []
-        for s in held[-10:]:
-            s.settimeout(5)
-            try:
-                answers.append(s.recv(4096))
-            except OSError:
-                answers.append(b"")
+        answers = past_the_descriptor_limit(host, int(port), limit)
         assert any(a.startswith(b"HTTP/1.1 503") for a in answers), answers
-        for s in held:
-            s.close()
-        held.clear()
         time.sleep(0.5)
         with httpx.Client(timeout=5) as c:
             assert c.get(url + "/health").status_code == 200  # recovered
         assert "Traceback" not in "".join(lines)
     finally:
-        for s in held:
-            s.close()
         proc.terminate()
         proc.wait(15)
         if proc.stdout:
