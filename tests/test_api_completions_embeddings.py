@@ -80,6 +80,23 @@ def test_streamed_completion(server):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
 
 
+def test_streamed_completion_with_continuous_usage_stats(server):
+    """vLLM's stream_options.continuous_usage_stats: every chunk says the tokens so far."""
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 6,
+            "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+    with httpx.stream("POST", server.base_url + "/completions", json=body) as r:
+        events = [e[6:] for e in r.read().decode().strip().split("\n\n")]
+    assert events[-1] == "[DONE]"
+    *chunks, final = [json.loads(e) for e in events[:-1]]
+    prompt = final["usage"]["prompt_tokens"]
+    assert [ch["usage"]["completion_tokens"] for ch in chunks] == [1, 2, 3, 4, 5, 6, 6]
+    assert all(ch["usage"]["total_tokens"] == prompt + ch["usage"]["completion_tokens"]
+               for ch in chunks)  # fmt: skip
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] == 6
+
+
 def test_completion_errors(client):
     with pytest.raises(openai.BadRequestError) as exc:
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt=None)

@@ -20,6 +20,7 @@ from llmsim.api.params import (
     int_param,
     sampling_params,
     stop_param,
+    stream_options,
 )
 from llmsim.api.wire import OpenAIErrors, RenderContext
 from llmsim.engine.request import Choice, EngineRequest, Reply
@@ -113,21 +114,7 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
     stream = bool_param(body, "stream")
     ignore_eos = bool_param(body, "ignore_eos")
 
-    include_usage = continuous_usage = False
-    stream_options = body.get("stream_options")
-    if stream_options is not None:
-        if not isinstance(stream_options, dict):
-            raise invalid_type("stream_options", "an object", stream_options)
-        if not stream:
-            raise ApiError(
-                400,
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-                code="invalid_value",
-            )
-        include_usage = bool_param(stream_options, "include_usage")
-        # vLLM's extension, which guidellm sends: counts so far in every chunk.
-        continuous_usage = include_usage and bool_param(stream_options, "continuous_usage_stats")
+    include_usage, continuous_usage = stream_options(body, stream)
 
     if seed is not None:
         # Only the conversation: a cap or a stop sequence then cuts the same text short.

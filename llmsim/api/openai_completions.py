@@ -29,6 +29,7 @@ from llmsim.api.params import (
     int_param,
     sampling_params,
     stop_param,
+    stream_options,
 )
 from llmsim.api.wire import OpenAIErrors, RenderContext
 from llmsim.engine.request import Choice, EngineRequest, Reply
@@ -43,6 +44,7 @@ class CompletionOptions:
     include_usage: bool = False
     echo_texts: list[str] = field(default_factory=list)  # per prompt, when echo is on
     n: int = 1
+    continuous_usage: bool = False  # vLLM's continuous_usage_stats: usage so far per chunk
 
 
 def _prompts(body: dict[str, Any], model: str) -> tuple[list[str], int]:
@@ -94,19 +96,7 @@ def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOption
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise invalid_type("suffix", "a string", suffix)
-    include_usage = False
-    stream_options = body.get("stream_options")
-    if stream_options is not None:
-        if not isinstance(stream_options, dict):
-            raise invalid_type("stream_options", "an object", stream_options)
-        if not stream:
-            raise ApiError(
-                400,
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-                code="invalid_value",
-            )
-        include_usage = bool_param(stream_options, "include_usage")
+    include_usage, continuous_usage = stream_options(body, stream)
     if len(prompts) * n > MAX_N:
         raise above_max("n", MAX_N // len(prompts), n, integer=True)
     if max_tokens == 0 and not echo:
@@ -125,7 +115,11 @@ def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOption
         prefix_text=lambda: prompts[0],
     )
     opts = CompletionOptions(
-        stream=stream, include_usage=include_usage, echo_texts=prompts if echo else [], n=n
+        stream=stream,
+        include_usage=include_usage,
+        echo_texts=prompts if echo else [],
+        n=n,
+        continuous_usage=continuous_usage,
     )
     return req, opts
 
@@ -185,19 +179,35 @@ def stream_events(
         )
     ).encode()
 
-    def chunk(index: int, text: str, finish: str | None) -> bytes:
+    prompt = reply.prompt_tokens
+
+    def chunk(index: int, text: str, finish: str | None, done: int = 0) -> bytes:
         fin = b"null" if finish is None else json.dumps(finish).encode()
-        return head + b'{"text":%s,"index":%d,"logprobs":null,"finish_reason":%s}]}\n\n' % (
-            json.dumps(text).encode(),
-            index,
-            fin,
+        end = b"}\n\n"
+        if opts.continuous_usage:  # as vLLM: the tokens so far, in every chunk
+            end = b',"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (
+                prompt,
+                done,
+                prompt + done,
+            )
+        return (
+            head
+            + b'{"text":%s,"index":%d,"logprobs":null,"finish_reason":%s}]'
+            % (
+                json.dumps(text).encode(),
+                index,
+                fin,
+            )
+            + end
         )
+
+    step_end = reply.step_end
 
     def content(c: Choice, step: int) -> bytes:
         text = reply.text_at(c, step)
         if step == 0:
             text = _echo(opts, c.index) + text
-        return chunk(c.index, text, None)
+        return chunk(c.index, text, None, min(len(c.tokens), step_end(step)))
 
     def echo_only() -> list[bytes]:  # max_tokens 0 with echo: the prompts alone
         if reply.choices:
@@ -218,7 +228,7 @@ def stream_events(
         usage_chunk = b"data: " + json.dumps(tail).encode() + b"\n\n"
     shape = ChunkShape(
         content=content,
-        finish=lambda c: chunk(c.index, "", c.finish_reason),
+        finish=lambda c: chunk(c.index, "", c.finish_reason, len(c.tokens)),
         first_extra=echo_only,
         usage=usage_chunk,
     )

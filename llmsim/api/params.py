@@ -93,3 +93,24 @@ def stop_param(body: dict[str, Any]) -> tuple[str, ...]:
             code="array_above_max_length",
         )
     return tuple(s for s in v if s)
+
+
+def stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:
+    """(include_usage, continuous usage) from `stream_options`, refused without `stream`.
+
+    `continuous_usage_stats` is vLLM's extension (guidellm sends it): with include_usage, every
+    chunk carries the usage so far, as vLLM's server does."""
+    options = body.get("stream_options")
+    if options is None:
+        return False, False
+    if not isinstance(options, dict):
+        raise invalid_type("stream_options", "an object", options)
+    if not stream:
+        raise ApiError(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    include_usage = bool_param(options, "include_usage")
+    return include_usage, include_usage and bool_param(options, "continuous_usage_stats")
