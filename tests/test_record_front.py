@@ -11,13 +11,13 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from llmsim.bench.preflight import free_port
 from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
+from test_record_proxy import _wait_lines
 
 
 @pytest.fixture(scope="module")
@@ -148,15 +148,6 @@ def test_refusals_are_the_simulators_and_close_the_connection(rec, request_bytes
     assert b"connection: close" in head.lower() and _closed(s)
     s.close()
     assert httpx.get(rec.url + "/health", timeout=10).json()["status"] == "ok"
-
-
-def _wait_lines(path: Path, n: int, timeout: float = 10) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= n:
-            break
-        time.sleep(0.05)
-    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 _EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'

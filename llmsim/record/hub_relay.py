@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from llmsim.record.recording import Capture
+from llmsim.server.fastio import hung_up
 
 _READ, _WRITE = 1, 2
 MAX_HEAD_BYTES = 64 * 1024
@@ -296,14 +297,11 @@ class HubRelay:
     # --- hub callbacks ---------------------------------------------------------------------
 
     def _on_client(self) -> None:
-        try:
-            data = self.client.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
+        gone = hung_up(self.client)
+        if gone is None:
             return
-        except OSError:
-            data = b""
         self._stop("client_watch")
-        if not data:  # the client hung up: abandon the upstream request too
+        if gone:  # the client hung up: abandon the upstream request too
             self._end("client_disconnect")
 
     def _on_upstream(self) -> None:

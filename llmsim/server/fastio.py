@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.parser
 import re
+import socket
 
 from gevent.pywsgi import OldMessage
 
@@ -83,3 +84,14 @@ def send_all(sock, data) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def hung_up(sock: socket.socket) -> bool | None:
+    """Whether a readable client socket was closed by its peer (True), holds bytes (False),
+    or had nothing to read after all (None: a spurious wake-up). Peeks, consuming nothing."""
+    try:
+        return not sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return True

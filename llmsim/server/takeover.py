@@ -69,14 +69,11 @@ class SocketSink:
             self._reader.start(self._readable)
 
     def _readable(self) -> None:
-        try:
-            data = self.raw.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
+        gone = fastio.hung_up(self.raw)
+        if gone is None:
             return
-        except OSError:
-            data = b""
         self._stop_reader()
-        if not data and self.stream is not None:
+        if gone and self.stream is not None:
             self.stream.fail("client_disconnect")
 
     def _stop_reader(self) -> None:
