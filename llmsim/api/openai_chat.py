@@ -250,23 +250,29 @@ def stream_events(
             json.dumps(system_fingerprint),
         )
     )
-    tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+    # Each chunk is a choice's head, its delta and the rest, then a tail that differs only in
+    # its usage; the parts are made once per reply.
     prefixes: dict[int, bytes] = {}
-    role_events: dict[int, bytes] = {}
-    finish_events: dict[int, bytes] = {}
+    role_bodies: dict[int, bytes] = {}
+    finish_bodies: dict[int, bytes] = {}
     for c in reply.choices:
-        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
-        prefixes[c.index] = p.encode() + b'{"content":'
-        role_events[c.index] = (
-            p + '{"role":"assistant","content":"","refusal":null},"logprobs":null,'
-            '"finish_reason":null}]' + tail
-        ).encode()
-        finish_events[c.index] = (
-            p + '{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason + tail
-        ).encode()
-    suffix = ('},"logprobs":null,"finish_reason":null}]' + tail).encode()
+        p = ('data: %s{"index":%d,"delta":' % (head, c.index)).encode()
+        prefixes[c.index] = p + b'{"content":'
+        role_bodies[c.index] = (
+            p + b'{"role":"assistant","content":"","refusal":null},"logprobs":null,'
+            b'"finish_reason":null}]'
+        )
+        finish_bodies[c.index] = (
+            p + b'{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason.encode()
+        )
+    middle = b'},"logprobs":null,"finish_reason":null}]'
     if continuous_usage and reply.choices:
-        return chat_family_events(reply, _continuous_shape(reply, prefixes, head, usage_chunk))
+        parts = (prefixes, role_bodies, finish_bodies, middle)
+        return chat_family_events(reply, _continuous_shape(reply, parts, usage_chunk))
+    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+    role_events = {i: body + tail for i, body in role_bodies.items()}
+    finish_events = {i: body + tail for i, body in finish_bodies.items()}
+    suffix = middle + tail
 
     if reply.chunking.one_per_step:  # a token's JSON is cached: replies reuse a vocabulary
         # Each choice's content is asked for once per step, in order: read it as a stream.
@@ -292,10 +298,12 @@ def stream_events(
     return chat_family_events(reply, shape)
 
 
-def _continuous_shape(
-    reply: Reply, prefixes: dict[int, bytes], head: str, usage_chunk: bytes | None
-) -> ChunkShape:
-    """The chunks of a stream with vLLM's continuous_usage_stats: each one's usage so far."""
+def _continuous_shape(reply: Reply, parts: tuple, usage_chunk: bytes | None) -> ChunkShape:
+    """The chunks of a stream with vLLM's continuous_usage_stats: each one's usage so far.
+
+    `parts`: stream_events' per-choice heads of content, role and finish chunks, and the
+    content chunk's middle; only their tails differ from a plain stream's."""
+    prefixes, role_bodies, finish_bodies, middle = parts
     prompt, reasoning = reply.prompt_tokens, reply.reasoning_tokens
 
     def tail(done: int) -> bytes:
@@ -307,26 +315,17 @@ def _continuous_shape(
         )
 
     step_end = reply.step_end
-    middle = b'},"logprobs":null,"finish_reason":null}]'
 
     def content(c: Choice, step: int) -> bytes:
         done = min(len(c.tokens), step_end(step))
         return prefixes[c.index] + json.dumps(reply.text_at(c, step)).encode() + middle + tail(done)
 
-    def opening(c: Choice) -> bytes:
-        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
-        return (
-            p + '{"role":"assistant","content":"","refusal":null},"logprobs":null,'
-            '"finish_reason":null}]'
-        ).encode() + tail(0)
-
-    def finish(c: Choice) -> bytes:
-        p = 'data: %s{"index":%d,"delta":' % (head, c.index)
-        return (p + '{},"logprobs":null,"finish_reason":"%s"}]' % c.finish_reason).encode() + tail(
-            len(c.tokens)
-        )
-
-    return ChunkShape(content=content, finish=finish, opening=opening, usage=usage_chunk)
+    return ChunkShape(
+        content=content,
+        finish=lambda c: finish_bodies[c.index] + tail(len(c.tokens)),
+        opening=lambda c: role_bodies[c.index] + tail(0),
+        usage=usage_chunk,
+    )
 
 
 class OpenAIChat(OpenAIErrors):
