@@ -13,11 +13,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llmsim.engine.generators import make_generator
 from llmsim.engine.profiles import DISTRIBUTIONS, PROFILES
 from llmsim.engine.steptime import preset_names
+from llmsim.yaml_file import YamlFileError, read_yaml
 
 ENV_PREFIX = "LLMSIM_"
 
@@ -908,15 +907,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config; keys may be spelled ttft_ms or ttft-ms."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text("utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"config file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"config file {p}: cannot read it ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SettingsError(f"config file {p}: not valid YAML{where}") from None
+        raw = read_yaml(p)
+    except YamlFileError as exc:
+        raise SettingsError(f"config file {p}: {exc}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -11,6 +11,11 @@ from llmsim import __version__
 from llmsim.settings import Settings, SettingsError, load_settings
 
 
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 def write(tmp_path, text: str):
     p = tmp_path / "llmsim.yaml"
     p.write_text(text)
@@ -80,8 +85,39 @@ def test_bad_config_files(tmp_path, text, message):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(SettingsError, match="does not exist"):
+    with pytest.raises(SettingsError, match="no such file"):
         load_settings(config=tmp_path / "nope.yaml", env={})
+
+
+@pytest.mark.parametrize("kind", ["config", "profile", "fault script"])
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda d: d / "nope.yaml", "no such file"),
+        (lambda d: d, "is a directory"),
+        (lambda d: write(d, "a: [1\n"), "not valid YAML at line 2"),
+        (lambda d: write_bytes(d / "bin.yaml", b"\xff\xfe"), "cannot read it"),
+    ],
+)
+def test_every_yaml_file_fails_in_one_line_naming_it(tmp_path, kind, make, reason):
+    """Config, profile file and fault script share one reader: the same reasons, one line,
+    the file named."""
+    from llmsim.record.profile_file import ProfileError, load_profile
+
+    path = make(tmp_path)
+    loaders = {
+        "config": (SettingsError, lambda: load_settings(config=path, env={})),
+        "profile": (ProfileError, lambda: load_profile(path)),
+        "fault script": (
+            SettingsError,
+            lambda: load_settings(env={}, overrides={"fault_script": str(path)}),
+        ),
+    }
+    error, load = loaders[kind]
+    with pytest.raises(error) as exc:
+        load()
+    message = str(exc.value)
+    assert reason in message and str(path) in message and "\n" not in message
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -106,7 +142,7 @@ def test_version():
         (["serve", "--bogus"], None, "No such option"),
         (["serve", "--profile", "nope"], None, "--profile: must be one of"),
         (["serve"], {"LLMSIM_WORKERS": "x"}, "LLMSIM_WORKERS='x'"),
-        (["serve", "--config", "/nonexistent.yaml"], None, "does not exist"),
+        (["serve", "--config", "/nonexistent.yaml"], None, "no such file"),
         (["nosuchcommand"], None, "No such command"),
     ],
 )

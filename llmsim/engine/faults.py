@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from llmsim.yaml_file import read_yaml
 
 HTTP_FAULTS = ("429", "500", "502", "503", "529")
 FAULT_KINDS = (*HTTP_FAULTS, "timeout", "drop", "stream-error")
@@ -75,12 +75,7 @@ def load_fault_script(path: str | Path) -> list[ScriptRule]:
       model: gpt-4o                   # optional: only this model
       key: sk-test                    # optional: only this API key
     """
-    try:
-        raw = yaml.safe_load(Path(path).read_text("utf-8"))
-    except FileNotFoundError:
-        raise ValueError("file does not exist") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read it ({type(exc).__name__})") from None
+    raw = read_yaml(path)  # YamlFileError is a ValueError: the caller names the file
     if isinstance(raw, dict) and "rules" in raw:
         raw = raw["rules"]
     if not isinstance(raw, list):

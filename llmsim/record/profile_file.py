@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from llmsim.engine.faults import FAULT_KINDS
+from llmsim.yaml_file import YamlFileError, read_yaml
 
 FORMAT_VERSION = 1
 # What a profile's `errors` may hold: the simulator's fault kinds.
@@ -239,15 +240,9 @@ def load_profile(path: str | Path) -> ProfileFile:
     """Read and check a profile file; ProfileError (one line) when it is not usable."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ProfileError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{p}: cannot read it ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ProfileError(f"{p}: not valid YAML{where}") from None
+        raw = read_yaml(p)
+    except YamlFileError as exc:
+        raise ProfileError(f"{p}: {exc}") from None
     return parse_profile(raw, str(p))
 
 
