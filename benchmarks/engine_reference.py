@@ -54,6 +54,9 @@ REFERENCES = {
     "h100": DATA / "lambda_vllm_h100_llama3_8b.json",
 }
 
+# The Poisson-arrival references (benchmarks/engine_reference_poisson.py), by the same names as
+# in benchmarks/data/sglang_vllm060_poisson.json.
+POISSON_REFERENCES = ("poisson-a100", "poisson-h100-70b")
 
 # vLLM v0.6.0's --num-scheduler-steps in every reference run.
 SCHEDULER_STEPS = 10
@@ -93,6 +96,17 @@ def load_reference(name: str = "a100") -> dict:
     return json.loads(REFERENCES[name].read_text())
 
 
+def chunk_gaps(tokens: list[float]) -> list[float]:
+    """The gaps (ms) between a reply's successive chunks: tokens that reach the client within
+    CHUNK_S of each other are one chunk, as a client timing SSE events sees them."""
+    gaps, last = [], tokens[0]
+    for t in tokens[1:]:
+        if t - last > CHUNK_S:
+            gaps.append((t - last) * 1000)
+            last = t
+    return gaps
+
+
 def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[str, float]:
     """`benchmark_serving.py`'s figures for replies of the published lengths `outs`."""
     ttfts, tpots, itls, total = [], [], [], 0
@@ -104,11 +118,7 @@ def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[
         ttfts.append(0.0 if n == 0 else (r.tokens[0] - start) * 1000)
         if n > 1:
             tpots.append((r.tokens[-1] - r.tokens[0]) / (n - 1) * 1000)
-        last = r.tokens[0]
-        for t in r.tokens[1:]:
-            if t - last > CHUNK_S:
-                itls.append((t - last) * 1000)
-                last = t
+        itls.extend(chunk_gaps(r.tokens))
     return {
         "output_throughput": total / (end - start),
         "mean_ttft_ms": statistics.fmean(ttfts),
@@ -285,15 +295,29 @@ def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool =
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", choices=[*REFERENCES, "all"], default="all")
+    p.add_argument("--reference", choices=[*REFERENCES, *POISSON_REFERENCES, "all"],
+                   default="all")  # fmt: skip
     p.add_argument("--preset", default=None, help="instead of the reference's own preset")
     p.add_argument("--server", action="store_true", help="also replay through llmsim serve")
     p.add_argument("--fit", action="store_true", help="fit the preset's step_time_scale")
     p.add_argument("--fit-frontend", action="store_true", help="fit the front end's cost")
+    p.add_argument("--poisson-seeds", type=int, default=3,
+                   help="workload seeds per Poisson point (the first is compared)")
+    p.add_argument("--poisson-raw-lengths", action="store_true",
+                   help="Poisson references: replies as sampled, not scaled to the mean")
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
     a = p.parse_args()
-    names = list(REFERENCES) if a.reference == "all" else [a.reference]
-    out = [check(name, a.preset, a.server, a.fit, a.fit_frontend) for name in names]
+    names = [*REFERENCES, *POISSON_REFERENCES] if a.reference == "all" else [a.reference]
+    if a.fit or a.fit_frontend:  # the fits use the all-at-once runs' per-request data
+        names = [n for n in names if n in REFERENCES]
+    out = []
+    for name in names:
+        if name in POISSON_REFERENCES:
+            from engine_reference_poisson import check_poisson
+
+            out.append(check_poisson(name, a.poisson_seeds, a.poisson_raw_lengths, a.server))
+        else:
+            out.append(check(name, a.preset, a.server, a.fit, a.fit_frontend))
     a.json.write_text(json.dumps(out, indent=1))
     return 0
 
