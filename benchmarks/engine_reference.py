@@ -301,10 +301,19 @@ def main() -> int:
     p.add_argument("--server", action="store_true", help="also replay through llmsim serve")
     p.add_argument("--fit", action="store_true", help="fit the preset's step_time_scale")
     p.add_argument("--fit-frontend", action="store_true", help="fit the front end's cost")
-    p.add_argument("--poisson-seeds", type=int, default=3,
-                   help="workload seeds per Poisson point (the first is compared)")
-    p.add_argument("--poisson-raw-lengths", action="store_true",
-                   help="Poisson references: replies as sampled, not scaled to the mean")
+    p.add_argument(
+        "--poisson-seeds",
+        type=int,
+        default=3,
+        help="workload seeds per Poisson point (the first is compared)",
+    )
+    p.add_argument(
+        "--poisson-lengths",
+        choices=("matched", "mean", "raw"),
+        default="matched",
+        help="Poisson references: replies mapped onto the reference's mean and "
+        "median (default), scaled to its mean, or as sampled",
+    )
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
     a = p.parse_args()
     names = [*REFERENCES, *POISSON_REFERENCES] if a.reference == "all" else [a.reference]
@@ -315,7 +324,7 @@ def main() -> int:
         if name in POISSON_REFERENCES:
             from engine_reference_poisson import check_poisson
 
-            out.append(check_poisson(name, a.poisson_seeds, a.poisson_raw_lengths, a.server))
+            out.append(check_poisson(name, a.poisson_seeds, a.poisson_lengths, a.server))
         else:
             out.append(check(name, a.preset, a.server, a.fit, a.fit_frontend))
     a.json.write_text(json.dumps(out, indent=1))

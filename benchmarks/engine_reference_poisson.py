@@ -31,13 +31,14 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from pathlib import Path
 
 from engine_reference import DATA, SCHEDULER_STEPS, chunk_gaps, load_reference
 from engine_sim import Result, pct, replica_for, simulate
 
 POISSON = DATA / "sglang_vllm060_poisson.json"
-ONLINE_METRICS = ("median_ttft_ms", "median_tpot_ms", "median_itl_ms", "median_e2e_latency_ms")
+# Compared below saturation. The median E2E latency is printed, not compared: it follows the
+# median reply length, which the sampled workload cannot match (see `implied_reply`).
+ONLINE_METRICS = ("median_ttft_ms", "median_tpot_ms", "median_itl_ms")
 # The bench_serving filter: a reply shorter than this is dropped from the sample.
 MIN_REPLY = 4
 
@@ -55,20 +56,45 @@ def sharegpt_pairs() -> list[tuple[int, int]]:
     ]
 
 
+def reply_map(replies: list[int], mean: float | None, median: float | None):
+    """A monotone map o -> a x o^b of the sample's reply lengths onto the reference's own mean
+    and median reply (the ones its figures pin); identity where neither is given, a plain
+    scale to the mean where only it is."""
+    if mean is None:
+        return lambda o: o
+    if median is None:
+        k = mean / statistics.fmean(replies)
+        return lambda o: max(MIN_REPLY, round(o * k))
+    m0 = statistics.median(replies)
+
+    def mean_at(b: float) -> float:
+        return statistics.fmean(median * (o / m0) ** b for o in replies)
+
+    lo, hi = 0.2, 5.0  # the mean grows with b for a fixed median
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_at(mid) < mean else (lo, mid)
+    b = (lo + hi) / 2
+    return lambda o: max(MIN_REPLY, round(median * (o / m0) ** b))
+
+
 def workload(
-    pairs: list[tuple[int, int]], rate: float, n: int, seed: int, reply_mean: float | None
+    pairs: list[tuple[int, int]],
+    rate: float,
+    n: int,
+    seed: int,
+    reply_mean: float | None = None,
+    reply_median: float | None = None,
 ) -> list[tuple[float, int, int, list[int]]]:
     """n requests (arrival s, prompt, reply, unique prompt ids): Poisson at `rate` (inf: all
-    at t = 0), lengths drawn from `pairs`; replies scaled to `reply_mean` when given."""
+    at t = 0), lengths drawn from `pairs`, replies mapped onto `reply_mean` / `reply_median`
+    (see `reply_map`)."""
     rng = random.Random(seed)
-    scale = 1.0
-    if reply_mean is not None:
-        scale = reply_mean / statistics.fmean(o for _, o in pairs)
+    fit = reply_map([o for _, o in pairs], reply_mean, reply_median)
     t, out = 0.0, []
     for i in range(n):
         p, o = rng.choice(pairs)
-        o = max(MIN_REPLY, round(o * scale))
-        out.append((t, p, o, list(range(i * 10_000, i * 10_000 + p))))
+        out.append((t, p, fit(o), list(range(i * 10_000, i * 10_000 + p))))
         if rate != float("inf"):
             t += rng.expovariate(rate)
     return out
@@ -98,6 +124,11 @@ def poisson_figures(results: list[Result], outs: list[int]) -> dict[str, float]:
     }
 
 
+def implied_reply(pt: dict) -> float:
+    """The median reply length the published medians imply: E2E = TTFT + TPOT x (reply - 1)."""
+    return 1 + (pt["median_e2e_latency_ms"] - pt["median_ttft_ms"]) / pt["median_tpot_ms"]
+
+
 def engine_for(ref: dict) -> dict:
     """vLLM v0.6.0's engine options for the reference's command line."""
     return {
@@ -117,26 +148,36 @@ def _spread(vals: list[float]) -> str:
     return f"{min(vals):.1f}..{max(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
 
 
-def check_poisson(name: str, seeds: int = 3, raw_lengths: bool = False, server: bool = False,
+def check_poisson(name: str, seeds: int = 3, lengths: str = "matched", server: bool = False,
                   server_requests: int = 240) -> dict:  # fmt: skip
     """Replay one Poisson reference through its preset; print and return the errors (seed 0's
-    figure is the one compared, the others give the workload's sampling spread)."""
+    figure is the one compared, the others give the workload's sampling spread).
+
+    `lengths`: "matched" maps the sampled replies onto the reference's mean (all-at-once run)
+    and each point's implied median; "mean" only scales them to the mean; "raw" keeps them.
+    """
     doc = load_poisson()
     ref = doc["references"][name]
     preset, engine = ref["preset"], engine_for(ref)
     off = ref["offline"]
-    reply_mean = None if raw_lengths else off["output_throughput"] / off["request_throughput"]
+    mean = None if lengths == "raw" else off["output_throughput"] / off["request_throughput"]
     pairs = sharegpt_pairs()
     print(f"reference: {doc['source']}\n  {ref['model']}; {doc['what']}")
     print(f"preset {preset}, engine {engine}; {len(pairs)} ShareGPT length pairs, replies "
-          + ("as sampled" if reply_mean is None else f"scaled to a mean of {reply_mean:.0f}"))
+          + {"raw": "as sampled", "mean": f"scaled to the reference's mean {mean:.0f}",
+             "matched": f"mapped onto the reference's mean {mean:.0f} and each point's median"
+             }[lengths])  # fmt: skip
     rows = []
     for pt in [*ref["online"], off]:
         rate = float(pt["request_rate"])
         n = pt["num_prompts"]
-        figs = [run(preset, engine, workload(pairs, rate, n, 1000 * s + int(min(rate, 99)),
-                                             reply_mean))
+        median = None
+        if lengths == "matched":  # the all-at-once run: the median of the online points'
+            median = implied_reply(pt) if "median_tpot_ms" in pt else statistics.fmean(
+                implied_reply(q) for q in ref["online"])  # fmt: skip
+        reqs = [workload(pairs, rate, n, 1000 * s + int(min(rate, 99)), mean, median)
                 for s in range(seeds)]  # fmt: skip
+        figs = [run(preset, engine, r) for r in reqs]
         got = figs[0]
         keys = ONLINE_METRICS if rate != float("inf") else ("output_throughput",)
         err = {k: (got[k] - pt[k]) / pt[k] for k in keys}
@@ -148,27 +189,37 @@ def check_poisson(name: str, seeds: int = 3, raw_lengths: bool = False, server: 
             print(f"   {k:24} vLLM {pt[k]:9.2f}  llmsim {got[k]:9.2f}  error {err[k]:+6.1%}"
                   f"   (seeds: {_spread(row['seed_spread'][k])})")  # fmt: skip
         if rate != float("inf"):
-            print(f"   not published: llmsim TTFT p90 {got['p90_ttft_ms']:.1f} ms, TPOT p90 "
-                  f"{got['p90_tpot_ms']:.2f} ms, {got['output_throughput']:.0f} tok/s")
+            replies = [r[2] for r in reqs[0]]
+            print(f"   {'median_e2e_latency_ms':24} vLLM {pt['median_e2e_latency_ms']:9.2f}  "
+                  f"llmsim {got['median_e2e_latency_ms']:9.2f}  not compared: it follows the "
+                  f"median reply ({implied_reply(pt):.0f} tokens implied by vLLM's medians, "
+                  f"{statistics.median(replies):.0f} in the workload, mean "
+                  f"{statistics.fmean(replies):.0f})")  # fmt: skip
+            print(
+                f"   not published: llmsim TTFT p90 {got['p90_ttft_ms']:.1f} ms, TPOT p90 "
+                f"{got['p90_tpot_ms']:.2f} ms, {got['output_throughput']:.0f} tok/s"
+            )
         if server and rate != float("inf"):
-            row["server"] = server_check(preset, engine, pairs, rate, server_requests,
-                                         reply_mean)  # fmt: skip
+            row["server"] = server_check(preset, engine, reqs[0][:server_requests])
         rows.append(row)
     worst = max(abs(v) for r in rows[:-1] for v in r["error"].values())
-    print(f"worst |error| below saturation {worst:.1%} (bound 20 %); saturated throughput "
-          f"{rows[-1]['error']['output_throughput']:+.1%} (bound 10 %)")
-    return {"reference": name, "source": doc["source"], "preset": preset, "rows": rows}
+    print(
+        f"worst |error| of the medians below saturation {worst:.1%} (bound 20 %); saturated "
+        f"throughput {rows[-1]['error']['output_throughput']:+.1%} (bound 10 %)"
+    )
+    return {"reference": name, "source": doc["source"], "preset": preset, "lengths": lengths,
+            "rows": rows}  # fmt: skip
 
 
-def server_check(preset: str, engine: dict, pairs, rate: float, n: int, reply_mean) -> dict:
-    """The first `n` requests of the same workload through `llmsim serve --engine vllm` with
-    the same options, against their own pure simulation."""
+def server_check(preset: str, engine: dict, reqs: list) -> dict:
+    """The first requests of the same workload through `llmsim serve --engine vllm` with the
+    same options, against their own pure simulation."""
     import psutil
     from engine_fidelity import exact_prompt, open_loop
     from locust_common import Procs
 
-    reqs = workload(pairs, rate, n, int(min(rate, 99)), reply_mean)
-    sim = poisson_figures(simulate(replica_for(preset, **engine), reqs), [r[2] for r in reqs])
+    outs = [r[2] for r in reqs]
+    sim = poisson_figures(simulate(replica_for(preset, **engine), reqs), outs)
     procs = Procs()
     try:
         url = procs.start_target(
@@ -181,20 +232,15 @@ def server_check(preset: str, engine: dict, pairs, rate: float, n: int, reply_me
         others = round(psutil.cpu_percent(interval=0.5) * psutil.cpu_count(), 1)
         prompts = [exact_prompt(p, 9_000_000 + k) for k, (_, p, _, _) in enumerate(reqs)]
         failed: list[tuple[int, int, int]] = []
-        served, _cpu = open_loop(url, [r[0] for r in reqs], prompts, [r[2] for r in reqs],
-                                 failed)  # fmt: skip
+        served, _cpu = open_loop(url, [r[0] for r in reqs], prompts, outs, failed)
     finally:
         procs.close()
-    if failed or len(served) != n:
-        print(f"   server: FAILED {failed[:5]} ({len(served)}/{n} complete)")
+    if failed or len(served) != len(reqs):
+        print(f"   server: FAILED {failed[:5]} ({len(served)}/{len(reqs)} complete)")
         return {"failed": failed, "served": len(served)}
-    srv = poisson_figures(served, [r[2] for r in reqs])
+    srv = poisson_figures(served, outs)
     err = {k: (srv[k] - sim[k]) / sim[k] for k in ONLINE_METRICS}
-    print(f"   server, first {n} requests: " + ", ".join(
+    print(f"   server, first {len(reqs)} requests: " + ", ".join(
         f"{k} {srv[k]:.1f} ({err[k]:+.1%} vs their simulation)" for k in ONLINE_METRICS)
-        + f"; others' CPU {others}%")  # fmt: skip
-    return {"n": n, "server": srv, "sim": sim, "error": err, "others_cpu_pct": others}
-
-
-def save(out: list[dict], path: Path) -> None:
-    path.write_text(json.dumps(out, indent=1))
+        + f"; every reply complete; others' CPU {others}%")  # fmt: skip
+    return {"n": len(reqs), "server": srv, "sim": sim, "error": err, "others_cpu_pct": others}

@@ -9,7 +9,11 @@ A step's time is composed the way Vidur composes it from its per-operator profil
 - prefill attention of a chunk of c tokens after k cached ones costs per chunk plus per
   query-key pair, c × (k + c / 2);
 - plus a fixed overhead per step (scheduler, sampler), when the preset has one;
-- all of it times the preset's calibration factor, when a whole-curve reference gave one.
+- all of it times the preset's calibration factor, when a whole-curve reference gave one;
+- plus a cost per sequence in the step, when the calibration has one: what grows with the batch
+  and the kernel profiles leave out (the LM head and sampler for each sequence's next token,
+  and the engine's per-sequence work between steps: preparing inputs, appending the token,
+  detokenizing, checking stops).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -33,6 +37,7 @@ class StepTimeModel:
     prefill_chunk_ms: float = 0.0
     prefill_pair_ms: float = 0.0  # per query-key pair of a prefill chunk
     overhead_ms: float = 0.0
+    per_seq_ms: float = 0.0  # per sequence in the step (decodes and prefill chunks)
 
     def dense_ms(self, n_tokens: int) -> float:
         xs, ys = self.table_tokens, self.table_ms
@@ -55,10 +60,12 @@ class StepTimeModel:
         attend `decode_ctx` tokens in all, and prefill chunks given as (tokens, cached before).
         """
         ms = self.overhead_ms + self.dense_ms(n_tokens)
+        if self.per_seq_ms:
+            ms += self.per_seq_ms * decodes
         if decodes:
             ms += self.decode_step_ms + self.decode_ctx_ms * decode_ctx
         for c, k in prefills:
-            ms += self.prefill_chunk_ms + self.prefill_pair_ms * c * (k + c / 2)
+            ms += self.prefill_chunk_ms + self.prefill_pair_ms * c * (k + c / 2) + self.per_seq_ms
         return ms
 
     def step_s(
@@ -93,7 +100,12 @@ class StepTimeModel:
             self.prefill_chunk_ms * factor,
             self.prefill_pair_ms * factor,
             self.overhead_ms * factor,
+            self.per_seq_ms * factor,
         )
+
+    def with_per_seq(self, per_seq_ms: float) -> StepTimeModel:
+        """The same model with `per_seq_ms` for each sequence in a step."""
+        return replace(self, per_seq_ms=per_seq_ms)
 
 
 @dataclass(frozen=True)
@@ -125,11 +137,16 @@ def calibrated_step_time(d: dict[str, Any]) -> StepTimeModel:
     The profile-built composition leaves out what Vidur's kernel profiles do not hold (the LM
     head, sampling, the host's time between steps). Where a whole-curve measurement of a real
     server on the same hardware exists, the preset's `calibration.step_time_scale` (fitted by
-    benchmarks/engine_reference.py --fit, the reference named beside it) stretches every step.
+    benchmarks/engine_reference.py --fit, the reference named beside it) stretches every step,
+    and `calibration.per_sequence_ms`, when given, adds that much for each sequence in it.
     """
     model = StepTimeModel.from_dict(d["step_time"])
-    scale = float(d.get("calibration", {}).get("step_time_scale", 1.0))
-    return model if scale == 1.0 else model.scaled(scale)
+    cal = d.get("calibration", {})
+    scale = float(cal.get("step_time_scale", 1.0))
+    if scale != 1.0:
+        model = model.scaled(scale)
+    per_seq = float(cal.get("per_sequence_ms", 0.0))
+    return model.with_per_seq(per_seq) if per_seq else model
 
 
 def preset_names() -> list[str]:
