@@ -130,14 +130,20 @@ def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[
 
 
 def replay_sim(
-    preset: str, engine: dict, ins: list[int], outs: list[int], raw_scale: float | None = None
+    preset: str,
+    engine: dict,
+    ins: list[int],
+    outs: list[int],
+    raw_scale: float | None = None,
+    per_seq_ms: float = 0.0,
 ) -> list[Result]:
     """All requests at t = 0 through one replica of `preset` with `engine` options, pure
-    simulation. With `raw_scale`, the preset's uncalibrated step time times that factor."""
+    simulation. With `raw_scale`, the preset's uncalibrated step time times that factor, plus
+    `per_seq_ms` for each sequence in a step."""
     rep = replica_for(preset, **engine)
     if raw_scale is not None:
         raw = StepTimeModel.from_dict(load_preset(preset).raw["step_time"])
-        rep = Replica(rep.config, raw.scaled(raw_scale))
+        rep = Replica(rep.config, raw.scaled(raw_scale).with_per_seq(per_seq_ms))
     reqs = [
         (0.0, p, max(1, o), list(range(i * 10_000, i * 10_000 + p)))
         for i, (p, o) in enumerate(zip(ins, outs, strict=True))
@@ -159,23 +165,50 @@ def replay_server(
     return served, failed
 
 
-def fit_scale(preset: str, engine: dict, points: list[dict]) -> tuple[float, float]:
-    """The factor on the uncalibrated step time that best matches the published median TPOT
-    over the whole curve (least squares of the log ratios), and its RMS error; the RMS error
-    of the uncalibrated preset is printed beside it."""
-    best = (1.0, float("inf"))
-    for k in range(81):  # 0.90 ... 1.30 in steps of 0.005
-        f = 0.9 + 0.005 * k
-        sq = 0.0
-        for pt in points:
-            got = figures(replay_sim(preset, engine, pt["input_lens"], pt["output_lens"], f),
-                          pt["output_lens"])  # fmt: skip
-            sq += math.log(got["median_tpot_ms"] / pt["median_tpot_ms"]) ** 2
-        rms = math.sqrt(sq / len(points))
-        if k == 20:
-            print(f"uncalibrated (1.0): RMS error of median TPOT {rms:.1%}")
-        if rms < best[1]:
-            best = (round(f, 3), rms)
+def tpot_rms(preset: str, engine: dict, points: list[dict], scale: float, per_seq: float) -> float:
+    """RMS of log(median TPOT / published) over the points, at that calibration."""
+    sq = 0.0
+    for pt in points:
+        got = figures(replay_sim(preset, engine, pt["input_lens"], pt["output_lens"], scale,
+                                 per_seq), pt["output_lens"])  # fmt: skip
+        sq += math.log(got["median_tpot_ms"] / pt["median_tpot_ms"]) ** 2
+    return math.sqrt(sq / len(points))
+
+
+# The costs per sequence a step tried by --fit (ms): 0 to 30 µs.
+PER_SEQ_GRID = tuple(0.0025 * k for k in range(13))
+
+
+def fit_scale(preset: str, engine: dict, points: list[dict]) -> tuple[float, float, float]:
+    """The calibration that best matches the published median TPOT over the whole curve (least
+    squares of the log ratios): a factor on the uncalibrated step time and a cost per sequence
+    in a step (the LM head, sampler and host work that grow with the batch), and its RMS error.
+
+    For each cost per sequence of PER_SEQ_GRID, the factor by golden-section search in 0.9 ...
+    1.3; the pair with the smallest error wins, the factor rounded to 0.005. The error of the
+    uncalibrated preset and of the factor alone are printed beside it."""
+    print(f"uncalibrated (1.0): RMS error of median TPOT "
+          f"{tpot_rms(preset, engine, points, 1.0, 0.0):.1%}")  # fmt: skip
+    g = (math.sqrt(5) - 1) / 2
+    best = (1.0, 0.0, float("inf"))
+    for c in PER_SEQ_GRID:
+        lo, hi = 0.9, 1.3
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        fa, fb = (tpot_rms(preset, engine, points, x, c) for x in (a, b))
+        while hi - lo > 0.004:
+            if fa < fb:
+                hi, b, fb = b, a, fa
+                a = hi - g * (hi - lo)
+                fa = tpot_rms(preset, engine, points, a, c)
+            else:
+                lo, a, fa = a, b, fb
+                b = lo + g * (hi - lo)
+                fb = tpot_rms(preset, engine, points, b, c)
+        f = round(round((lo + hi) / 2 / 0.005) * 0.005, 3)
+        rms = tpot_rms(preset, engine, points, f, c)
+        print(f"  {c * 1000:4.1f} µs a sequence: factor {f}, RMS error {rms:.2%}")
+        if rms < best[2] - 1e-9:
+            best = (f, round(c, 4), rms)
     return best
 
 
@@ -241,9 +274,11 @@ def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool =
         print(f"fitted front end: {c:.2f} ms a request")
         return {"reference": name, "preset": preset, "frontend_ms_per_request": c}
     if fit:
-        f, rms = fit_scale(preset, engine, ref["points"])
-        print(f"fitted step_time_scale {f} (RMS error of median TPOT over the curve {rms:.1%})")
-        return {"reference": name, "preset": preset, "fitted_scale": f, "rms": rms}
+        f, c, rms = fit_scale(preset, engine, ref["points"])
+        print(f"fitted step_time_scale {f}, per_sequence_ms {c} (RMS error of median TPOT over "
+              f"the curve {rms:.1%})")  # fmt: skip
+        return {"reference": name, "preset": preset, "fitted_scale": f, "per_sequence_ms": c,
+                "rms": rms}  # fmt: skip
     procs = url = None
     if server:
         from locust_common import Procs
