@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from llmsim.engine.frontend import FrontEnd
-from llmsim.engine.scheduler import MULTI_STEP_CHUNKED_ERROR, Replica, ReplicaConfig
+from llmsim.engine.replicas import ReplicaClock
+from llmsim.engine.scheduler import MULTI_STEP_CHUNKED_ERROR, Replica, ReplicaConfig, Seq
 from llmsim.settings import SERVE_OPTIONS
-from test_engine_scheduler import FLAT, Log, add
+from test_engine_scheduler import FLAT, Log, add, run
 
 from streaming_client import Timed, stream_chat
 
@@ -111,7 +112,13 @@ def test_a_round_streams_its_tokens_at_its_end_and_prefills_wait_for_it() -> Non
     b_prefill = r.step(now)
     now += b_prefill
     r.finish_step(now)
-    assert log.tokens["b"][0] == pytest.approx(now)
+    # Its first token is held until the next step (the first of the next round) ends.
+    assert "b" not in log.tokens
+    round_2 = r.step(now)
+    assert r.release_at == pytest.approx(now + FLAT.step_s(2, 2, 17 + 4 + 17))
+    now += round_2
+    r.finish_step(now)
+    assert log.tokens["b"][0] == pytest.approx(now - round_2 + FLAT.step_s(2, 2, 38))
     while (dt := r.step(now)) is not None:
         now += dt
         r.finish_step(now)
@@ -119,6 +126,82 @@ def test_a_round_streams_its_tokens_at_its_end_and_prefills_wait_for_it() -> Non
     assert _deliveries(log.tokens["b"]) == [1, 1]  # b's last token came with its round
     # a's prefill, a round, b's prefill, a round of both (b done after its first step of it).
     assert r.counters.iterations == 1 + 4 + 1 + 4
+
+
+def test_a_prefill_steps_first_tokens_come_when_the_next_step_ends() -> None:
+    # Two prompts that do not fit one prefill step (budget 4096): two prefill steps, then a
+    # round. vLLM V0 streams a step's outputs while the next step runs (async output
+    # processing): the first step's first token comes when the second step ends, the second
+    # step's when the round's first step ends.
+    r, log = _multi_step(k=4, max_num_batched_tokens=4096)
+    add(r, log, "a", 3000, 6)
+    add(r, log, "b", 3000, 6)
+    now = 0.0
+    first = r.step(now)
+    now += first
+    r.finish_step(now)
+    assert not log.tokens and r.release_at is None  # held; when is not known yet
+    second = r.step(now)
+    assert r.release_at == pytest.approx(now + second)
+    now += second
+    r.finish_step(now)
+    assert log.tokens["a"] == [pytest.approx(first + second)]
+    assert "b" not in log.tokens
+    round_s = r.step(now)
+    step_1 = FLAT.step_s(2, 2, 3001 + 3001)  # a and b, each attending its prompt and token
+    assert r.release_at == pytest.approx(now + step_1)
+    now += round_s
+    r.finish_step(now)
+    assert log.tokens["b"][0] == pytest.approx(first + second + step_1)
+    run(r)
+    assert len(log.tokens["a"]) == len(log.tokens["b"]) == 6
+    assert set(log.finished) == {"a", "b"}
+
+
+def test_held_first_tokens_go_out_at_once_when_nothing_follows() -> None:
+    r, log = _multi_step(k=4)
+    a = add(r, log, "a", 100, 1)  # one token: done in its prefill step
+    now = r.step(0.0)
+    r.finish_step(now)
+    assert "a" not in log.tokens and a.state == "done" and not r.running
+    assert r.step(now) is None  # the engine idles: the token and the finish go out now
+    assert log.tokens["a"] == [pytest.approx(now)] and log.finished["a"] == pytest.approx(now)
+    assert a.first_token_at == pytest.approx(now)
+
+
+def test_single_step_scheduling_sends_first_tokens_at_the_prefill_steps_end() -> None:
+    r, log = _multi_step(k=1)
+    add(r, log, "a", 100, 3)
+    now = r.step(0.0)
+    r.finish_step(now)
+    assert log.tokens["a"] == [pytest.approx(now)] and r.release_at is None
+
+
+class _Loop:
+    """The stream loop's `add`, recorded: the deadlines an entry asked to fire at."""
+
+    def __init__(self) -> None:
+        self.added: list[float] = []
+
+    def add(self, entry: object, deadline: float) -> None:
+        self.added.append(deadline)
+
+
+def test_the_server_driver_wakes_mid_round_to_release_held_first_tokens() -> None:
+    r, log = _multi_step(k=4)
+    clock = ReplicaClock(r, _Loop())
+    clock.submit(Seq("a", 16, 9, listener=log), 0.0)  # a prefill step starts at once
+    prefill_end = clock.due
+    assert prefill_end == pytest.approx(FLAT.step_s(16, 0, 0, [(16, 0)]))
+    # At its end the round starts; the entry is due first when the round's first step ends.
+    nxt = clock.fire(prefill_end, prefill_end)
+    step_1 = FLAT.step_s(1, 1, 17)
+    assert nxt == pytest.approx(prefill_end + step_1) and "a" not in log.tokens
+    after = clock.fire(nxt, nxt)  # the first token now, the round's end next
+    assert log.tokens["a"] == [pytest.approx(prefill_end + step_1)]
+    assert after == pytest.approx(prefill_end + 4 * step_1, rel=0.05)
+    clock.fire(after, after)
+    assert _deliveries(log.tokens["a"]) == [1, 4]
 
 
 def test_multi_step_refuses_chunked_prefill() -> None:

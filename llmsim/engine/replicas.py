@@ -116,18 +116,20 @@ class VllmConfig:
 
 class ReplicaClock:
     """One replica as an entry of the stream loop: due when the step in flight ends or, with
-    the engine idle, when the front end hands over its next request.
+    the engine idle, when the front end hands over its next request; with multi-step, also
+    when the first tokens of the last prefill step are released mid-step (`Replica.release`).
 
     The loop cannot move an entry's deadline, so the entry remembers the one deadline it is
     due at (`due`); a wake-up queued for another time is stale and fires as a no-op.
     """
 
-    __slots__ = ("due", "loop", "replica", "stepping")
+    __slots__ = ("due", "loop", "replica", "step_end", "stepping")
 
     def __init__(self, replica: Replica, loop: StreamLoop) -> None:
         self.replica = replica
         self.loop = loop
-        self.stepping = False  # a step is in flight (it ends at `due`)
+        self.stepping = False  # a step is in flight (it ends at `step_end`)
+        self.step_end: float | None = None
         self.due: float | None = None  # when the loop fires this entry; None: not in the loop
 
     def submit(self, seq: Seq, now: float) -> None:
@@ -140,8 +142,9 @@ class ReplicaClock:
             self.loop.add(self, nxt)
 
     def _next(self, start: float) -> float | None:
-        """Start the next step at `start` if there is one: its end; else the front end's next
-        hand-over (the engine waits for it), or None when there is nothing at all."""
+        """Start the next step at `start` if there is one: the first thing due in it (held
+        first tokens, else its end); else the front end's next hand-over (the engine waits
+        for it), or None when there is nothing at all."""
         try:
             dt = self.replica.step(start)
         except Exception:  # never leave streams waiting on a broken replica
@@ -150,14 +153,21 @@ class ReplicaClock:
             return None
         if dt is not None:
             self.stepping = True
-            return start + dt
+            self.step_end = start + dt
+            rel = self.replica.release_at
+            return rel if rel is not None and rel < self.step_end else self.step_end
         self.stepping = False
+        self.step_end = None
         nxt = self.replica.next_intake()
         return None if nxt is None else max(nxt, start)
 
     def fire(self, deadline: float, now: float) -> float | None:
         if deadline != self.due:  # a wake-up superseded by an earlier one
             return None
+        if self.stepping and self.step_end is not None and deadline < self.step_end:
+            self.replica.release(deadline)  # held first tokens, mid-step
+            self.due = self.step_end
+            return self.due
         if self.stepping:
             self.replica.finish_step(deadline)
         start = deadline if now - deadline < _MAX_LAG_S else now
@@ -168,6 +178,7 @@ class ReplicaClock:
     def abort(self) -> None:
         """Fail every request of the replica (called by the loop if a step raised)."""
         self.stepping = False
+        self.step_end = None
         self.due = None
         now = time.monotonic()
         for seq in [*self.replica.running, *self.replica.waiting, *self.replica.in_intake()]:

@@ -18,7 +18,12 @@ The semantics follow vLLM V1's scheduler (`vllm/v1/core/sched/scheduler.py`):
   prefill) a decode step is a round of K steps of the same batch: the blocks for K tokens are
   taken at the round's start, every sequence's tokens of the round are delivered at its end
   (a sequence done mid-round stays in the batch until then, as on the GPU), and waiting
-  requests are admitted only between rounds; a prefill step stays one step.
+  requests are admitted only between rounds; a prefill step stays one step. A prefill step's
+  first tokens are released when the next step ends (the first step of the next round, or
+  the next prefill step), or at once if the engine then idles: vLLM V0 processes a step's
+  outputs (detokenizing, streaming) while the GPU runs the next one (async output
+  processing), and v0.6.0's published runs show its first tokens that late (see
+  docs/engine.md). `release_at` says when; `finish_step` releases them if the caller did not.
 
 With a front end (`frontend_s_per_request` / `frontend_s_per_prompt_token`, vLLM's API server
 process; llmsim.engine.frontend) a request added at t reaches the waiting queue only when the
@@ -206,6 +211,10 @@ class Replica:
         self.last_step_tokens = 0
         self.last_step_s = 0.0
         self._on_step = on_step  # (replica, end, tokens, seqs) after each step: metrics
+        # Multi-step: a prefill step's first tokens (seq, tokens, finished), held until the
+        # next step ends, and when that is (None: not known until that step is scheduled).
+        self._held: list[tuple[Seq, int, bool]] = []
+        self.release_at: float | None = None
 
     # -- requests in and out ------------------------------------------------------------
 
@@ -284,6 +293,9 @@ class Replica:
         else:
             scheduled = self._schedule_v0(now)
         if not scheduled:
+            if self._held:  # nothing runs next: the held first tokens go out now
+                self.release_at = now
+                self.release(now)
             return None
         self._scheduled = scheduled
         self._round = 1
@@ -308,6 +320,8 @@ class Replica:
         self.last_step_tokens = n_tokens
         self.last_step_s = t
         self.busy_until = now + t
+        if self._held:  # held by the previous prefill step: out when this one ends
+            self.release_at = now + t
         return t
 
     def _decode_round(self, scheduled: list[tuple[Seq, int]], now: float) -> float:
@@ -323,6 +337,8 @@ class Replica:
             if cv > 0:
                 dt *= self._rng.lognormvariate(-0.5 * _log1p_sq(cv), _sqrt_log1p_sq(cv))
             t += dt
+            if j == 0 and self._held:  # the prefill's first tokens: out after this step
+                self.release_at = now + dt
         self._round = k
         self.last_step_tokens = batch
         self.last_step_s = t / k
@@ -331,10 +347,13 @@ class Replica:
 
     def finish_step(self, end: float) -> None:
         """The step scheduled last has ended at `end`: advance each sequence, emit tokens."""
+        if self._held:
+            self.release(end)
         if self._round > 1:
             self._finish_round(end)
             return
         scheduled, self._scheduled = self._scheduled, []
+        hold = self.config.num_scheduler_steps > 1
         self.busy_until = None
         c = self.counters
         c.iterations += 1
@@ -363,6 +382,8 @@ class Replica:
                 seq.last_token_at = end
                 if seq.produced >= seq.max_output:
                     finished.append(seq)
+                elif hold and seq.produced == 1:
+                    self._held.append((seq, 1, False))
                 elif seq.listener is not None:
                     seq.listener.on_tokens(seq, 1, end)
         for seq in finished:
@@ -371,11 +392,32 @@ class Replica:
             seq.blocks = []
             seq.state = "done"
             c.finished += 1
-            if seq.listener is not None:
+            if hold and seq.produced == 1:
+                self._held.append((seq, 1, True))
+            elif seq.listener is not None:
                 seq.listener.on_tokens(seq, 1, end)
                 seq.listener.on_finish(seq, end)
         if self._on_step is not None:
             self._on_step(self, end, tokens, len(scheduled))
+
+    def release(self, now: float) -> None:
+        """Send the first tokens held since the last prefill step if they are due at `now`
+        (multi-step; see the module docstring), stamped with the time they were due."""
+        at = self.release_at
+        if not self._held or at is None or at > now:
+            return
+        held, self._held, self.release_at = self._held, [], None
+        for seq, n, finished in held:
+            if seq.state == "aborted":  # its listener has heard already
+                continue
+            seq.first_token_at = at
+            if not finished and seq.last_token_at is not None and seq.last_token_at < at:
+                seq.last_token_at = at
+            if seq.listener is not None:
+                seq.listener.on_tokens(seq, n, at)
+                if finished:
+                    seq.last_token_at = at
+                    seq.listener.on_finish(seq, at)
 
     def _finish_round(self, end: float) -> None:
         """A multi-step round has ended: each sequence gets its tokens of the round at once."""
