@@ -217,9 +217,10 @@ def fit_frontend(preset: str, engine: dict, points: list[dict]) -> float:
 
     With a cost c per request, vLLM's API server hands a burst of N over at about N c (its
     intake is serial and each hand-over queues behind it), so the earliest first token comes
-    one prefill step after that:
-    c = (earliest first token - first step) / N, one estimate per point, combined by least
-    squares weighted by N. The first step is the replay's own without a front end.
+    that much after the replay's own earliest first token without a front end (the end of
+    the step after the first prefill step, multi-step holding first tokens until then):
+    c = (earliest first token - the replay's) / N, one estimate per point, combined by least
+    squares weighted by N.
     """
     num = den = 0.0
     off = {**engine, "frontend_s_per_request": 0.0, "frontend_s_per_prompt_token": 0.0}
@@ -230,8 +231,8 @@ def fit_frontend(preset: str, engine: dict, points: list[dict]) -> float:
         first = min(r.tokens[0] for r in replay_sim(preset, off, pt["input_lens"],
                                                     pt["output_lens"]))  # fmt: skip
         delay = pt["earliest_ttft_s"] - first
-        print(f"  N = {n}: earliest first token {pt['earliest_ttft_s'] * 1000:.0f} ms, first "
-              f"step {first * 1000:.0f} ms: {delay / n * 1000:.2f} ms a request")  # fmt: skip
+        print(f"  N = {n}: earliest first token {pt['earliest_ttft_s'] * 1000:.0f} ms, replayed "
+              f"without a front end {first * 1000:.0f} ms: {delay / n * 1000:.2f} ms a request")  # fmt: skip
         num += n * delay
         den += n * n
     return num / den * 1000 if den else 0.0
