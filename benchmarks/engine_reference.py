@@ -232,7 +232,8 @@ def fit_frontend(preset: str, engine: dict, points: list[dict]) -> float:
                                                     pt["output_lens"]))  # fmt: skip
         delay = pt["earliest_ttft_s"] - first
         print(f"  N = {n}: earliest first token {pt['earliest_ttft_s'] * 1000:.0f} ms, replayed "
-              f"without a front end {first * 1000:.0f} ms: {delay / n * 1000:.2f} ms a request")  # fmt: skip
+              f"without a front end {first * 1000:.0f} ms: {delay / n * 1000:.2f} ms a "
+              "request")  # fmt: skip
         num += n * delay
         den += n * n
     return num / den * 1000 if den else 0.0
