@@ -6,7 +6,7 @@ import pytest
 
 from llmsim.engine.kv_cache import KVCache, block_hashes
 from llmsim.engine.scheduler import Replica, ReplicaConfig, Seq, SeqListener
-from llmsim.engine.steptime import StepTimeModel, load_preset, preset_names
+from llmsim.engine.steptime import StepTimeModel, calibrated_step_time, load_preset, preset_names
 
 # 1 ms per step plus 0.01 ms per token: easy to reason about.
 FLAT = StepTimeModel(table_tokens=(1, 1001), table_ms=(1.01, 11.0))
@@ -248,6 +248,37 @@ def test_every_preset_loads_and_names_its_sources() -> None:
         assert p.step_time.step_ms(1, 1, 100) > 0
     with pytest.raises(KeyError, match="known"):
         load_preset("nope")
+
+
+def test_a_cost_per_sequence_grows_a_step_with_its_batch() -> None:
+    m = FLAT.with_per_seq(0.02)
+    for b in (1, 10, 200):  # each decoding sequence adds it
+        assert m.step_ms(b, b, b * 50) - FLAT.step_ms(b, b, b * 50) == pytest.approx(0.02 * b)
+    # So does each prefill chunk, and a round of K steps pays it K times per sequence.
+    assert m.step_ms(300, 0, 0, [(100, 0), (200, 0)]) - FLAT.step_ms(
+        300, 0, 0, [(100, 0), (200, 0)]
+    ) == pytest.approx(0.04)
+    assert m.scaled(2.0).per_seq_ms == pytest.approx(0.04)
+    r = Replica(ReplicaConfig(num_gpu_blocks=1000, max_model_len=4096, chunked_prefill=False,
+                              num_scheduler_steps=4), m)  # fmt: skip
+    r0 = Replica(r.config, FLAT)
+    for rep in (r, r0):
+        for i in range(8):
+            rep.add(Seq(str(i), 16, 9), 0.0)
+        rep.finish_step(rep.step(0.0))  # the prefill step
+    assert r.step(1.0) - r0.step(1.0) == pytest.approx(4 * 8 * 0.02e-3)
+
+
+def test_a_presets_calibration_scales_every_step_and_adds_its_cost_per_sequence() -> None:
+    d = load_preset("llama-3-8b-a100").raw
+    raw = StepTimeModel.from_dict(d["step_time"])
+    cal = d["calibration"]
+    assert cal["per_sequence_ms"] > 0 and cal["step_time_scale"] > 1
+    got = calibrated_step_time(d)
+    for b in (1, 64, 256):
+        want = cal["step_time_scale"] * raw.step_ms(b, b, b * 600) + cal["per_sequence_ms"] * b
+        assert got.step_ms(b, b, b * 600) == pytest.approx(want)
+    assert load_preset("llama-3-70b-h100-tp4").step_time.per_seq_ms == 0.0  # uncalibrated
 
 
 def test_jitter_changes_step_times_but_keeps_their_mean() -> None:
