@@ -629,7 +629,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _int,
         1,
         "Decode steps per scheduling round (vLLM V0 multi-step): a round's tokens are sent at "
-        "its end, prefills wait for the next round; >1 needs --no-enable-chunked-prefill.",
+        "its end, prefills wait for the next round and their first tokens go out when the "
+        "next step ends; >1 needs --no-enable-chunked-prefill.",
         _at_least(1),
         "K",
     ),
