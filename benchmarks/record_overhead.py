@@ -100,6 +100,15 @@ def schedstat(pid: int) -> tuple[float, float, int]:
     return int(run_ns) / 1e9, int(wait_ns) / 1e9, int(slices)
 
 
+def steal_s() -> float:
+    """CPU time the hypervisor gave other guests while this machine wanted it (/proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def print_paired(rows: list[dict], recording: Path) -> None:
     """Per request, what the recorder added: the client's TTFT through the recorder minus the
     TTFT the recorder itself saw from the upstream for the same request (matched by its
@@ -150,6 +159,10 @@ def main() -> int:
     rec, rec_url = start(rec_cmd, tmp / "record.log")
     me = psutil.Process()
     ours = [me, psutil.Process(up.pid), psutil.Process(rec.pid)]
+    # The recorder's analysis process (its child): off the forwarding path, but on the same
+    # two cores, so its CPU is reported too.
+    ours += psutil.Process(rec.pid).children()
+    analysis = ours[3:]
     paths = [("direct", up_url), ("recorded", rec_url)]
     floor = None
     if args.floor:
@@ -158,7 +171,8 @@ def main() -> int:
         ours.append(psutil.Process(floor.pid))
         paths.append(("floor", floor_url))
     rows = []
-    rec_cpu_s = 0.0
+    steal0, t_start = steal_s(), time.monotonic()
+    rec_cpu_s = analysis_cpu_s = floor_cpu_s = 0.0
     # How long the recorder was ready to run but had no CPU: on a shared machine at nice 15
     # that wait, not the recorder's own work, is most of what it adds at the tail.
     sched = [0.0, 0.0, 0]
@@ -172,11 +186,16 @@ def main() -> int:
                 t = psutil.cpu_times()
                 before = {"busy": t.user + t.system + t.nice, "mine": sum(_cpu(x) for x in ours)}
                 rec_cpu0 = _cpu(ours[2])
+                analysis0 = sum(_cpu(x) for x in analysis)
+                floor0 = _cpu(ours[-1]) if floor is not None else 0.0
                 sched0 = schedstat(rec.pid)
                 t0 = time.monotonic()
                 results = timing([url for _, url in batch], args)
                 wall = time.monotonic() - t0
                 rec_cpu_s += _cpu(ours[2]) - rec_cpu0
+                analysis_cpu_s += sum(_cpu(x) for x in analysis) - analysis0
+                if floor is not None:
+                    floor_cpu_s += _cpu(ours[-1]) - floor0
                 sched = [
                     a + b - c for a, b, c in zip(sched, schedstat(rec.pid), sched0, strict=True)
                 ]
@@ -227,11 +246,18 @@ def main() -> int:
         f"recorder CPU per relayed event: {1e6 * rec_cpu_s / max(1, events):.1f} µs "
         f"({events} events)"
     )
+    print(f"the recorder's analysis process, per relayed event: "
+          f"{1e6 * analysis_cpu_s / max(1, events):.1f} µs")  # fmt: skip
+    floor_events = sum(x["events_total"] for x in rows if x["path"] == "floor")
+    if floor_events:
+        print(f"the floor relay's CPU per relayed event: "
+              f"{1e6 * floor_cpu_s / floor_events:.1f} µs ({floor_events} events)")  # fmt: skip
     if sched[2]:
         print(
             f"recorder on a CPU {sched[0]:.2f} s, ready but waiting for one {sched[1]:.2f} s "
             f"(mean wait {1000 * sched[1] / sched[2]:.3f} ms over {sched[2]} wake-ups)"
         )
+    print(f"steal: {steal_s() - steal0:.2f} s of CPU over {time.monotonic() - t_start:.0f} s")
     lines = (tmp / "rec.jsonl").read_text().count("\n")
     print(f"recording: {lines} lines in {tmp / 'rec.jsonl'}")
     print_paired(rows, tmp / "rec.jsonl")
