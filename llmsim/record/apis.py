@@ -24,15 +24,13 @@ _OPENAI = {
 
 @dataclass
 class RequestInfo:
-    """What the recorder reads from a request before forwarding it."""
+    """What the recording reads from a request (in the analysis process, after the exchange)."""
 
     api: str
     model: str | None = None
     stream: bool = False
     max_tokens: int | None = None
     key: str | None = None  # request_key(): same model and conversation, same key
-    body: Any = None
-    secrets: list[str] = field(default_factory=list)  # header values scrubbed from errors
 
 
 def api_for_path(path: str) -> tuple[str, str | None]:
@@ -90,8 +88,8 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
 
 
 def read_request(path: str, query: str, raw: bytes) -> RequestInfo:
-    """Parse what the recorder needs from a request; never raises (a bad body is forwarded as
-    it is, and the upstream answers it)."""
+    """Parse what the recording needs from a request; never raises (a bad body was forwarded
+    as it is, and the upstream answered it)."""
     api, path_model = api_for_path(path)
     info = RequestInfo(api, path_model)
     if api == "gemini":
@@ -104,7 +102,6 @@ def read_request(path: str, query: str, raw: bytes) -> RequestInfo:
         return info
     if not isinstance(body, dict):
         return info
-    info.body = body
     if isinstance(body.get("model"), str) and info.model is None:
         info.model = body["model"]
     if api != "gemini":

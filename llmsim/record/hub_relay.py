@@ -8,9 +8,11 @@ does in `server/takeover.py`). The response head is parsed in that callback too,
 event goes out with the head in one send, without a greenlet switch.
 
 Bytes pass through unchanged: a chunked upstream body is forwarded with its own framing (the
-client's response is chunked too), a Content-Length body as it is. The callback only follows
-the chunk framing far enough to know where the message ends and to hand the recorder the
-payload of each read (what `recording.analyse` parses), the same bytes as the urllib3 path.
+client's response is chunked too), a Content-Length body as it is. The callback follows the
+chunk framing only far enough to know where the message ends (`framing.ChunkEnd`: no payload
+copied out) and keeps each read as it came, with its arrival time; everything else the
+recording needs (the payload, SSE events, tokens, the request's own JSON) is worked out in the
+analysis process after the exchange (`recording.Capture`).
 
 Backpressure: a client socket that does not take everything keeps the rest, the upstream
 watcher stops (so the upstream's own socket buffers fill and slow it down) and a write watcher
@@ -27,6 +29,7 @@ import socket
 import time
 from typing import Any
 
+from llmsim.record.framing import ChunkEnd, Dechunker, ProtocolError
 from llmsim.record.recording import Capture
 from llmsim.server.fastio import hung_up
 
@@ -36,10 +39,6 @@ ADDR_TTL_S = 30.0
 _RECV = 16384  # an SSE event is ~250 bytes; a larger buffer costs its allocation every read
 # What the old path answered on an upstream that never replied (urllib3 raised on the read).
 UNREACHABLE = "upstream_unreachable"
-
-
-class ProtocolError(Exception):
-    """The upstream sent something that is not HTTP/1.1."""
 
 
 class UpstreamPool:
@@ -166,64 +165,6 @@ def _forwarded_head(raw_head: bytes, close: bool, reframe: bytes | None = None) 
     return b"\r\n".join(kept) + b"\r\n\r\n"
 
 
-class Dechunker:
-    """Follows a chunked body as it arrives: the payload of each read, and where it ends."""
-
-    __slots__ = ("done", "left", "line", "skip", "trailer")
-
-    def __init__(self) -> None:
-        self.left = 0  # payload bytes still due in the current chunk
-        self.skip = 0  # CRLF bytes still due after a chunk's payload
-        self.line = b""  # a size or trailer line split across reads
-        self.trailer = False
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        """The payload in `data`; sets `done` at the end of the message (bytes beyond it are
-        a protocol error, as are bad size lines)."""
-        out = []
-        i, n = 0, len(data)
-        while i < n:
-            if self.done:
-                raise ProtocolError("bytes after the end of a chunked body")
-            if self.left:
-                j = min(n, i + self.left)
-                out.append(data[i:j])
-                self.left -= j - i
-                if not self.left:
-                    self.skip = 2
-                i = j
-                continue
-            if self.skip:
-                j = min(n, i + self.skip)
-                self.skip -= j - i
-                i = j
-                continue
-            j = data.find(b"\n", i)
-            if j < 0:
-                self.line += data[i:]
-                if len(self.line) > 4096:
-                    raise ProtocolError("chunk size line too long")
-                break
-            line = (self.line + data[i:j]).strip()
-            self.line = b""
-            i = j + 1
-            if self.trailer:
-                self.done = not line
-                continue
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
-            if size < 0:
-                raise ProtocolError("negative chunk size")
-            if size:
-                self.left = size
-            else:
-                self.trailer = True
-        return out[0] if len(out) == 1 else b"".join(out)
-
-
 class HubRelay:
     """One exchange on the fast path, answered on a `front.ClientConn`.
 
@@ -248,7 +189,7 @@ class HubRelay:
         self.mode = ""  # how the body ends: "chunked", "length", "close", "none"
         self.frame = False  # wrap payload in chunk framing for the client (upstream had none)
         self.payload_only = False  # upstream chunked, client not: send the payload alone
-        self.dechunk: Dechunker | None = None
+        self.dechunk: ChunkEnd | Dechunker | None = None  # follows a chunked body's framing
         self.left = 0  # Content-Length bytes still due
         self.size = 0
         self.pending: bytes | None = None
@@ -391,7 +332,7 @@ class HubRelay:
             self.mode = "none"
         elif te.rsplit(",", 1)[-1].strip() == "chunked":
             self.mode = "chunked"
-            self.dechunk = Dechunker()
+            cap.chunked = True  # the reads are kept framed; the analysis takes the payload out
         elif te:
             raise ProtocolError(f"transfer-encoding {te!r}")
         elif "content-length" in lower:
@@ -413,6 +354,10 @@ class HubRelay:
             h.close_connection = True
             if self.mode == "chunked":
                 self.payload_only, reframe = True, b""
+        if self.mode == "chunked":
+            # Only where the body ends, on the forwarding path; its payload too only for an
+            # HTTP/1.0 client, which gets the payload alone.
+            self.dechunk = Dechunker() if self.payload_only else ChunkEnd()
         # The upstream's own head, minus its hop-by-hop lines, as it came (no header
         # rebuilding per response: this runs between the upstream's first event and the
         # client). close_connection was set from the client's own Connection header.
@@ -428,25 +373,29 @@ class HubRelay:
         return head + self._body(buf, now) if buf else head
 
     def _body(self, data: bytes, now: float) -> bytes:
+        # The forwarding path: where the body ends, and the read kept as it came (no payload
+        # copied out, no parsing: the analysis process does that after the exchange).
         if self.mode == "chunked":
-            payload = self.dechunk.feed(data)  # type: ignore[union-attr]
-            self.complete = self.dechunk.done  # type: ignore[union-attr]
+            dechunk = self.dechunk
+            payload = dechunk.feed(data)  # type: ignore[union-attr]
+            self.complete = dechunk.done  # type: ignore[union-attr]
             out = payload if self.payload_only else data
         elif self.mode == "length":
             if len(data) > self.left:
                 raise ProtocolError("more bytes than the content-length")
             self.left -= len(data)
             self.complete = not self.left
-            payload = out = data
+            out = data
         else:
-            payload = data
             out = b"%x\r\n%s\r\n" % (len(data), data) if self.frame else data
-        if payload:
-            self.size += len(payload)
+        if data:
+            self.size += len(data)
+            cap = self.cap
             if self.size <= self.relays.max_capture:
-                self.cap.chunks.append((now, payload))
+                cap.times.append(now)
+                cap.reads.append(data)
             else:
-                self.cap.truncated = True
+                cap.truncated = True
         return out
 
     def _send(self, buf: bytes) -> None:

@@ -21,13 +21,15 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import marshal
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmsim.record.apis import Extracted, RequestInfo, stream_event, whole_body
+from llmsim.record.apis import Extracted, RequestInfo, read_request, stream_event, whole_body
+from llmsim.record.framing import Dechunker, ProtocolError
 
 FORMAT_VERSION = 1
 MAX_ERROR_CHARS = 2000
@@ -37,21 +39,59 @@ _RATE_HEADERS = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after", "x-ms-ra
 
 @dataclass
 class Capture:
-    """What the proxy saw of one exchange, raw; analysed into a line after it ended."""
+    """What the proxy saw of one exchange, raw; analysed into a line after it ended.
+
+    The forwarding path only appends to `reads` and `times` (each upstream read as it came,
+    chunk framing and all when `chunked`); the request body is parsed (`info`) and the reads'
+    payload taken out (`chunks`) in the analysis process, after the exchange."""
 
     time: float  # wall clock at arrival (epoch seconds)
     start: float  # monotonic at arrival
     method: str
     path: str
-    info: RequestInfo
+    query: str = ""
+    body: bytes = b""  # the request body as the client sent it
+    secrets: list[str] = field(default_factory=list)  # header values scrubbed from errors
     status: int = 0
     headers: list[tuple[str, str]] = field(default_factory=list)
-    chunks: list[tuple[float, bytes]] = field(default_factory=list)  # (monotonic, bytes)
+    reads: list[bytes] = field(default_factory=list)  # the response body, read by read
+    times: list[float] = field(default_factory=list)  # monotonic arrival of each read
+    chunked: bool = False  # reads carry the upstream's chunk framing
     first_byte: float | None = None
     end: float | None = None
     outcome: str = "ok"  # ok, drop, client_disconnect, upstream_unreachable
     detail: str | None = None
     truncated: bool = False
+    info: RequestInfo | None = None  # read_request() of path, query and body (analysis side)
+
+    _WIRE = ("time", "start", "method", "path", "query", "body", "secrets", "status",
+             "headers", "reads", "times", "chunked", "first_byte", "end", "outcome", "detail",
+             "truncated")  # fmt: skip
+
+    def to_wire(self) -> bytes:
+        """The capture as bytes for the analysis process: marshal of plain values, a few µs
+        where pickling the dataclass cost about 100 µs per request in the proxy."""
+        return marshal.dumps(tuple(getattr(self, k) for k in self._WIRE))
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Capture:
+        """The capture `to_wire` wrote (same interpreter: the analysis process is a fork)."""
+        return cls(**dict(zip(cls._WIRE, marshal.loads(data), strict=True)))
+
+    @property
+    def chunks(self) -> list[tuple[float, bytes]]:
+        """(arrival, payload) of each read that carried payload: what the analysis parses."""
+        if not self.chunked:
+            return [(t, d) for t, d in zip(self.times, self.reads, strict=True) if d]
+        dechunk, out = Dechunker(), []
+        for t, data in zip(self.times, self.reads, strict=True):
+            try:
+                payload = dechunk.feed(data)
+            except ProtocolError:
+                break  # the forwarding path ended the exchange there too
+            if payload:
+                out.append((t, payload))
+        return out
 
 
 def _ms(t: float | None, start: float) -> float | None:
@@ -77,8 +117,8 @@ def _events(chunks: list[tuple[float, bytes]]) -> Iterator[tuple[float, bytes]]:
             yield chunks[-1][0], b"\n".join(data)
 
 
-def _body(cap: Capture) -> bytes:
-    raw = b"".join(c for _, c in cap.chunks)
+def _body(cap: Capture, chunks: list[tuple[float, bytes]]) -> bytes:
+    raw = b"".join(c for _, c in chunks)
     encoding = next((v for k, v in cap.headers if k.lower() == "content-encoding"), "")
     try:
         if "gzip" in encoding:
@@ -109,13 +149,16 @@ def _error_kind(cap: Capture, ex: Extracted) -> str | None:
 
 def analyse(cap: Capture, count_tokens: Any, with_bodies: bool = False) -> dict[str, Any]:
     """The recording line for one exchange. `count_tokens(text, model)` counts tokens."""
+    if cap.info is None:
+        cap.info = read_request(cap.path, cap.query, cap.body)
     info = cap.info
+    chunks = cap.chunks
     ctype = next((v for k, v in cap.headers if k.lower() == "content-type"), "")
     streamed = "text/event-stream" in ctype
     ex = Extracted()
     times: list[float] = []
     if streamed and cap.status < 400:
-        for t, data in _events(cap.chunks):
+        for t, data in _events(chunks):
             if data == b"[DONE]":
                 continue
             text = stream_event(info.api, _json(data), ex)
@@ -123,12 +166,12 @@ def analyse(cap: Capture, count_tokens: Any, with_bodies: bool = False) -> dict[
                 ex.texts.append(text)
                 times.append(t)
     elif cap.status < 400:
-        ex = whole_body(info.api, _json(_body(cap)))
+        ex = whole_body(info.api, _json(_body(cap, chunks)))
     model = info.model or ex.model
     tokens = [count_tokens(t, model or "") for t in ex.texts]
     error = None
     if cap.status >= 400:
-        body = _body(cap)
+        body = _body(cap, chunks)
         parsed = _json(body)
         error = parsed if parsed is not None else body.decode("utf-8", "replace")
         if len(json.dumps(error)) > MAX_ERROR_CHARS:

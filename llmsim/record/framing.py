@@ -1,0 +1,122 @@
+"""HTTP/1.1 chunked framing as the recorder follows it: on the forwarding path only where a
+body ends (`ChunkEnd`, no copies), and in the analysis process the payload itself (`Dechunker`).
+
+The recorder forwards an upstream's chunked body with its own framing and keeps the reads as
+they came; the payload is only needed for the recording, so it is taken out after the exchange,
+in the analysis process, read by read (each read's payload keeps that read's arrival time).
+"""
+
+from __future__ import annotations
+
+MAX_SIZE_LINE = 4096
+
+
+class ProtocolError(Exception):
+    """The upstream sent something that is not HTTP/1.1."""
+
+
+class Dechunker:
+    """Follows a chunked body as it arrives: the payload of each read, and where it ends."""
+
+    __slots__ = ("done", "left", "line", "skip", "trailer")
+
+    def __init__(self) -> None:
+        self.left = 0  # payload bytes still due in the current chunk
+        self.skip = 0  # CRLF bytes still due after a chunk's payload
+        self.line = b""  # a size or trailer line split across reads
+        self.trailer = False
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload in `data`; sets `done` at the end of the message (bytes beyond it are
+        a protocol error, as are bad size lines)."""
+        out = []
+        i, n = 0, len(data)
+        while i < n:
+            if self.done:
+                raise ProtocolError("bytes after the end of a chunked body")
+            if self.left:
+                j = min(n, i + self.left)
+                out.append(data[i:j])
+                self.left -= j - i
+                if not self.left:
+                    self.skip = 2
+                i = j
+                continue
+            if self.skip:
+                j = min(n, i + self.skip)
+                self.skip -= j - i
+                i = j
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > MAX_SIZE_LINE:
+                    raise ProtocolError("chunk size line too long")
+                break
+            line = (self.line + data[i:j]).strip()
+            self.line = b""
+            i = j + 1
+            if self.trailer:
+                self.done = not line
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
+            if size < 0:
+                raise ProtocolError("negative chunk size")
+            if size:
+                self.left = size
+            else:
+                self.trailer = True
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+class ChunkEnd:
+    """Follows a chunked body's framing as it arrives, without taking its payload out: all the
+    forwarding path needs is where the message ends (`done`). Per read that is one `find` and
+    one `int` in the common case (a read holding one whole chunk), and nothing for a read that
+    lies inside a chunk. Raises ProtocolError where `Dechunker` would."""
+
+    __slots__ = ("done", "due", "line", "trailer")
+
+    def __init__(self) -> None:
+        self.due = 0  # bytes of the current chunk (payload and its CRLF) still to come
+        self.line = b""  # a size or trailer line split across reads
+        self.trailer = False
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        """Follow `data`; sets `done` at the end of the message."""
+        i, n = self.due, len(data)
+        if i >= n:  # inside a chunk
+            self.due = i - n
+            return
+        self.due = 0
+        while i < n:
+            if self.done:
+                raise ProtocolError("bytes after the end of a chunked body")
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > MAX_SIZE_LINE:
+                    raise ProtocolError("chunk size line too long")
+                return
+            line = (self.line + data[i:j] if self.line else data[i:j]).strip()
+            self.line = b""
+            i = j + 1
+            if self.trailer:
+                self.done = not line
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
+            if size < 0:
+                raise ProtocolError("negative chunk size")
+            if size:
+                i += size + 2  # the payload and its CRLF
+            else:
+                self.trailer = True
+        self.due = i - n
