@@ -15,6 +15,7 @@ import openai
 import pytest
 import yaml
 
+from llmsim.engine.tokens import count_tokens
 from llmsim.record.bench_hook import RECORDING, RecorderProcess, start_recorder
 from llmsim.record.hub_relay import Dechunker, ProtocolError, _forwarded_head, parse_head
 
@@ -175,6 +176,39 @@ def test_events_pass_unbuffered_and_replay_plays_them_back(recorder, llmsim_serv
     assert failing.status_code == 503 and failing.json()["error"]["code"] == "overloaded"
     other = _chat(replay.url, "gpt-4o", max_tokens=3)
     assert other.status_code == 200 and float(other.headers["x-llmsim-tbt-ms"]) == 0
+
+
+def test_multi_token_events_are_recorded_as_the_client_saw_them(recorder, llmsim_server, tmp_path):
+    """A stream of 3 tokens per event, 40 ms per token: the line has each event's text and
+    tokens as the client got them, and its gaps span what the client saw (loose bounds)."""
+    up = llmsim_server(
+        "--ttft-ms", "100", "--ttft-stddev-ms", "0", "--tbt-ms", "40", "--tbt-stddev-ms", "0",
+        "--chunk-tokens", "3",
+    )  # fmt: skip
+    rec = recorder(up.base_url)
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "three at a time"}],
+        "stream": True,
+        "max_tokens": 10,
+        "stream_options": {"include_usage": True},
+    }
+    texts, times = [], []
+    with httpx.stream("POST", rec.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        for raw in r.iter_lines():
+            if raw.startswith("data: {"):
+                choices = json.loads(raw[6:])["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    texts.append(choices[0]["delta"]["content"])
+                    times.append(time.monotonic())
+    rec.stop()
+    (line,) = _lines(tmp_path / RECORDING)
+    assert len(texts) == 4 and line["texts"] == texts  # 3 + 3 + 3 + 1 tokens
+    assert line["event_tokens"] == [count_tokens(t, "gpt-4o") for t in texts]
+    assert line["output_tokens"] == 10 and line["usage"] == "reported"
+    assert len(line["gaps_ms"]) == 3 and all(g > 0 for g in line["gaps_ms"])
+    assert line["ttft_ms"] >= 100 and sum(line["gaps_ms"]) > 150  # 9 tokens of 40 ms follow
+    assert abs(sum(line["gaps_ms"]) / 1000 - (times[-1] - times[0])) < 0.15
 
 
 def test_unreachable_upstream_gets_502_and_a_line_and_health_is_its_own(recorder, tmp_path):
