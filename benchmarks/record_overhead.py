@@ -36,11 +36,15 @@ _SERVE = re.compile(r"(http://127\.0\.0\.1:\d+)/v1")
 _RECORD = re.compile(r" at (http://127\.0\.0\.1:\d+)(?: into |$)", re.M)
 
 
-def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """Start a llmsim command and return it with the URL its start-up line names."""
+def start(cmd: list[str], log: Path, src: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a llmsim command (from the source tree `src`, if given) and return it with the URL
+    its start-up line names."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
+    if src:
+        env["PYTHONPATH"] = src
     f = open(log, "w")  # noqa: SIM115  (the child writes to it until it stops)
-    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    # `-m llmsim` imports from the working directory first: src's, or this repository's.
+    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=src or REPO)
     # serve: "... at http://127.0.0.1:P/v1 ..."; record: "... at http://127.0.0.1:P into ..."
     pattern = _SERVE if "serve" in cmd else _RECORD
     deadline = time.monotonic() + 30
@@ -109,7 +113,7 @@ def steal_s() -> float:
         return 0.0
 
 
-def print_paired(rows: list[dict], recording: Path) -> None:
+def print_paired(rows: list[dict], recording: Path, path: str = "recorded") -> None:
     """Per request, what the recorder added: the client's TTFT through the recorder minus the
     TTFT the recorder itself saw from the upstream for the same request (matched by its
     numbered message). That is the request's hop in and the first event's hop out, and does
@@ -123,7 +127,7 @@ def print_paired(rows: list[dict], recording: Path) -> None:
             seen[x["key"]] = x["ttft_ms"]
     added = []
     for x in rows:
-        if x["path"] != "recorded":
+        if x["path"] != path:
             continue
         for content, ttft in x.get("per_request", {}).items():
             body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
@@ -137,7 +141,8 @@ def print_paired(rows: list[dict], recording: Path) -> None:
     def q(p: float) -> float:
         return added[min(len(added) - 1, int(p * len(added)))]
 
-    print(f"added to TTFT per request (client through the recorder − the recorder's own view, "
+    print(f"added to TTFT per request{'' if path == 'recorded' else f' ({path})'} (client "
+          f"through the recorder − the recorder's own view, "
           f"{len(added)} requests): p50 {q(0.5):.3f} ms, p90 {q(0.9):.3f}, p99 {q(0.99):.3f}, "
           f"max {added[-1]:.3f}, min {added[0]:.3f}")  # fmt: skip
 
@@ -149,6 +154,9 @@ def main() -> int:
     p.add_argument("--duration-s", type=float, default=5.0)
     p.add_argument("--alternate", action="store_true", help="one path after the other")
     p.add_argument("--floor", action="store_true", help="a third path: benchmarks/relay_floor.py")
+    p.add_argument("--baseline-src", metavar="DIR",
+                   help="one more path: a recorder run from the source tree DIR (e.g. `git "
+                        "archive main | tar -x -C DIR`), for a same-run comparison")  # fmt: skip
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llmsim-record-overhead-"))
     exact = ["--ttft-ms", "200", "--ttft-stddev-ms", "0", "--tbt-ms", "20", "--tbt-stddev-ms", "0"]
@@ -158,21 +166,33 @@ def main() -> int:
                "--out", str(tmp / "rec.jsonl")]  # fmt: skip
     rec, rec_url = start(rec_cmd, tmp / "record.log")
     me = psutil.Process()
-    ours = [me, psutil.Process(up.pid), psutil.Process(rec.pid)]
-    # The recorder's analysis process (its child): off the forwarding path, but on the same
-    # two cores, so its CPU is reported too.
-    ours += psutil.Process(rec.pid).children()
-    analysis = ours[3:]
+    ours = [me, psutil.Process(up.pid)]
+    # Per relaying path, its processes: a recorder with its analysis process (its child: off
+    # the forwarding path, but on the same two cores, so its CPU is reported too).
+    relays: dict[str, list[psutil.Process]] = {}
+
+    def relay(name: str, proc: subprocess.Popen) -> None:
+        relays[name] = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children()]
+        ours.extend(relays[name])
+
+    relay("recorded", rec)
+    started = [rec]
     paths = [("direct", up_url), ("recorded", rec_url)]
-    floor = None
     if args.floor:
         floor_cmd = [sys.executable, str(HERE / "relay_floor.py"), "--target", up_url]
         floor, floor_url = start(floor_cmd, tmp / "floor.log")
-        ours.append(psutil.Process(floor.pid))
+        relay("floor", floor)
+        started.append(floor)
         paths.append(("floor", floor_url))
+    if args.baseline_src:
+        base_cmd = [*rec_cmd[:-1], str(tmp / "baseline.jsonl")]
+        base, base_url = start(base_cmd, tmp / "baseline.log", args.baseline_src)
+        relay("baseline", base)
+        started.append(base)
+        paths.append(("baseline", base_url))
     rows = []
     steal0, t_start = steal_s(), time.monotonic()
-    rec_cpu_s = analysis_cpu_s = floor_cpu_s = 0.0
+    cpu_s = {name: [0.0, 0.0] for name in relays}  # (the relay's process, its children)
     # How long the recorder was ready to run but had no CPU: on a shared machine at nice 15
     # that wait, not the recorder's own work, is most of what it adds at the tail.
     sched = [0.0, 0.0, 0]
@@ -185,17 +205,14 @@ def main() -> int:
             for batch in batches:
                 t = psutil.cpu_times()
                 before = {"busy": t.user + t.system + t.nice, "mine": sum(_cpu(x) for x in ours)}
-                rec_cpu0 = _cpu(ours[2])
-                analysis0 = sum(_cpu(x) for x in analysis)
-                floor0 = _cpu(ours[-1]) if floor is not None else 0.0
+                cpu0 = {k: [_cpu(v[0]), sum(_cpu(x) for x in v[1:])] for k, v in relays.items()}
                 sched0 = schedstat(rec.pid)
                 t0 = time.monotonic()
                 results = timing([url for _, url in batch], args)
                 wall = time.monotonic() - t0
-                rec_cpu_s += _cpu(ours[2]) - rec_cpu0
-                analysis_cpu_s += sum(_cpu(x) for x in analysis) - analysis0
-                if floor is not None:
-                    floor_cpu_s += _cpu(ours[-1]) - floor0
+                for k, v in relays.items():
+                    cpu_s[k][0] += _cpu(v[0]) - cpu0[k][0]
+                    cpu_s[k][1] += sum(_cpu(x) for x in v[1:]) - cpu0[k][1]
                 sched = [
                     a + b - c for a, b, c in zip(sched, schedstat(rec.pid), sched0, strict=True)
                 ]
@@ -203,17 +220,18 @@ def main() -> int:
                     res.update(
                         path=name,
                         round=r,
-                        recorder_cpu_pct=round(100 * (_cpu(ours[2]) - rec_cpu0) / wall, 1),
+                        recorder_cpu_pct=round(
+                            100 * (_cpu(relays["recorded"][0]) - cpu0["recorded"][0]) / wall, 1
+                        ),
                         other_cores=round(others_cpu(ours, wall, before), 2),
                     )
                     rows.append(res)
     finally:
-        if floor is not None:
-            floor.kill()
-            floor.wait(5)
-        for proc in (rec, up):
+        for proc in started:
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
+        up.send_signal(signal.SIGTERM)
+        up.wait(20)
     print(f"{'round':>5} {'path':>9} {'streams':>7} {'TTFT p50':>9} {'p90':>8} {'p99':>8} "
           f"{'gap p50':>8} {'p99':>7} {'rec CPU':>8} {'others':>7}")  # fmt: skip
     for x in rows:
@@ -233,25 +251,22 @@ def main() -> int:
         diffs.append(diff)
         print(f"  round {r}: TTFT p50 {diff['p50']:+.2f}, p90 {diff['p90']:+.2f}, "
               f"p99 {diff['p99']:+.2f}; gap p99 {diff['gap']:+.2f}")  # fmt: skip
-        if "floor" in d:
-            f = {k: d["floor"]["ttft_ms"][k] - d["direct"]["ttft_ms"][k] for k in ("p50", "p99")}
-            g = d["floor"]["gap_ms"]["p99"] - d["direct"]["gap_ms"]["p99"]
-            print(f"           the floor relay: TTFT p50 {f['p50']:+.2f}, p99 {f['p99']:+.2f}; "
+        for other, label in (("floor", "the floor relay"), ("baseline", "the baseline")):
+            if other not in d:
+                continue
+            f = {k: d[other]["ttft_ms"][k] - d["direct"]["ttft_ms"][k] for k in ("p50", "p99")}
+            g = d[other]["gap_ms"]["p99"] - d["direct"]["gap_ms"]["p99"]
+            print(f"           {label}: TTFT p50 {f['p50']:+.2f}, p99 {f['p99']:+.2f}; "
                   f"gap p99 {g:+.2f}")  # fmt: skip
     med = {k: statistics.median(x[k] for x in diffs) for k in diffs[0]}
     print(f"  median: TTFT p50 {med['p50']:+.2f}, p90 {med['p90']:+.2f}, p99 {med['p99']:+.2f}; "
           f"gap p99 {med['gap']:+.2f}")  # fmt: skip
-    events = sum(x["events_total"] for x in rows if x["path"] == "recorded")
-    print(
-        f"recorder CPU per relayed event: {1e6 * rec_cpu_s / max(1, events):.1f} µs "
-        f"({events} events)"
-    )
-    print(f"the recorder's analysis process, per relayed event: "
-          f"{1e6 * analysis_cpu_s / max(1, events):.1f} µs")  # fmt: skip
-    floor_events = sum(x["events_total"] for x in rows if x["path"] == "floor")
-    if floor_events:
-        print(f"the floor relay's CPU per relayed event: "
-              f"{1e6 * floor_cpu_s / floor_events:.1f} µs ({floor_events} events)")  # fmt: skip
+    for name, (own, children) in cpu_s.items():
+        events = sum(x["events_total"] for x in rows if x["path"] == name)
+        label = {"recorded": "recorder", "floor": "the floor relay's", "baseline": "baseline"}
+        print(f"{label[name]} CPU per relayed event: {1e6 * own / max(1, events):.1f} µs "
+              f"({events} events)" + (f"; its analysis process: "
+              f"{1e6 * children / max(1, events):.1f} µs" if name != "floor" else ""))  # fmt: skip
     if sched[2]:
         print(
             f"recorder on a CPU {sched[0]:.2f} s, ready but waiting for one {sched[1]:.2f} s "
@@ -261,6 +276,8 @@ def main() -> int:
     lines = (tmp / "rec.jsonl").read_text().count("\n")
     print(f"recording: {lines} lines in {tmp / 'rec.jsonl'}")
     print_paired(rows, tmp / "rec.jsonl")
+    if args.baseline_src:
+        print_paired(rows, tmp / "baseline.jsonl", "baseline")
     return 0
 
 

@@ -93,6 +93,17 @@ class ChunkEnd:
         if i >= n:  # inside a chunk
             self.due = i - n
             return
+        if not i and not self.line and not self.trailer:
+            # The common read: exactly one whole chunk, `<hex>\r\n<payload>\r\n` (int()
+            # takes the bytes and ignores the CR; an extension or bad size takes the long way).
+            j = data.find(b"\n", 0, 18)
+            if j > 0:
+                try:
+                    size = int(data[:j], 16)
+                except ValueError:
+                    size = 0
+                if size > 0 and j + size + 3 == n:
+                    return
         self.due = 0
         while i < n:
             if self.done:

@@ -184,6 +184,7 @@ class HubRelay:
         self.client = client.raw
         self.up = conn._sock
         self.loop = relays.loop
+        self.buf_in, self.view = relays.buf_in, relays.view
         self.done = gevent.event.Event()
         self.buf = b""  # the response head while it is incomplete
         self.mode = ""  # how the body ends: "chunked", "length", "close", "none"
@@ -247,7 +248,9 @@ class HubRelay:
 
     def _on_upstream(self) -> None:
         try:
-            data = self.up.recv(_RECV)
+            # Into one buffer shared by every relay (the hub runs one callback at a time),
+            # then copied out at its size: recv(16384) allocated 16 KB and shrank it per read.
+            data = self.view[: self.up.recv_into(self.buf_in)].tobytes()
         except BlockingIOError:
             return
         except OSError as exc:
@@ -484,6 +487,8 @@ class HubRelays:
         self.loop = gevent.get_hub().loop
         self.timeout_s = timeout_s
         self.max_capture = rec.max_capture
+        self.buf_in = bytearray(_RECV)  # what one upstream read lands in (see _on_upstream)
+        self.view = memoryview(self.buf_in)
         self.active: set[HubRelay] = set()
         # One timer for every relay's read timeout, rather than a timer per stream re-armed on
         # every read.
