@@ -42,14 +42,15 @@ def test_chunk_end_finds_the_end_where_the_dechunker_does_at_any_split():
         done.feed(b"x")  # nothing may follow the end of the body
 
 
-def _sse() -> tuple[bytes, list[int]]:
-    """An OpenAI chat stream (one event per chunk, as a server writes it), and for each text in
-    TEXTS the offset in the framed body just past the blank line that ends its event."""
+def _sse() -> tuple[bytes, list[int], list[int]]:
+    """An OpenAI chat stream (one event per chunk, as a server writes it), for each text in
+    TEXTS the offset in the framed body just past the blank line that ends its event, and
+    where each chunk ends."""
     events = [{"choices": [{"delta": {"role": "assistant", "content": ""}}]}]
     events += [{"choices": [{"delta": {"content": t}}]} for t in TEXTS]
     events += [{"choices": [{"delta": {}, "finish_reason": "stop"}]}]
     events += [{"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 9}}]
-    framed, ends = b"", []
+    framed, ends, chunks = b"", [], []
     for i, ev in enumerate([*events, "[DONE]"]):
         payload = b"data: " + (ev.encode() if isinstance(ev, str) else json.dumps(ev).encode())
         payload += b"\n\n"
@@ -57,7 +58,8 @@ def _sse() -> tuple[bytes, list[int]]:
         if 1 <= i <= len(TEXTS):
             ends.append(len(framed) + len(head) + len(payload))
         framed += head + payload + b"\r\n"
-    return framed + b"0\r\n\r\n", ends
+        chunks.append(len(framed))
+    return framed + b"0\r\n\r\n", ends, chunks
 
 
 def _capture(body: bytes, cuts: list[int], chunked: bool) -> Capture:
@@ -83,10 +85,11 @@ def _read_at(cuts: list[int], offset: int) -> int:
 
 
 def test_every_content_event_is_timed_and_counted_whatever_the_reads_were():
-    framed, ends = _sse()
+    framed, ends, chunks = _sse()
     payload = Dechunker().feed(framed)
     rng = random.Random(13)
-    splits = [[], list(range(1, len(framed)))]  # one read; one read per byte
+    # One read; one per chunk (the common case); one per byte; and reads cut anywhere.
+    splits = [[], chunks, list(range(1, len(framed)))]
     splits += [sorted(rng.sample(range(1, len(framed)), k)) for k in (3, 10, 40) for _ in range(5)]
     content = [i for i, t in enumerate(TEXTS) if t]
     for cuts in splits:
@@ -110,7 +113,7 @@ def test_every_content_event_is_timed_and_counted_whatever_the_reads_were():
 
 
 def test_the_capture_crosses_to_the_analysis_process_whole():
-    framed, _ = _sse()
+    framed, _, _ = _sse()
     cap = _capture(framed, [5, 90, 300], chunked=True)
     cap.outcome, cap.detail, cap.truncated = "drop", "upstream closed mid-reply", True
     back = Capture.from_wire(cap.to_wire())

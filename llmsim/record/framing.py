@@ -15,6 +15,21 @@ class ProtocolError(Exception):
     """The upstream sent something that is not HTTP/1.1."""
 
 
+def _whole_chunk(data: bytes) -> int:
+    """Where the payload starts when `data` is exactly one whole chunk, `<hex>\r\n<payload>\r\n`
+    (the common read: a server writes one chunk per event), else 0. int() takes the bytes and
+    ignores the CR; a chunk extension or a bad size line is left to the long way."""
+    j = data.find(b"\n", 0, 18)
+    if j > 0:
+        try:
+            size = int(data[:j], 16)
+        except ValueError:
+            return 0
+        if size > 0 and j + size + 3 == len(data):
+            return j + 1
+    return 0
+
+
 class Dechunker:
     """Follows a chunked body as it arrives: the payload of each read, and where it ends."""
 
@@ -30,6 +45,10 @@ class Dechunker:
     def feed(self, data: bytes) -> bytes:
         """The payload in `data`; sets `done` at the end of the message (bytes beyond it are
         a protocol error, as are bad size lines)."""
+        if not (self.left or self.skip or self.line or self.trailer):
+            start = _whole_chunk(data)
+            if start:
+                return data[start:-2]
         out = []
         i, n = 0, len(data)
         while i < n:
@@ -93,17 +112,8 @@ class ChunkEnd:
         if i >= n:  # inside a chunk
             self.due = i - n
             return
-        if not i and not self.line and not self.trailer:
-            # The common read: exactly one whole chunk, `<hex>\r\n<payload>\r\n` (int()
-            # takes the bytes and ignores the CR; an extension or bad size takes the long way).
-            j = data.find(b"\n", 0, 18)
-            if j > 0:
-                try:
-                    size = int(data[:j], 16)
-                except ValueError:
-                    size = 0
-                if size > 0 and j + size + 3 == n:
-                    return
+        if not i and not self.line and not self.trailer and _whole_chunk(data):
+            return
         self.due = 0
         while i < n:
             if self.done:
