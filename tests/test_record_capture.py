@@ -121,3 +121,31 @@ def test_the_capture_crosses_to_the_analysis_process_whole():
     assert analyse(back, count_tokens, True) == analyse(cap, count_tokens, True)
     line = analyse(back, count_tokens)
     assert line["error_kind"] == "drop" and line["truncated"] and "texts" not in line
+
+
+def test_captures_waiting_for_the_analysis_are_bounded_and_the_overflow_counted(tmp_path):
+    """A writer that falls behind for good must not grow the proxy's memory: past the bound an
+    exchange is still forwarded but not recorded, and counted where /health and the exit line
+    show it; once the writer catches up, exchanges are recorded again."""
+    from llmsim.record.proxy import RecordConfig, Recorder
+
+    written: list[Capture] = []
+    rec = Recorder(
+        RecordConfig(target="http://127.0.0.1:9", out=str(tmp_path / "r.jsonl")), written.append
+    )
+    rec.max_queued_bytes = 10_000
+
+    def cap() -> Capture:  # 3,000 + 500 bytes, and one read's bookkeeping
+        return Capture(
+            0.0, START, "POST", "/v1/chat/completions", body=b"x" * 3000, reads=[b"y" * 500]
+        )
+
+    for _ in range(5):
+        rec.enqueue(cap())
+    assert rec.dropped == 3 and rec.health()["not_recorded"] == 3
+    assert 0 < rec.queued_bytes <= rec.max_queued_bytes
+    rec.queue.put(None)
+    rec.write_loop()  # the writer catches up
+    assert len(written) == rec.recorded == 2 and rec.queued_bytes == 0
+    rec.enqueue(cap())
+    assert rec.queue.qsize() == 1 and rec.dropped == 3

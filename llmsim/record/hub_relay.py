@@ -517,7 +517,7 @@ class HubRelays:
     def finished(self, cap: Capture) -> None:
         """Hand a finished exchange to the recorder's writer (never blocks the hub)."""
         self.rec.in_flight -= 1
-        self.rec.queue.put(cap)
+        self.rec.enqueue(cap)
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()

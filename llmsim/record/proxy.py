@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -50,8 +51,17 @@ _HOP = frozenset(
     }
 )
 _SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+log = logging.getLogger("llmsim.record")
+
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_CAPTURE_BYTES = 16 * 1024 * 1024  # per response; beyond it the line says "truncated"
+# Captures waiting for the analysis process, in all. It runs at a lower priority and only has
+# to keep up on average; if it falls behind for good (a saturated machine), exchanges beyond
+# this are forwarded as always but not recorded, and counted, rather than growing the
+# proxy's memory without bound.
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
+# What a kept read costs beside its bytes (the bytes object, its list slot, its arrival time).
+_READ_OVERHEAD = 100
 
 
 class RecordError(RuntimeError):
@@ -188,6 +198,10 @@ class Recorder:
         self.sink = sink
         self.recorded = 0
         self.in_flight = 0
+        self.queued_bytes = 0
+        self.max_queued_bytes = MAX_QUEUED_BYTES
+        self.dropped = 0  # exchanges forwarded but not recorded: the analysis fell behind
+        self._dropping = False
         self.max_capture = MAX_CAPTURE_BYTES
         self.hub: HubRelays | None = None
         parts = urlsplit(self.origin)
@@ -197,11 +211,33 @@ class Recorder:
     def write_loop(self) -> None:
         """Hand finished exchanges to the sink until None arrives (off the forwarding path)."""
         while True:
-            cap = self.queue.get()
-            if cap is None:
+            item = self.queue.get()
+            if item is None:
                 break
-            self.sink(cap)
+            cap, size = item
+            try:
+                self.sink(cap)
+            finally:
+                self.queued_bytes -= size
             self.recorded += 1
+
+    def enqueue(self, cap: Capture) -> None:
+        """Hand a finished exchange to the writer, unless the captures already waiting for it
+        hold `max_queued_bytes` (then it is counted in `dropped` instead)."""
+        size = len(cap.body) + sum(len(r) for r in cap.reads) + _READ_OVERHEAD * len(cap.reads)
+        if self.queued_bytes + size > self.max_queued_bytes:
+            if not self._dropping:  # one line per stretch of dropped exchanges
+                self._dropping = True
+                log.warning(
+                    "the analysis process is behind (%d MiB of exchanges waiting): exchanges "
+                    "are forwarded but not recorded until it catches up",
+                    self.queued_bytes >> 20,
+                )
+            self.dropped += 1
+            return
+        self._dropping = False
+        self.queued_bytes += size
+        self.queue.put((cap, size))
 
     def handle(self, req: Request, client: ClientConn) -> None:
         """Answer one request read by the front end on `client` (in its greenlet)."""
@@ -318,12 +354,12 @@ class Recorder:
                 resp.release_conn()
             else:
                 resp.close()
-            self.queue.put(cap)
+            self.enqueue(cap)
 
     def _unreachable(self, client: ClientConn, cap: Capture, exc: Exception) -> None:
         cap.status, cap.outcome, cap.end = 502, "upstream_unreachable", time.monotonic()
         cap.detail = f"{type(exc).__name__}: {exc}"
-        self.queue.put(cap)
+        self.enqueue(cap)
         client.send_json("502 Bad Gateway", self.unreachable_body())
 
     def unreachable_body(self) -> dict[str, Any]:
@@ -344,6 +380,7 @@ class Recorder:
             "target": self.cfg.target,
             "recorded": self.recorded,
             "in_flight": self.in_flight,
+            "not_recorded": self.dropped,
         }
 
 
@@ -430,4 +467,11 @@ def _serve(cfg: RecordConfig, sock: socket.socket, write_fd: int, out: TextIO) -
         # gevent's patched os.close defers the close to a loop iteration that never comes.
         open(write_fd, "wb", buffering=0).close()
     print(f"llmsim record: {rec.recorded} requests recorded in {cfg.out}", file=out, flush=True)
+    if rec.dropped:
+        print(
+            f"llmsim record: {rec.dropped} requests were forwarded but not recorded: the "
+            f"analysis process fell behind ({MAX_QUEUED_BYTES >> 20} MiB waiting)",
+            file=out,
+            flush=True,
+        )
     return 0
