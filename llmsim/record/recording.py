@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from llmsim.record.apis import Extracted, RequestInfo, read_request, stream_event, whole_body
 from llmsim.record.framing import Dechunker, ProtocolError
 
@@ -131,6 +133,12 @@ def _body(cap: Capture, chunks: list[tuple[float, bytes]]) -> bytes:
 
 
 def _json(raw: bytes) -> Any:
+    # orjson first: 2.3 against 9.4 µs for a chat chunk here, and the analysis parses every
+    # event. What it refuses (NaN, a BOM, ...) json may still read; what neither reads is None.
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
