@@ -316,6 +316,58 @@ def test_write_reports_from_synthetic_run(tmp_path: Path) -> None:
     assert "url(http" not in page
 
 
+def test_a_run_with_steal_reports_the_fidelity_of_its_quiet_seconds(tmp_path: Path) -> None:
+    """The hypervisor took cores in seconds 2-3 only, and the first tokens due then were 40 ms
+    late: the run's p99 is that, the seconds without steal say 0.5 ms, and the warning, the
+    summary and the fidelity table all say so."""
+    from llmsim.bench.steal import quiet_fidelity
+
+    t0 = 1_800_000_000.0
+    reqs = []
+    for i in range(60):
+        start = t0 + i * 0.1  # planned TTFT 50 ms: due at start + 0.05
+        stolen = 2.0 <= start + 0.05 < 4.0
+        reqs.append(_req(start, ttft=90.0 if stolen else 50.5, planned=50.0))
+    series = [(t0 + k, 0.5 if k in (3, 4) else 0.0) for k in range(0, 8)]  # interval k-1..k
+    quiet = quiet_fidelity(reqs, series)
+    assert quiet is not None and quiet["count"] == 40 and quiet["seconds"] == 4.0
+    assert quiet["p50"] == quiet["p99"] == 0.5
+    assert quiet_fidelity(reqs, series[:1]) is None  # no interval: nothing to say
+
+    _write_requests(tmp_path / "requests.csv", reqs)
+    (tmp_path / "llm_metrics.json").write_text(json.dumps(_llm_metrics(t0, t0 + 6)))
+    summary = write_reports(
+        tmp_path,
+        BenchConfig(users=4, duration_s=6),
+        target="http://127.0.0.1:1/v1",
+        target_kind="embedded",
+        state=RunState(started=t0, stopped=t0 + 6, users_peak=4),
+        client={"processes": [], "rss_peak_total_mb": 1.0, "stolen_cores": 0.14},
+        locust_status=0,
+        simulator={"ttft_ms": 50.0},
+        steal_series=series,
+    )
+    assert summary["fidelity"]["without_steal"] == quiet
+    steal_warning = next(w for w in summary["warnings"] if "hypervisor" in w)
+    assert "In the 4 s when it took less than 0.05 cores" in steal_warning
+    assert "fidelity p50 / p99 was 0.5 / 0.5 ms (40 requests)" in steal_warning
+    assert "without steal (40 requests)" in (tmp_path / "summary.md").read_text()
+
+    # Without steal worth a warning there is nothing to separate.
+    calm = write_reports(
+        tmp_path,
+        BenchConfig(users=4, duration_s=6),
+        target="http://127.0.0.1:1/v1",
+        target_kind="embedded",
+        state=RunState(started=t0, stopped=t0 + 6, users_peak=4),
+        client={"processes": [], "rss_peak_total_mb": 1.0, "stolen_cores": 0.02},
+        locust_status=0,
+        simulator={"ttft_ms": 50.0},
+        steal_series=series,
+    )
+    assert "without_steal" not in calm["fidelity"]
+
+
 def test_no_successful_request_exits_1(tmp_path: Path) -> None:
     t0 = 1_800_000_000.0
     _write_requests(

@@ -25,6 +25,9 @@ class _Track:
     wall_end: float | None = None
 
 
+MAX_STEAL_SAMPLES = 200_000  # one a second: two days and more
+
+
 class ProcessMonitor:
     """Samples each tracked process and its descendants (forked workers) once per `sample()`."""
 
@@ -35,6 +38,10 @@ class ProcessMonitor:
         # Machine-wide busy CPU over the same span, and the part of it the hypervisor took
         # (steal): what else ran skews every figure.
         self._machine: list[tuple[float, float, float]] = []
+        # (epoch at the end of each sampling interval, cores stolen during it): steal comes in
+        # bursts, and the report shows the fidelity of the seconds without it (bench/steal.py).
+        self.steal_series: list[tuple[float, float]] = []
+        self._last_steal: tuple[float, float] | None = None
 
     def watch(self, role: str, pid: int) -> None:
         self._roots.append((role, pid))
@@ -76,7 +83,13 @@ class ProcessMonitor:
         busy = sum(
             getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
         )
-        point = (now, busy, getattr(times, "steal", 0.0))
+        steal = getattr(times, "steal", 0.0)
+        point = (now, busy, steal)
+        if self._last_steal is not None and now > self._last_steal[0]:
+            cores = max(0.0, (steal - self._last_steal[1]) / (now - self._last_steal[0]))
+            if len(self.steal_series) < MAX_STEAL_SAMPLES:
+                self.steal_series.append((time.time(), cores))
+        self._last_steal = (now, steal)
         if len(self._machine) < 2:
             self._machine.append(point)
         else:

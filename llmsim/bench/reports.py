@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from llmsim.bench.config import BenchConfig
 from llmsim.bench.goodput import summary_block as goodput_block
 from llmsim.bench.request_log import RequestLog, load_request_log, read_requests, window_of
 from llmsim.bench.slo import evaluate_slos
+from llmsim.bench.steal import quiet_fidelity
 from llmsim.bench.summary import build_summary
 
 CPU_WINDOW_S = 10.0  # as llmsim.bench.run's (not imported: run imports this module)
@@ -24,6 +26,7 @@ REQUESTS = "requests.csv"
 LOCUST_JSON = "locust_stats.json"
 # Beyond this the load generator's own error is large enough to distort what it reports.
 FIDELITY_P99_WARN_MS = 10.0
+STEAL_WARN_CORES = 0.1  # the hypervisor's share (steal) from which a run is told about it
 SCHEDULE_LAG_WARN_MS = 10.0
 
 
@@ -89,11 +92,19 @@ def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | 
             "cores busy during the run: the figures include their interference."
         )
     stolen = client.get("stolen_cores")
-    if stolen is not None and stolen >= 0.1:
+    if stolen is not None and stolen >= STEAL_WARN_CORES:
+        quiet = (summary.get("fidelity") or {}).get("without_steal")
+        alone = ""
+        if quiet:
+            alone = (
+                f" In the {quiet['seconds']:.0f} s when it took less than "
+                f"{quiet['below_cores']:g} cores, fidelity p50 / p99 was {quiet['p50']:.1f} / "
+                f"{quiet['p99']:.1f} ms ({quiet['count']} requests)."
+            )
         out.append(
             f"The hypervisor ran other work on this machine's cores for {stolen:.2f} cores on "
             "average (steal time): every process here waited for it, so timing figures are "
-            "noisier than the CPU columns show."
+            f"noisier than the CPU columns show.{alone}"
         )
     if summary.get("interrupted"):
         out.append("The run was interrupted (Ctrl-C): the figures cover what ran until then.")
@@ -225,6 +236,7 @@ def write_reports(
     client: dict[str, Any],
     locust_status: int | None,
     simulator: dict[str, Any] | None,
+    steal_series: Sequence[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     llm = _read_json(run_dir / LLM_METRICS)
     t0 = state.started or (llm or {}).get("start_time")
@@ -263,6 +275,16 @@ def write_reports(
         label=cfg.label,
     )
     add_window(summary, cfg, llm, run_dir / REQUESTS, t0, state.stopped)
+    if (
+        summary.get("fidelity")
+        and steal_series
+        and (client.get("stolen_cores") or 0) >= STEAL_WARN_CORES
+        and (run_dir / REQUESTS).exists()
+    ):
+        # Steal comes in bursts: what the run measured in the seconds the host left alone.
+        summary["fidelity"]["without_steal"] = quiet_fidelity(
+            read_requests(run_dir / REQUESTS), steal_series
+        )
     # A sweep level stopped early because it was plainly over-saturated: why, else null.
     summary["stopped_early"] = state.oversaturated
     summary["slo"] = evaluate_slos(cfg.slos, summary)
