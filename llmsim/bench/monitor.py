@@ -25,7 +25,7 @@ class _Track:
     wall_end: float | None = None
 
 
-MAX_STEAL_SAMPLES = 200_000  # one a second: two days and more
+MAX_SAMPLES = 200_000  # of the interference series, one a second: two days and more
 
 
 class ProcessMonitor:
@@ -38,10 +38,11 @@ class ProcessMonitor:
         # Machine-wide busy CPU over the same span, and the part of it the hypervisor took
         # (steal): what else ran skews every figure.
         self._machine: list[tuple[float, float, float]] = []
-        # (epoch at the end of each sampling interval, cores stolen during it): steal comes in
-        # bursts, and the report shows the fidelity of the seconds without it (bench/steal.py).
-        self.steal_series: list[tuple[float, float]] = []
-        self._last_steal: tuple[float, float] | None = None
+        # (epoch at the end of each sampling interval, cores the hypervisor took during it,
+        # cores other processes used): both come in bursts, and the report shows the fidelity
+        # of the seconds without them (bench/interference.py).
+        self.interference: list[tuple[float, float, float]] = []
+        self._last_point: tuple[float, float, float] | None = None
 
     def watch(self, role: str, pid: int) -> None:
         self._roots.append((role, pid))
@@ -63,6 +64,7 @@ class ProcessMonitor:
         self._discover()
         now = time.monotonic()
         total = 0
+        ours = 0.0  # CPU seconds our processes used since the last sample
         for track in self.tracks.values():
             try:
                 with track.proc.oneshot():
@@ -75,6 +77,7 @@ class ProcessMonitor:
                 track.cpu_start, track.wall_start = used, now
             elif track.cpu_end is not None and track.wall_end is not None and now > track.wall_end:
                 track.cpu_samples.append(100.0 * (used - track.cpu_end) / (now - track.wall_end))
+                ours += used - track.cpu_end
             track.cpu_end, track.wall_end = used, now
             track.rss_peak = max(track.rss_peak, rss)
             total += rss
@@ -83,13 +86,14 @@ class ProcessMonitor:
         busy = sum(
             getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
         )
-        steal = getattr(times, "steal", 0.0)
-        point = (now, busy, steal)
-        if self._last_steal is not None and now > self._last_steal[0]:
-            cores = max(0.0, (steal - self._last_steal[1]) / (now - self._last_steal[0]))
-            if len(self.steal_series) < MAX_STEAL_SAMPLES:
-                self.steal_series.append((time.time(), cores))
-        self._last_steal = (now, steal)
+        point = (now, busy, getattr(times, "steal", 0.0))
+        last = self._last_point
+        if last is not None and now > last[0] and len(self.interference) < MAX_SAMPLES:
+            dt = now - last[0]
+            stolen = max(0.0, (point[2] - last[2]) / dt)
+            others = max(0.0, (busy - last[1] - ours) / dt - stolen)
+            self.interference.append((time.time(), round(stolen, 3), round(others, 3)))
+        self._last_point = point
         if len(self._machine) < 2:
             self._machine.append(point)
         else:

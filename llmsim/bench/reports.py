@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from llmsim.bench import report_files, report_html
 from llmsim.bench.config import BenchConfig
 from llmsim.bench.goodput import summary_block as goodput_block
+from llmsim.bench.interference import quiet_fidelity
 from llmsim.bench.request_log import RequestLog, load_request_log, read_requests, window_of
 from llmsim.bench.slo import evaluate_slos
-from llmsim.bench.steal import quiet_fidelity
 from llmsim.bench.summary import build_summary
 
 CPU_WINDOW_S = 10.0  # as llmsim.bench.run's (not imported: run imports this module)
@@ -27,6 +27,8 @@ LOCUST_JSON = "locust_stats.json"
 # Beyond this the load generator's own error is large enough to distort what it reports.
 FIDELITY_P99_WARN_MS = 10.0
 STEAL_WARN_CORES = 0.1  # the hypervisor's share (steal) from which a run is told about it
+# Steal and other processes together, from which the report separates the quiet seconds.
+INTERFERENCE_CORES = 0.1
 SCHEDULE_LAG_WARN_MS = 10.0
 
 
@@ -80,6 +82,13 @@ def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | 
                 f" The simulator's own first events left at most {own['p99_ms']:g} ms late at "
                 f"p99 (max {own.get('max_ms') or 0:.1f} ms): the rest is the client's side."
             )
+        quiet = (summary.get("fidelity") or {}).get("quiet_seconds")
+        if quiet:
+            share += (
+                f" In the {quiet['seconds']:.0f} s when neither the hypervisor nor other "
+                f"processes took CPU, fidelity p50 / p99 was {quiet['p50']:.1f} / "
+                f"{quiet['p99']:.1f} ms ({quiet['count']} requests)."
+            )
         out.append(
             f"Fidelity p99 is {p99:.1f} ms: some first tokens were seen more than "
             f"{FIDELITY_P99_WARN_MS:g} ms later than the simulator planned, so the client or the "
@@ -93,18 +102,10 @@ def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | 
         )
     stolen = client.get("stolen_cores")
     if stolen is not None and stolen >= STEAL_WARN_CORES:
-        quiet = (summary.get("fidelity") or {}).get("without_steal")
-        alone = ""
-        if quiet:
-            alone = (
-                f" In the {quiet['seconds']:.0f} s when it took less than "
-                f"{quiet['below_cores']:g} cores, fidelity p50 / p99 was {quiet['p50']:.1f} / "
-                f"{quiet['p99']:.1f} ms ({quiet['count']} requests)."
-            )
         out.append(
             f"The hypervisor ran other work on this machine's cores for {stolen:.2f} cores on "
             "average (steal time): every process here waited for it, so timing figures are "
-            f"noisier than the CPU columns show.{alone}"
+            "noisier than the CPU columns show."
         )
     if summary.get("interrupted"):
         out.append("The run was interrupted (Ctrl-C): the figures cover what ran until then.")
@@ -236,7 +237,7 @@ def write_reports(
     client: dict[str, Any],
     locust_status: int | None,
     simulator: dict[str, Any] | None,
-    steal_series: Sequence[tuple[float, float]] | None = None,
+    interference: Sequence[tuple[float, float, float]] | None = None,
 ) -> dict[str, Any]:
     llm = _read_json(run_dir / LLM_METRICS)
     t0 = state.started or (llm or {}).get("start_time")
@@ -275,15 +276,16 @@ def write_reports(
         label=cfg.label,
     )
     add_window(summary, cfg, llm, run_dir / REQUESTS, t0, state.stopped)
+    outside = (client.get("stolen_cores") or 0) + (client.get("other_busy_cores") or 0)
     if (
         summary.get("fidelity")
-        and steal_series
-        and (client.get("stolen_cores") or 0) >= STEAL_WARN_CORES
+        and interference
+        and outside >= INTERFERENCE_CORES
         and (run_dir / REQUESTS).exists()
     ):
-        # Steal comes in bursts: what the run measured in the seconds the host left alone.
-        summary["fidelity"]["without_steal"] = quiet_fidelity(
-            read_requests(run_dir / REQUESTS), steal_series
+        # Steal and other processes come in bursts: what the run measured without them.
+        summary["fidelity"]["quiet_seconds"] = quiet_fidelity(
+            read_requests(run_dir / REQUESTS), interference
         )
     # A sweep level stopped early because it was plainly over-saturated: why, else null.
     summary["stopped_early"] = state.oversaturated

@@ -223,7 +223,7 @@ def run_bench(
                 client=monitor.summary(),
                 locust_status=locust_status,
                 simulator=simulator,
-                steal_series=monitor.steal_series,
+                interference=monitor.interference,
             )
 
         _drive(cfg, swarm, monitor, state, human, run_dir, report)
