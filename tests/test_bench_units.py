@@ -367,7 +367,7 @@ def test_a_run_with_steal_reports_the_fidelity_of_its_quiet_seconds(tmp_path: Pa
     warning = next(w for w in summary["warnings"] if w.startswith("Fidelity p99"))
     assert "In the 3 s when neither the hypervisor nor other processes took CPU" in warning
     assert "fidelity p50 / p99 was 0.5 / 0.5 ms (30 requests)" in warning
-    assert "3 quiet s (30 requests)" in (tmp_path / "summary.md").read_text()
+    assert "quiet seconds only (3 s, 30 requests)" in (tmp_path / "summary.md").read_text()
     # Without enough of either there is nothing to separate.
     assert "quiet_seconds" not in report(0.02, 0.03)["fidelity"]
 

@@ -56,7 +56,7 @@ def fidelity_table(s: Mapping[str, Any]) -> Table | None:
         rows.append([label] + [fmt_ms(block.get(c)) for c in ("p50", "p90", "p95", "p99", "max")])
     quiet = fid.get("quiet_seconds")
     if quiet:  # the hypervisor or other processes took CPU at times: the seconds they did not
-        label = f"… in the {quiet['seconds']:.0f} quiet s ({quiet['count']} requests)"
+        label = f"… quiet seconds only ({quiet['seconds']:.0f} s, {quiet['count']:,} requests)"
         rows.append([label] + [fmt_ms(quiet.get(c)) for c in ("p50", "p90", "p95", "p99", "max")])
     return ["ms", "p50", "p90", "p95", "p99", "max"], rows
 
