@@ -132,3 +132,18 @@ def test_metrics_deltas_merge_to_the_single_process_figures():
     for name, h in single.hist.items():
         assert master.hist[name].counts == h.counts, name
         assert master.hist[name].summary() == h.summary(), name
+
+
+def test_current_rates_wait_for_workers_only_on_a_master():
+    """One process counts a second as soon as it is over; a master waits the workers' report
+    interval, so its last seconds are not read as a drop in load."""
+    local, master = LLMMetrics(), LLMMetrics()
+    worker = LLMMetrics()
+    for i in range(20):  # 20 requests ending in seconds 1000-1002
+        local.record(_record(i))
+        worker.record(_record(i))
+    master.merge_delta("w1", worker.take_delta())
+    now = 1004.2  # the second after the last of them ended is over
+    assert local.current_rates(now)["requests_per_s"] == 2.0  # 20 over the 10 s window
+    assert master.current_rates(now)["requests_per_s"] == 0.0  # not yet: workers lag
+    assert master.current_rates(now + 3)["requests_per_s"] == 2.0

@@ -45,8 +45,10 @@ ROW_FIELDS = (
 
 PAYLOAD_KEY = "llmsim"
 RATE_WINDOW_S = 10
-# Workers report every 3 s, so the last few seconds on the master are still filling in.
+# Workers report every 3 s, so on a master the last few seconds are still filling in; in one
+# process only the current second is.
 RATE_LAG_S = 4
+LOCAL_RATE_LAG_S = 1
 
 
 @dataclass(slots=True)
@@ -238,9 +240,10 @@ class LLMMetrics:
         return sources[0] if len(sources) == 1 else "mixed"
 
     def current_rates(self, now: float | None = None) -> dict[str, float]:
-        """Requests, failures, input and output tokens per second over the last 10 s."""
+        """Requests, failures, input and output tokens per second over the last 10 s (the
+        last complete ones: on a master, those every worker has reported)."""
         now = time.time() if now is None else now
-        end = int(now) - RATE_LAG_S
+        end = int(now) - (RATE_LAG_S if self.remote_in_flight else LOCAL_RATE_LAG_S)
         totals = [0, 0, 0, 0]
         for sec in range(end - RATE_WINDOW_S, end):
             slot = self.per_second.get(sec)
