@@ -42,7 +42,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_sim import Result, replica_for, simulate
+from engine_sim import Result, pct, replica_for, simulate
 
 from llmsim.engine.scheduler import Replica
 from llmsim.engine.steptime import StepTimeModel, load_preset
@@ -87,6 +87,10 @@ METRICS = (
     "output_throughput", "mean_ttft_ms", "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
     "median_itl_ms",
 )  # fmt: skip
+# The tails: TTFT p90 from the file's per-request TTFTs, TPOT p90 from its per-request TPOTs
+# where its inter-token gaps were read (benchmarks/lambda_tails_extract.py), the p99s as
+# published; each a percentile as benchmark_serving.py takes it (numpy's, linear interpolation).
+TAILS = ("p90_ttft_ms", "p99_ttft_ms", "p90_tpot_ms", "p99_tpot_ms", "p99_itl_ms")
 # Tokens that reach the client within this of each other arrived as one chunk.
 CHUNK_S = 0.001
 
@@ -126,7 +130,23 @@ def figures(results: list[Result], outs: list[int], start: float = 0.0) -> dict[
         "mean_tpot_ms": statistics.fmean(tpots),
         "median_tpot_ms": statistics.median(tpots),
         "median_itl_ms": statistics.median(itls) if itls else 0.0,
+        "p90_ttft_ms": pct(ttfts, 90),
+        "p99_ttft_ms": pct(ttfts, 99),
+        "p90_tpot_ms": pct(tpots, 90),
+        "p99_tpot_ms": pct(tpots, 99),
+        "p99_itl_ms": pct(itls, 99) if itls else 0.0,
     }
+
+
+def published_tails(point: dict) -> dict[str, float]:
+    """The reference's tails at one point, those it has (TAILS): TTFT p90 from `ttfts_ms`, TPOT
+    p90 from `tpots_ms` (where present), the p99s as published."""
+    out = {k: point[k] for k in ("p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms") if k in point}
+    if "ttfts_ms" in point:
+        out["p90_ttft_ms"] = pct(point["ttfts_ms"], 90)
+    if "tpots_ms" in point:
+        out["p90_tpot_ms"] = pct([t for t in point["tpots_ms"] if t is not None], 90)
+    return out
 
 
 def replay_sim(
@@ -244,6 +264,27 @@ def errors(got: dict[str, float], ref: dict) -> dict[str, float]:
     return {k: (got[k] - ref[k]) / ref[k] for k in METRICS}
 
 
+def tail_errors(got: dict[str, float], ref: dict[str, float]) -> dict[str, float]:
+    """Relative error of each tail the reference has (+ = llmsim higher)."""
+    return {k: (got[k] - ref[k]) / ref[k] for k in TAILS if k in ref}
+
+
+def fmt_tails(tag: str, f: dict[str, float], err: bool = False) -> str:
+    """One line of tails (figures in ms, or with `err` relative errors); n/a where absent."""
+
+    def v(k: str, width: int, digits: int) -> str:
+        if k not in f:
+            return f"{'n/a':>{width}}"
+        return f"{f[k]:+{width}.1%}" if err else f"{f[k]:{width}.{digits}f}"
+
+    unit = "" if err else " ms"
+    return (
+        f"{tag:>16} TTFT p90 {v('p90_ttft_ms', 7, 0)} p99 {v('p99_ttft_ms', 7, 0)}{unit}  "
+        f"TPOT p90 {v('p90_tpot_ms', 6, 1)} p99 {v('p99_tpot_ms', 6, 1)}{unit}  "
+        f"ITL p99 {v('p99_itl_ms', 7, 1)}{unit}"
+    )
+
+
 def fmt(tag: str, f: dict[str, float]) -> str:
     return (
         f"{tag:>16} {f['output_throughput']:7.0f} tok/s  TTFT mean {f['mean_ttft_ms']:7.0f} "
@@ -296,12 +337,17 @@ def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool =
         for point in ref["points"]:
             n, ins, outs = point["num_prompts"], point["input_lens"], point["output_lens"]
             sim = figures(replay_sim(preset, engine, ins, outs), outs)
+            pub = published_tails(point)
             row = {"num_prompts": n, "published": {k: point[k] for k in METRICS}, "sim": sim,
-                   "sim_error": errors(sim, point)}  # fmt: skip
+                   "sim_error": errors(sim, point), "published_tails": pub,
+                   "sim_tail_error": tail_errors(sim, pub)}  # fmt: skip
             print(f"== N = {n} prompts at once ({sum(ins):,} prompt / {sum(outs):,} reply tokens)")
             print(fmt(f"vLLM ({gpu})", point))
             print(fmt("llmsim sim", sim))
             print(fmt_err("error", row["sim_error"]))
+            print(fmt_tails("tails: vLLM", pub))
+            print(fmt_tails("llmsim sim", sim))
+            print(fmt_tails("error", row["sim_tail_error"], err=True))
             if url is not None:
                 others = round(psutil.cpu_percent(interval=0.5) * psutil.cpu_count(), 1)
                 served, failed = replay_server(url, ins, outs)
@@ -315,9 +361,12 @@ def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool =
                 spread_ms = (max(r.arrival for r in served) - start) * 1000
                 srv = figures(served, outs, start=start)
                 row.update(server=srv, server_error=errors(srv, point), others_cpu_pct=others,
-                           send_spread_ms=round(spread_ms, 1))  # fmt: skip
+                           send_spread_ms=round(spread_ms, 1),
+                           server_tail_error=tail_errors(srv, pub))  # fmt: skip
                 print(fmt("llmsim serve", srv))
                 print(fmt_err("error", row["server_error"]))
+                print(fmt_tails("serve tails", srv))
+                print(fmt_tails("error", row["server_tail_error"], err=True))
                 print(f"{'':>16} every reply complete; sent over {spread_ms:.0f} ms; others' "
                       f"CPU {others}%")  # fmt: skip
             rows.append(row)
@@ -327,7 +376,21 @@ def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool =
     worst = {k: max(abs(r["sim_error"][k]) for r in rows) for k in METRICS}
     print("worst |error| over the curve (sim): "
           + ", ".join(f"{k} {v:.1%}" for k, v in worst.items()))  # fmt: skip
+    print("worst |error| of the tails (sim): " + worst_tails(rows, "sim_tail_error"))
+    if any("server_tail_error" in r for r in rows):
+        print("worst |error| of the tails (server): " + worst_tails(rows, "server_tail_error"))
     return {"reference": name, "source": ref["source"], "preset": preset, "rows": rows}
+
+
+def worst_tails(rows: list[dict], key: str) -> str:
+    """Each tail's largest |error| over the rows that have it, with its N."""
+    parts = []
+    for k in TAILS:
+        have = [(abs(r[key][k]), r["num_prompts"]) for r in rows if k in r.get(key, {})]
+        if have:
+            e, n = max(have)
+            parts.append(f"{k} {e:.1%} (N = {n}; {len(have)} points)")
+    return ", ".join(parts) or "none published"
 
 
 def main() -> int:
