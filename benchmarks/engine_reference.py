@@ -25,6 +25,11 @@ sends a round's tokens in one delta), output throughput = output tokens / durati
 --server the replay also goes through `llmsim serve --engine vllm` with the same options, read
 by an open-loop raw-socket client.
 
+The tails, printed under each point's medians: TTFT p90 and p99, TPOT p90 and p99 and ITL p99,
+numpy-style percentiles (linear interpolation) as benchmark_serving.py takes them, against the
+reference's own per-request TTFTs and TPOTs and its published p99s (kept in the data files by
+benchmarks/lambda_tails_extract.py; TPOT p90 only where the file's inter-token gaps were read).
+
 --fit refits the preset's step_time_scale to the median TPOT; --fit-frontend fits the front
 end's cost per request from the published earliest first token of each point (the first token's
 delay less the replay's first step, over N: least squares weighted by N).
