@@ -32,12 +32,15 @@ benchmarks/lambda_tails_extract.py; TPOT p90 only where the file's inter-token g
 
 --fit refits the preset's step_time_scale to the median TPOT; --fit-frontend fits the front
 end's cost per request from the published earliest first token of each point (the first token's
-delay less the replay's first step, over N: least squares weighted by N).
+delay less the replay's first step, over N: least squares weighted by N); --fit-prefill fits the
+preset's prefill_scale to the spacing of the first-token groups of the prefill phase at
+N >= 80 (prefill_spacing), printing each point's published and replayed spacing.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -161,14 +164,19 @@ def replay_sim(
     outs: list[int],
     raw_scale: float | None = None,
     per_seq_ms: float = 0.0,
+    prefill_scale: float | None = None,
 ) -> list[Result]:
     """All requests at t = 0 through one replica of `preset` with `engine` options, pure
     simulation. With `raw_scale`, the preset's uncalibrated step time times that factor, plus
-    `per_seq_ms` for each sequence in a step."""
+    `per_seq_ms` for each sequence in a step (and the preset's own prefill_scale); with
+    `prefill_scale`, the preset's step time with that prefill_scale instead of its own."""
     rep = replica_for(preset, **engine)
     if raw_scale is not None:
         raw = StepTimeModel.from_dict(load_preset(preset).raw["step_time"])
-        rep = Replica(rep.config, raw.scaled(raw_scale).with_per_seq(per_seq_ms))
+        model = raw.scaled(raw_scale).with_per_seq(per_seq_ms)
+        rep = Replica(rep.config, model.with_prefill_scale(rep.step_time.prefill_scale))
+    if prefill_scale is not None:
+        rep = Replica(rep.config, rep.step_time.with_prefill_scale(prefill_scale))
     reqs = [
         (0.0, p, max(1, o), list(range(i * 10_000, i * 10_000 + p)))
         for i, (p, o) in enumerate(zip(ins, outs, strict=True))
@@ -200,8 +208,8 @@ def tpot_rms(preset: str, engine: dict, points: list[dict], scale: float, per_se
     return math.sqrt(sq / len(points))
 
 
-# The costs per sequence a step tried by --fit (ms): 0 to 30 µs.
-PER_SEQ_GRID = tuple(0.0025 * k for k in range(13))
+# The costs per sequence a step tried by --fit (ms): 0 to 50 µs.
+PER_SEQ_GRID = tuple(0.0025 * k for k in range(21))
 
 
 def fit_scale(preset: str, engine: dict, points: list[dict]) -> tuple[float, float, float]:
@@ -264,6 +272,109 @@ def fit_frontend(preset: str, engine: dict, points: list[dict]) -> float:
     return num / den * 1000 if den else 0.0
 
 
+# First tokens closer than this to a group's first one are one prefill step's (no prefill step
+# of these prompts is shorter; a step's first tokens reach the client within ~8 ms).
+GROUP_MS = 20.0
+# A gap longer than this is a decode round, not a prefill step: the prefill phase has ended
+# (at N = 320 the last 64 requests wait for running ones to finish).
+ROUND_MS = 250.0
+# The points whose prefill phase is long enough to time (N = 80, 160, 320: 12-40 groups).
+SPACING_MIN_N = 80
+
+
+def prefill_groups(ttfts_ms: list[float], outs: list[int]) -> list[tuple[float, list[int]]]:
+    """The groups of first tokens (mean time in ms, request indices) of a burst's prefill
+    phase whose gaps time one prefill step each.
+
+    In vLLM V0 without chunked prefill a burst is prefilled in steps of up to the token
+    budget before any decode round, and each step's first tokens reach the client together,
+    when the next step ends; so in the steady part of the phase the gap between two groups is
+    the prefill step after the later one. Left out: the first two groups (the burst still
+    reaching the engine), everything from the first gap of a decode round on (ROUND_MS), and
+    the phase's last group (its first tokens wait for a decode step). Replies of 0 tokens have
+    no first token."""
+    idx = sorted((i for i, o in enumerate(outs) if o > 0), key=lambda i: ttfts_ms[i])
+    groups: list[list[int]] = [[idx[0]]]
+    for i in idx[1:]:
+        if ttfts_ms[i] - ttfts_ms[groups[-1][0]] > GROUP_MS:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    at = [(statistics.fmean(ttfts_ms[i] for i in g), g) for g in groups]
+    end = len(at)
+    for k in range(2, len(at) - 1):
+        if at[k + 1][0] - at[k][0] > ROUND_MS:
+            end = k + 1
+            break
+    return at[2 : end - 1]
+
+
+def prefill_spacing(ttfts_ms: list[float], outs: list[int]) -> list[float]:
+    """The gaps (ms) between successive prefill groups (prefill_groups): one prefill step each."""
+    at = [t for t, _ in prefill_groups(ttfts_ms, outs)]
+    return [b - a for a, b in itertools.pairwise(at)]
+
+
+def spacing_error(preset: str, engine: dict, points: list[dict], prefill_scale: float) -> float:
+    """RMS of log(mean replayed group spacing / published) over the points that time it."""
+    sq, n = 0.0, 0
+    for pt in points:
+        if pt["num_prompts"] < SPACING_MIN_N or "ttfts_ms" not in pt:
+            continue
+        ins, outs = pt["input_lens"], pt["output_lens"]
+        res = replay_sim(preset, engine, ins, outs, prefill_scale=prefill_scale)
+        sim = prefill_spacing([r.tokens[0] * 1000 for r in res], outs)
+        pub = prefill_spacing(pt["ttfts_ms"], outs)
+        sq += math.log(statistics.fmean(sim) / statistics.fmean(pub)) ** 2
+        n += 1
+    return math.sqrt(sq / n) if n else float("nan")
+
+
+def print_spacing(preset: str, engine: dict, points: list[dict]) -> None:
+    """Each timed point's mean group spacing, published and replayed (the preset as it is)."""
+    for pt in points:
+        if pt["num_prompts"] < SPACING_MIN_N or "ttfts_ms" not in pt:
+            continue
+        outs = pt["output_lens"]
+        res = replay_sim(preset, engine, pt["input_lens"], outs)
+        firsts = [r.tokens[0] * 1000 for r in res]
+        sim = prefill_spacing(firsts, outs)
+        pub = prefill_spacing(pt["ttfts_ms"], outs)
+        m_pub, m_sim = statistics.fmean(pub), statistics.fmean(sim)
+        ins = pt["input_lens"]
+        tok_pub = statistics.fmean(sum(ins[i] for i in g) for _, g in
+                                   prefill_groups(pt["ttfts_ms"], outs))  # fmt: skip
+        tok_sim = statistics.fmean(sum(ins[i] for i in g) for _, g in
+                                   prefill_groups(firsts, outs))  # fmt: skip
+        print(f"  N = {pt['num_prompts']}: prefill groups {m_pub:.1f} ms apart ({len(pub)} gaps, "
+              f"median {statistics.median(pub):.1f}, {tok_pub:.0f} prompt tokens a group), "
+              f"replayed {m_sim:.1f} ms ({len(sim)} gaps, median {statistics.median(sim):.1f}, "
+              f"{tok_sim:.0f} tokens): {m_sim / m_pub - 1:+.1%}")  # fmt: skip
+
+
+def fit_prefill(preset: str, engine: dict, points: list[dict]) -> tuple[float, float]:
+    """The prefill_scale whose replayed prefill-group spacing best matches the published one
+    (least squares of the log ratios of the means, golden-section search in 0.6 ... 1.2,
+    rounded to 0.005), and its RMS error; the preset's own value's error is printed."""
+    print("the preset as it is:")
+    print_spacing(preset, engine, points)
+    g = (math.sqrt(5) - 1) / 2
+    lo, hi = 0.6, 1.2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = (spacing_error(preset, engine, points, x) for x in (a, b))
+    while hi - lo > 0.004:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = spacing_error(preset, engine, points, a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = spacing_error(preset, engine, points, b)
+    f = round(round((lo + hi) / 2 / 0.005) * 0.005, 3)
+    return f, spacing_error(preset, engine, points, f)
+
+
 def errors(got: dict[str, float], ref: dict) -> dict[str, float]:
     """Relative error of each figure against the published one (+ = llmsim higher)."""
     return {k: (got[k] - ref[k]) / ref[k] for k in METRICS}
@@ -306,7 +417,14 @@ def fmt_err(tag: str, e: dict[str, float]) -> str:
     )
 
 
-def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool = False) -> dict:
+def check(
+    name: str,
+    preset: str | None,
+    server: bool,
+    fit: bool,
+    fit_fe: bool = False,
+    fit_pf: bool = False,
+) -> dict:
     """Replay one reference through its preset (or `preset`); print and return the errors."""
     ref = load_reference(name)
     preset = preset or ref["preset"]
@@ -314,9 +432,14 @@ def check(name: str, preset: str | None, server: bool, fit: bool, fit_fe: bool =
     print(f"reference: {ref['source']}\n  {ref['what']}")
     cal = load_preset(preset).raw.get("calibration", {})
     fe = load_preset(preset)
-    print(f"preset {preset}: step_time_scale {cal.get('step_time_scale', 1.0)}, front end "
+    print(f"preset {preset}: step_time_scale {cal.get('step_time_scale', 1.0)}, prefill_scale "
+          f"{cal.get('prefill_scale', 1.0)}, front end "
           f"{fe.frontend_ms_per_request} ms a request + {fe.frontend_us_per_prompt_token} µs a "
           f"prompt token; --num-scheduler-steps {engine['num_scheduler_steps']}")  # fmt: skip
+    if fit_pf:
+        f, rms = fit_prefill(preset, engine, ref["points"])
+        print(f"fitted prefill_scale {f} (RMS error of the mean prefill-group spacing {rms:.1%})")
+        return {"reference": name, "preset": preset, "prefill_scale": f, "rms": rms}
     if fit_fe:
         c = fit_frontend(preset, engine, ref["points"])
         print(f"fitted front end: {c:.2f} ms a request")
@@ -406,6 +529,7 @@ def main() -> int:
     p.add_argument("--server", action="store_true", help="also replay through llmsim serve")
     p.add_argument("--fit", action="store_true", help="fit the preset's step_time_scale")
     p.add_argument("--fit-frontend", action="store_true", help="fit the front end's cost")
+    p.add_argument("--fit-prefill", action="store_true", help="fit the preset's prefill_scale")
     p.add_argument(
         "--poisson-seeds",
         type=int,
@@ -422,7 +546,8 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
     a = p.parse_args()
     names = [*REFERENCES, *POISSON_REFERENCES] if a.reference == "all" else [a.reference]
-    if a.fit or a.fit_frontend:  # the fits use the all-at-once runs' per-request data
+    # The fits use the all-at-once runs' per-request data.
+    if a.fit or a.fit_frontend or a.fit_prefill:
         names = [n for n in names if n in REFERENCES]
     out = []
     for name in names:
@@ -431,7 +556,7 @@ def main() -> int:
 
             out.append(check_poisson(name, a.poisson_seeds, a.poisson_lengths, a.server))
         else:
-            out.append(check(name, a.preset, a.server, a.fit, a.fit_frontend))
+            out.append(check(name, a.preset, a.server, a.fit, a.fit_frontend, a.fit_prefill))
     a.json.write_text(json.dumps(out, indent=1))
     return 0
 

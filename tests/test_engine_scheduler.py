@@ -281,6 +281,49 @@ def test_a_presets_calibration_scales_every_step_and_adds_its_cost_per_sequence(
     assert load_preset("llama-3-70b-h100-tp4").step_time.per_seq_ms == 0.0  # uncalibrated
 
 
+def test_prefill_scale_stretches_the_prefill_terms_only() -> None:
+    m = StepTimeModel(table_tokens=(1, 1001), table_ms=(1.0, 101.0), decode_step_ms=0.5,
+                      decode_ctx_ms=0.001, prefill_chunk_ms=0.8, prefill_pair_ms=1e-5,
+                      overhead_ms=0.3, per_seq_ms=0.02)  # fmt: skip
+    f = m.with_prefill_scale(0.5)
+    # A decode-only step: unchanged.
+    assert f.step_ms(64, 64, 64 * 600) == pytest.approx(m.step_ms(64, 64, 64 * 600))
+    # A prefill-only step: dense part and prefill attention halved; overhead, cost per
+    # sequence unchanged.
+    chunks = [(300, 0), (200, 100)]
+    attn = 2 * 0.8 + 1e-5 * (300 * 150 + 200 * 200)
+    assert m.step_ms(500, 0, 0, chunks) == pytest.approx(0.3 + 50.9 + attn + 2 * 0.02)
+    assert f.step_ms(500, 0, 0, chunks) == pytest.approx(0.3 + 0.5 * (50.9 + attn) + 2 * 0.02)
+    # A mixed step: only the prefill tokens' share of the dense part (400 of 500) is scaled.
+    mixed = f.step_ms(500, 100, 100 * 50, [(400, 0)])
+    dense = 50.9 * (100 + 0.5 * 400) / 500
+    decode = 0.5 + 0.001 * 100 * 50
+    prefill = 0.5 * (0.8 + 1e-5 * 400 * 200)
+    assert mixed == pytest.approx(0.3 + dense + decode + prefill + 101 * 0.02)
+    # A uniform stretch keeps the ratio between the terms.
+    assert f.scaled(2.0).prefill_scale == 0.5
+
+
+def test_a_presets_prefill_scale_applies_on_top_of_its_factor() -> None:
+    d = load_preset("llama-3-8b-a100").raw
+    cal = d["calibration"]
+    ps, scale, per_seq = cal["prefill_scale"], cal["step_time_scale"], cal["per_sequence_ms"]
+    assert 0 < ps < 1
+    raw = StepTimeModel.from_dict(d["step_time"])
+    got = calibrated_step_time(d)
+    chunks = [(400, 0)] * 5
+    want = ps * scale * raw.step_ms(2000, 0, 0, chunks) + per_seq * 5
+    assert got.step_ms(2000, 0, 0, chunks) == pytest.approx(want)
+    # Without the key a preset is as it was: one factor on every term.
+    plain = {**d, "calibration": {k: v for k, v in cal.items() if k != "prefill_scale"}}
+    old = calibrated_step_time(plain)
+    assert old.prefill_scale == 1.0
+    assert old.step_ms(2000, 0, 0, chunks) == pytest.approx(
+        scale * raw.step_ms(2000, 0, 0, chunks) + per_seq * 5
+    )
+    assert load_preset("llama-3-8b-h100").step_time.prefill_scale == 1.0
+
+
 def test_jitter_changes_step_times_but_keeps_their_mean() -> None:
     import random
 

@@ -10,6 +10,10 @@ A step's time is composed the way Vidur composes it from its per-operator profil
   query-key pair, c × (k + c / 2);
 - plus a fixed overhead per step (scheduler, sampler), when the preset has one;
 - all of it times the preset's calibration factor, when a whole-curve reference gave one;
+- the prefill terms (the prefill tokens' share of the dense part, and prefill attention) times
+  a further factor, when the calibration has one: a uniform factor fitted on decode steps
+  also stretches the part of a prefill step that the decode-only additions (the LM head and
+  sampler, run for one token a sequence) do not touch;
 - plus a cost per sequence in the step, when the calibration has one: what grows with the batch
   and the kernel profiles leave out (the LM head and sampler for each sequence's next token,
   and the engine's per-sequence work between steps: preparing inputs, appending the token,
@@ -38,6 +42,8 @@ class StepTimeModel:
     prefill_pair_ms: float = 0.0  # per query-key pair of a prefill chunk
     overhead_ms: float = 0.0
     per_seq_ms: float = 0.0  # per sequence in the step (decodes and prefill chunks)
+    # On the prefill terms only: the prefill tokens' share of the dense part, prefill attention.
+    prefill_scale: float = 1.0
 
     def dense_ms(self, n_tokens: int) -> float:
         xs, ys = self.table_tokens, self.table_ms
@@ -59,13 +65,21 @@ class StepTimeModel:
         """Milliseconds for a step of `n_tokens` tokens: `decodes` decoding sequences that
         attend `decode_ctx` tokens in all, and prefill chunks given as (tokens, cached before).
         """
-        ms = self.overhead_ms + self.dense_ms(n_tokens)
-        if self.per_seq_ms:
-            ms += self.per_seq_ms * decodes
+        dense = self.dense_ms(n_tokens)
+        prefill_ms = 0.0
+        n_prefill = 0
+        for c, k in prefills:
+            prefill_ms += self.prefill_chunk_ms + self.prefill_pair_ms * c * (k + c / 2)
+            n_prefill += c
+        if self.prefill_scale != 1.0 and n_prefill:
+            # Each token carries an equal share of the dense part; the prefill tokens' share
+            # is scaled with prefill attention.
+            share = min(1.0, n_prefill / max(n_tokens, 1))
+            dense *= 1.0 + (self.prefill_scale - 1.0) * share
+            prefill_ms *= self.prefill_scale
+        ms = self.overhead_ms + dense + prefill_ms + self.per_seq_ms * (decodes + len(prefills))
         if decodes:
             ms += self.decode_step_ms + self.decode_ctx_ms * decode_ctx
-        for c, k in prefills:
-            ms += self.prefill_chunk_ms + self.prefill_pair_ms * c * (k + c / 2) + self.per_seq_ms
         return ms
 
     def step_s(
@@ -101,11 +115,16 @@ class StepTimeModel:
             self.prefill_pair_ms * factor,
             self.overhead_ms * factor,
             self.per_seq_ms * factor,
+            self.prefill_scale,  # a ratio between terms: unchanged by a uniform stretch
         )
 
     def with_per_seq(self, per_seq_ms: float) -> StepTimeModel:
         """The same model with `per_seq_ms` for each sequence in a step."""
         return replace(self, per_seq_ms=per_seq_ms)
+
+    def with_prefill_scale(self, prefill_scale: float) -> StepTimeModel:
+        """The same model with its prefill terms `prefill_scale` times as long."""
+        return replace(self, prefill_scale=prefill_scale)
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,8 @@ def calibrated_step_time(d: dict[str, Any]) -> StepTimeModel:
     server on the same hardware exists, the preset's `calibration.step_time_scale` (fitted by
     benchmarks/engine_reference.py --fit, the reference named beside it) stretches every step,
     and `calibration.per_sequence_ms`, when given, adds that much for each sequence in it.
+    `calibration.prefill_scale` (default 1.0), when given, multiplies the prefill terms (the
+    prefill tokens' share of the dense part, prefill attention) on top of the factor.
     """
     model = StepTimeModel.from_dict(d["step_time"])
     cal = d.get("calibration", {})
@@ -146,7 +167,10 @@ def calibrated_step_time(d: dict[str, Any]) -> StepTimeModel:
     if scale != 1.0:
         model = model.scaled(scale)
     per_seq = float(cal.get("per_sequence_ms", 0.0))
-    return model.with_per_seq(per_seq) if per_seq else model
+    if per_seq:
+        model = model.with_per_seq(per_seq)
+    prefill_scale = float(cal.get("prefill_scale", 1.0))
+    return model.with_prefill_scale(prefill_scale) if prefill_scale != 1.0 else model
 
 
 def preset_names() -> list[str]:
