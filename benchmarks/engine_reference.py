@@ -45,6 +45,7 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -208,6 +209,24 @@ def tpot_rms(preset: str, engine: dict, points: list[dict], scale: float, per_se
     return math.sqrt(sq / len(points))
 
 
+def golden_min(err: Callable[[float], float], lo: float, hi: float) -> float:
+    """The x in lo ... hi that minimises `err` (golden-section search to 0.004), rounded to
+    0.005: how every factor of the fits is searched."""
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = err(a), err(b)
+    while hi - lo > 0.004:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = err(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = err(b)
+    return round(round((lo + hi) / 2 / 0.005) * 0.005, 3)
+
+
 # The costs per sequence a step tried by --fit (ms): 0 to 50 µs.
 PER_SEQ_GRID = tuple(0.0025 * k for k in range(21))
 
@@ -222,22 +241,9 @@ def fit_scale(preset: str, engine: dict, points: list[dict]) -> tuple[float, flo
     uncalibrated preset and of the factor alone are printed beside it."""
     print(f"uncalibrated (1.0): RMS error of median TPOT "
           f"{tpot_rms(preset, engine, points, 1.0, 0.0):.1%}")  # fmt: skip
-    g = (math.sqrt(5) - 1) / 2
     best = (1.0, 0.0, float("inf"))
     for c in PER_SEQ_GRID:
-        lo, hi = 0.9, 1.3
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        fa, fb = (tpot_rms(preset, engine, points, x, c) for x in (a, b))
-        while hi - lo > 0.004:
-            if fa < fb:
-                hi, b, fb = b, a, fa
-                a = hi - g * (hi - lo)
-                fa = tpot_rms(preset, engine, points, a, c)
-            else:
-                lo, a, fa = a, b, fb
-                b = lo + g * (hi - lo)
-                fb = tpot_rms(preset, engine, points, b, c)
-        f = round(round((lo + hi) / 2 / 0.005) * 0.005, 3)
+        f = golden_min(lambda x, c=c: tpot_rms(preset, engine, points, x, c), 0.9, 1.3)
         rms = tpot_rms(preset, engine, points, f, c)
         print(f"  {c * 1000:4.1f} µs a sequence: factor {f}, RMS error {rms:.2%}")
         if rms < best[2] - 1e-9:
@@ -358,20 +364,7 @@ def fit_prefill(preset: str, engine: dict, points: list[dict]) -> tuple[float, f
     rounded to 0.005), and its RMS error; the preset's own value's error is printed."""
     print("the preset as it is:")
     print_spacing(preset, engine, points)
-    g = (math.sqrt(5) - 1) / 2
-    lo, hi = 0.6, 1.2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = (spacing_error(preset, engine, points, x) for x in (a, b))
-    while hi - lo > 0.004:
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = spacing_error(preset, engine, points, a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = spacing_error(preset, engine, points, b)
-    f = round(round((lo + hi) / 2 / 0.005) * 0.005, 3)
+    f = golden_min(lambda x: spacing_error(preset, engine, points, x), 0.6, 1.2)
     return f, spacing_error(preset, engine, points, f)
 
 
