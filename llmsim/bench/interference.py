@@ -13,11 +13,11 @@ machine was its own.
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from llmsim.bench.request_log import Request
+from llmsim.load.histogram import Histogram
 
 # A second counts as quiet when the hypervisor took less than this and other processes used
 # less than that (ours are sampled a few ms apart from the machine's counters: ~0.05 of noise).
@@ -25,23 +25,19 @@ QUIET_STEAL_CORES = 0.05
 QUIET_OTHER_CORES = 0.1
 
 
-def _pct(values: list[float], q: float) -> float:
-    return values[max(0, math.ceil(len(values) * q) - 1)]
-
-
 def quiet_fidelity(
     requests: Iterable[Request], series: Sequence[tuple[float, float, float]]
 ) -> dict[str, Any] | None:
-    """Fidelity (measured minus planned TTFT, ms) of the successful requests whose first token
-    was due in a sampling interval with steal under QUIET_STEAL_CORES and other processes
-    under QUIET_OTHER_CORES.
+    """Fidelity (measured minus planned TTFT, ms: count, mean, min, percentiles, max, as the
+    run's own) of the successful requests whose first token was due in a sampling interval
+    with steal under QUIET_STEAL_CORES and other processes under QUIET_OTHER_CORES.
 
     `series` is (epoch seconds at the end of an interval, cores stolen, cores used by other
     processes), in time order. None when there is no series or no such request."""
     if len(series) < 2:
         return None
     ends = [t for t, _, _ in series]
-    errors: list[float] = []
+    errors = Histogram()  # as the run's own fidelity is summarised, for the same percentiles
     quiet_intervals: set[int] = set()
     for r in requests:
         if not r.ok or r.ttft_ms is None or r.planned_ttft_ms is None:
@@ -52,17 +48,14 @@ def quiet_fidelity(
             continue
         _, stolen, others = series[i]
         if stolen < QUIET_STEAL_CORES and others < QUIET_OTHER_CORES:
-            errors.append(r.ttft_ms - r.planned_ttft_ms)
+            errors.add(r.ttft_ms - r.planned_ttft_ms)
             quiet_intervals.add(i)
-    if not errors:
+    if not errors.count:
         return None
-    errors.sort()
     quiet_s = sum(series[i][0] - series[i - 1][0] for i in quiet_intervals)
     return {
         "steal_below_cores": QUIET_STEAL_CORES,
         "others_below_cores": QUIET_OTHER_CORES,
         "seconds": round(quiet_s, 1),
-        "count": len(errors),
-        "p50": round(_pct(errors, 0.5), 3),
-        "p99": round(_pct(errors, 0.99), 3),
+        **errors.summary(),
     }
