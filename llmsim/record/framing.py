@@ -30,6 +30,32 @@ def _whole_chunk(data: bytes) -> int:
     return 0
 
 
+def _next_line(framing: Dechunker | ChunkEnd, data: bytes, i: int) -> tuple[bytes | None, int]:
+    """The size or trailer line that starts at `i` (joined with what an earlier read left in
+    `framing.line`) and where the next one starts; (None, end) when the line goes on in the
+    next read, which is kept."""
+    j = data.find(b"\n", i)
+    if j < 0:
+        framing.line += data[i:]
+        if len(framing.line) > MAX_SIZE_LINE:
+            raise ProtocolError("chunk size line too long")
+        return None, len(data)
+    line = (framing.line + data[i:j] if framing.line else data[i:j]).strip()
+    framing.line = b""
+    return line, j + 1
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size a chunk's size line gives (its extensions ignored); ProtocolError if none."""
+    try:
+        size = int(line.split(b";", 1)[0], 16)
+    except ValueError:
+        raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
+    if size < 0:
+        raise ProtocolError("negative chunk size")
+    return size
+
+
 class Dechunker:
     """Follows a chunked body as it arrives: the payload of each read, and where it ends."""
 
@@ -67,24 +93,13 @@ class Dechunker:
                 self.skip -= j - i
                 i = j
                 continue
-            j = data.find(b"\n", i)
-            if j < 0:
-                self.line += data[i:]
-                if len(self.line) > MAX_SIZE_LINE:
-                    raise ProtocolError("chunk size line too long")
+            line, i = _next_line(self, data, i)
+            if line is None:
                 break
-            line = (self.line + data[i:j]).strip()
-            self.line = b""
-            i = j + 1
             if self.trailer:
                 self.done = not line
                 continue
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
-            if size < 0:
-                raise ProtocolError("negative chunk size")
+            size = _chunk_size(line)
             if size:
                 self.left = size
             else:
@@ -118,24 +133,13 @@ class ChunkEnd:
         while i < n:
             if self.done:
                 raise ProtocolError("bytes after the end of a chunked body")
-            j = data.find(b"\n", i)
-            if j < 0:
-                self.line += data[i:]
-                if len(self.line) > MAX_SIZE_LINE:
-                    raise ProtocolError("chunk size line too long")
-                return
-            line = (self.line + data[i:j] if self.line else data[i:j]).strip()
-            self.line = b""
-            i = j + 1
+            line, i = _next_line(self, data, i)
+            if line is None:
+                break
             if self.trailer:
                 self.done = not line
                 continue
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
-            if size < 0:
-                raise ProtocolError("negative chunk size")
+            size = _chunk_size(line)
             if size:
                 i += size + 2  # the payload and its CRLF
             else:
