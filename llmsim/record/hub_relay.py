@@ -192,7 +192,6 @@ class HubRelay:
         self.payload_only = False  # upstream chunked, client not: send the payload alone
         self.dechunk: ChunkEnd | Dechunker | None = None  # follows a chunked body's framing
         self.left = 0  # Content-Length bytes still due
-        self.size = 0
         self.pending: bytes | None = None
         self.complete = False  # the whole upstream message is in
         self.keep = True  # the upstream connection may serve another request
@@ -392,13 +391,7 @@ class HubRelay:
         else:
             out = b"%x\r\n%s\r\n" % (len(data), data) if self.frame else data
         if data:
-            self.size += len(data)
-            cap = self.cap
-            if self.size <= self.relays.max_capture:
-                cap.times.append(now)
-                cap.reads.append(data)
-            else:
-                cap.truncated = True
+            self.cap.keep(now, data, self.relays.max_capture)
         return out
 
     def _send(self, buf: bytes) -> None:

@@ -317,7 +317,6 @@ class Recorder:
         if client.close_connection:
             lines.append("Connection: close")
         self.in_flight += 1
-        size = 0
         try:
             client.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             client.headers_sent = True
@@ -337,12 +336,7 @@ class Recorder:
                     if chunked:
                         client.send(b"0\r\n\r\n")
                     break
-                size += len(data)
-                if size <= MAX_CAPTURE_BYTES:
-                    cap.times.append(now)
-                    cap.reads.append(data)
-                else:
-                    cap.truncated = True
+                cap.keep(now, data, self.max_capture)
                 client.send(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
         except OSError:
             cap.outcome = "client_disconnect"

@@ -65,6 +65,7 @@ class Capture:
     detail: str | None = None
     truncated: bool = False
     info: RequestInfo | None = None  # read_request() of path, query and body (analysis side)
+    received: int = 0  # response body bytes read so far, kept or not (proxy side only)
 
     _WIRE = ("time", "start", "method", "path", "query", "body", "secrets", "status",
              "headers", "reads", "times", "chunked", "first_byte", "end", "outcome", "detail",
@@ -79,6 +80,16 @@ class Capture:
     def from_wire(cls, data: bytes) -> Capture:
         """The capture `to_wire` wrote (same interpreter: the analysis process is a fork)."""
         return cls(**dict(zip(cls._WIRE, marshal.loads(data), strict=True)))
+
+    def keep(self, now: float, data: bytes, limit: int) -> None:
+        """Keep one upstream read and its arrival while the body read so far is within `limit`
+        bytes; past it, only mark the capture truncated (the read is still forwarded)."""
+        self.received += len(data)
+        if self.received <= limit:
+            self.times.append(now)
+            self.reads.append(data)
+        else:
+            self.truncated = True
 
     @property
     def chunks(self) -> list[tuple[float, bytes]]:
