@@ -529,6 +529,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "coalesce_ms",
+        _float,
+        2.0,
+        "Under load, the stream loop's longest wait between sweeps: events due within it "
+        "leave together (each its own write), sharing wake-ups. Grows with the event rate "
+        "from 0.25 ms to this at 20,000 events/s; an idle server stays exact. 0: always "
+        "0.25 ms.",
+        _at_least(0),
+        "MS",
+    ),
+    Option(
         "request_log_size",
         _int,
         256,
@@ -843,6 +854,7 @@ class Settings:
     chunk_tokens: str | None = None
     context_window: int = 128_000
     max_output_tokens: int = 32_768
+    coalesce_ms: float = 2.0
     request_log_size: int = 256
     engine: str = "api"
     replicas: int = 1

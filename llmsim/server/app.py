@@ -254,6 +254,9 @@ def create_app(
                 "in_flight": len(loop),
                 "sweeps": loop.sweeps,
                 "fired": loop.fired,
+                # The wait between sweeps in force (--coalesce-ms) and the rate it follows.
+                "window_ms": round(loop.window * 1000, 3),
+                "events_per_s": round(loop.rate, 1),
                 "lateness": loop.lateness.snapshot(),
             }
         policy = gcpolicy.active()

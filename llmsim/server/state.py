@@ -63,7 +63,10 @@ class ServerState:
 
     def stream_loop(self) -> StreamLoop:
         if self.loop is None:
-            self.loop = StreamLoop(log_size=self.settings.request_log_size)
+            self.loop = StreamLoop(
+                log_size=self.settings.request_log_size,
+                coalesce_s=self.settings.coalesce_ms / 1000.0,
+            )
         return self.loop
 
     engines: EnginePool | None = None  # --engine vllm: this worker's replicas
