@@ -21,7 +21,10 @@ of each point with each hand-over order, from the replay's own first tokens.
 
 --seeds: every reference's errors (the all-at-once A100 and H100 points with their tails, the
 Poisson references and the issue's own workload, engine_fidelity.py --no-server) with the FIFO
-hand-over, then with the random one under each seed: its median and range over the seeds.
+hand-over, then with the random one under each seed: its median and range over the seeds; for
+the all-at-once points also with the published order (the requests handed over in the order of
+their published prefill groups, in send order within a group: what a perfect model of the
+order would give, an upper bound for any order model).
 """
 
 from __future__ import annotations
@@ -43,10 +46,14 @@ from engine_reference import (
     TAILS,
     check,
     engine_options,
+    errors,
+    figures,
     load_reference,
+    published_tails,
     replay_sim,
+    tail_errors,
 )
-from engine_sim import set_handover
+from engine_sim import replica_for, set_handover, simulate
 
 # Shuffles of the group labels that give a random order's spread of Spearman's rho.
 SHUFFLES = 200
@@ -147,6 +154,41 @@ def print_order_stats(seeds: list[int]) -> None:
     set_handover()
 
 
+def published_order(ttfts_ms: list[float], outs: list[int]) -> list[int]:
+    """The send indices in the order of their published prefill groups, send order within a
+    group; a reply of 0 tokens (no first token) goes with the request sent before it."""
+    keep = [i for i, o in enumerate(outs) if o > 0]
+    g = group_of(ttfts_ms, keep)
+    group, last = [], g[keep[0]]
+    for i in range(len(outs)):
+        last = g.get(i, last)
+        group.append(last)
+    return sorted(range(len(outs)), key=lambda i: (group[i], i))
+
+
+def _published_order_errors(name: str) -> dict[str, float]:
+    """The all-at-once points replayed with the requests handed over in the published order."""
+    ref = load_reference(name)
+    engine = engine_options(ref)
+    out: dict[str, float] = {}
+    set_handover("fifo", None)
+    for pt in ref["points"]:
+        n, ins, outs = pt["num_prompts"], pt["input_lens"], pt["output_lens"]
+        order = published_order(pt["ttfts_ms"], outs)
+        # All at t = 0, added in that order: the FIFO front end hands them over so.
+        reqs = [(0.0, ins[i], max(1, outs[i]), list(range(i * 10_000, i * 10_000 + ins[i])))
+                for i in order]  # fmt: skip
+        res = simulate(replica_for(ref["preset"], **engine), reqs)
+        back: list = [None] * n
+        for k, i in enumerate(order):
+            back[i] = res[k]
+        f = figures(back, outs)
+        e = {**errors(f, pt), **tail_errors(f, published_tails(pt))}
+        for k, v in e.items():
+            out[f"N={n} {k}"] = v
+    return out
+
+
 def _quiet(fn, *args):
     with contextlib.redirect_stdout(io.StringIO()):
         return fn(*args)
@@ -191,6 +233,7 @@ def compare(names: list[str], seeds: list[int], json_path: Path) -> None:
             set_handover("random", s)
             rand.append(_errors(name))
         set_handover()
+        pub = _published_order_errors(name) if name in REFERENCES else {}
         relative = name == "fidelity"  # its figures are values: compare random with FIFO
         what = "figures; random: change against FIFO" if relative else (
             "errors against vLLM: FIFO; random: median [range]")  # fmt: skip
@@ -204,8 +247,11 @@ def compare(names: list[str], seeds: list[int], json_path: Path) -> None:
             else:
                 head = f"{f:+7.1%}"
             med = statistics.median(vals)
-            print(f"  {k:34} {head}   random {med:+7.1%} [{min(vals):+6.1%} .. {max(vals):+6.1%}]")
-            rows[k] = {"fifo": f, "random": vals}
+            tail = f"   published order {pub[k]:+7.1%}" if k in pub else ""
+            print(f"  {k:34} {head}   random {med:+7.1%} [{min(vals):+6.1%} .. {max(vals):+6.1%}]"
+                  + tail)  # fmt: skip
+            rows[k] = {"fifo": f, "random": vals, **({"published_order": pub[k]} if k in pub
+                                                       else {})}  # fmt: skip
         result[name] = rows
     json_path.write_text(json.dumps({"seeds": seeds, "results": result}, indent=1))
 
