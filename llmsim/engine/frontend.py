@@ -11,13 +11,13 @@ vLLM v0.6.0's published per-request times show (docs/engine.md, "reference"): at
 first token came within 8 ms of the others, at N = 80 none before 0.69 s. A request alone (or
 arriving once the front end is idle) reaches the engine after its own cost.
 
-The order of a hand-over (`order`): "fifo" hands the requests of one hand-over to the engine in
-the order they arrived; "random" in a seeded random order. vLLM v0.6.0's API server did not keep
-the send order of a large burst (its published first tokens at N >= 80 go first to a block from
-the burst's middle: docs/engine.md, "The order of a burst"); each request reaches the engine
-through its own socket, fair-queued by an in-process proxy, so the order the engine sees is not
-the order of the intake. Only requests handed over at the same instant are reordered: a request
-alone, or Poisson arrivals whose intakes do not overlap, keep their order.
+The order of a hand-over (`order`): "fifo" (the default) hands the requests of one hand-over to
+the engine in the order they arrived; "random" in a seeded uniform random order. vLLM v0.6.0's
+API server kept the send order of bursts up to 40 requests but not of larger ones (its published
+first tokens at N >= 80 go first to a block from the burst's middle, then from request 0 on:
+docs/engine.md, "The order of a burst"); "random" is a stand-in for that, more disordered than
+vLLM was, not a model of its mechanism. Only requests handed over at the same instant are
+reordered: a request alone, or Poisson arrivals whose intakes do not overlap, keep their order.
 
 Nothing here sleeps or runs per request: two queues of (time, job) and the end time of the last
 arrival's intake.
