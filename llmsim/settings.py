@@ -659,7 +659,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "fifo",
         "Order in which the API server hands the requests of one burst (taken in together) "
         "to the engine's waiting queue: fifo (as sent) or random (shuffled, repeatable with "
-        "--seed); requests that arrive apart keep their order.",
+        "--seed); requests that arrive apart keep their order, and without a front end (both "
+        "its costs 0) nothing is reordered.",
         _choice(HANDOVER_ORDERS),
         "fifo|random",
     ),

@@ -286,6 +286,18 @@ def test_multi_step_refuses_chunked_prefill() -> None:
 # -- settings and the CLI -------------------------------------------------------------------
 
 
+def test_the_hand_over_order_is_a_setting_that_reaches_the_replicas() -> None:
+    from llmsim.server.config import vllm_config
+    from llmsim.settings import load_settings
+
+    s = load_settings(env={"LLMSIM_FRONTEND_HANDOVER_ORDER": "random"})
+    assert s.frontend_handover_order == "random"
+    assert vllm_config(s).replica_config().frontend_handover_order == "random"
+    assert load_settings(env={}).frontend_handover_order == "fifo"
+    with pytest.raises(ValueError, match="fifo, random"):
+        load_settings(env={}, overrides={"frontend_handover_order": "lifo"})
+
+
 def test_flags_are_one_block_of_the_settings_table_and_in_the_help() -> None:
     names = [o.name for o in SERVE_OPTIONS]
     i = names.index(MULTI_STEP_FLAGS[0])
