@@ -51,7 +51,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_sim import Result, pct, replica_for, simulate
+from engine_sim import Result, handover_order, pct, replica_for, set_handover, simulate
 
 from llmsim.engine.scheduler import Replica
 from llmsim.engine.steptime import StepTimeModel, load_preset
@@ -89,6 +89,7 @@ def serve_flags(ref: dict) -> tuple[str, ...]:
         "--num-scheduler-steps", str(SCHEDULER_STEPS),
         "--max-num-batched-tokens", str(e["max_num_batched_tokens"]),
         "--max-model-len", str(e["max_model_len"]),
+        "--frontend-handover-order", handover_order(),
     )  # fmt: skip
 
 
@@ -536,8 +537,20 @@ def main() -> int:
         help="Poisson references: replies mapped onto the reference's mean and "
         "median (default), scaled to its mean, or as sampled",
     )
+    p.add_argument(
+        "--frontend-handover-order",
+        choices=("fifo", "random"),
+        default="fifo",
+        help="the order in which the front end hands a burst to the engine (as llmsim serve's "
+        "flag; pure simulation only)",
+    )
+    p.add_argument(
+        "--handover-seed", type=int, default=None,
+        help="seed of each replica's generator, so of a random hand-over order",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
     a = p.parse_args()
+    set_handover(a.frontend_handover_order, a.handover_seed)
     names = [*REFERENCES, *POISSON_REFERENCES] if a.reference == "all" else [a.reference]
     # The fits use the all-at-once runs' per-request data.
     if a.fit or a.fit_frontend or a.fit_prefill:

@@ -45,8 +45,29 @@ class _Collect(SeqListener):
         self.results[seq.request_id].tokens.extend([now] * n)
 
 
+# The front end's hand-over order every replica_for replica gets unless told otherwise, and the
+# seed of its replica's generator (None: Replica's default); set_handover sets them for a run.
+_HANDOVER: dict = {"order": "fifo", "seed": None}
+
+
+def set_handover(order: str = "fifo", seed: int | None = None) -> None:
+    """Make every later `replica_for` replica hand bursts over in `order` ("fifo" or
+    "random"), its generator seeded with `seed`: how the benchmarks' --frontend-handover-order
+    and --handover-seed reach every replica of a run."""
+    _HANDOVER.update(order=order, seed=seed)
+
+
+def handover_order() -> str:
+    """The hand-over order set_handover set (the server checks pass it on as a flag)."""
+    return _HANDOVER["order"]
+
+
 def replica_for(preset: str = "llama-3-8b-a100", **overrides) -> Replica:
+    """A replica of `preset` with its own options, `overrides` replacing any ReplicaConfig
+    field (the front end's hand-over order from set_handover unless given)."""
     p = load_preset(preset)
+    overrides.setdefault("frontend_handover_order", _HANDOVER["order"])
+    seed = _HANDOVER["seed"]
     block_size = overrides.pop("block_size", 16)
     cfg = ReplicaConfig(
         max_num_seqs=overrides.pop("max_num_seqs", p.max_num_seqs),
@@ -62,7 +83,7 @@ def replica_for(preset: str = "llama-3-8b-a100", **overrides) -> Replica:
         ),
         **overrides,
     )
-    return Replica(cfg, p.step_time)
+    return Replica(cfg, p.step_time, rng=None if seed is None else random.Random(seed))
 
 
 def simulate(replica: Replica, requests: list[tuple[float, int, int, list[int]]]) -> list[Result]:

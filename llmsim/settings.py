@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from llmsim.engine.frontend import HANDOVER_ORDERS
 from llmsim.engine.generators import make_generator
 from llmsim.engine.profiles import DISTRIBUTIONS, PROFILES
 from llmsim.engine.steptime import preset_names
@@ -663,6 +664,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _finite_at_least(0),
         "US",
     ),
+    Option(
+        "frontend_handover_order",
+        str,
+        "fifo",
+        "Order in which the API server hands the requests of one burst (taken in together) "
+        "to the engine's waiting queue: fifo (as sent) or random (shuffled, repeatable with "
+        "--seed); requests that arrive apart keep their order, and without a front end (both "
+        "its costs 0) nothing is reordered.",
+        _choice(HANDOVER_ORDERS),
+        "fifo|random",
+    ),
     # Record, calibrate, replay (llmsim.record): behave like a recorded provider.
     Option(
         "profile_file",
@@ -870,6 +882,7 @@ class Settings:
     num_scheduler_steps: int = 1
     frontend_ms_per_request: float | None = None
     frontend_us_per_prompt_token: float | None = None
+    frontend_handover_order: str = "fifo"
     profile_file: str | None = None
     replay: str | None = None
     api_keys: list[str] = field(default_factory=list)

@@ -6,6 +6,7 @@ On a fake clock (the replica and the front end are pure bookkeeping), then throu
 
 from __future__ import annotations
 
+import random
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ MULTI_STEP_FLAGS = (
     "num_scheduler_steps",
     "frontend_ms_per_request",
     "frontend_us_per_prompt_token",
+    "frontend_handover_order",
 )
 
 
@@ -80,6 +82,78 @@ def test_front_end_takes_a_burst_in_serially_and_hands_it_over_together() -> Non
     assert done == [("a", pytest.approx(1.010)), ("b", pytest.approx(1.045)),
                     ("c", pytest.approx(1.045))]  # fmt: skip
     assert fe.next_done() is None and len(fe) == 0
+
+
+def _handover(order: str, arrivals: list[float], seed: int = 1) -> list[tuple[str, float]]:
+    """The (job, hand-over time) of requests r0, r1, ... arriving at `arrivals`, 10 ms each."""
+    done: list[tuple[str, float]] = []
+    fe = FrontEnd(per_request_s=0.010, order=order, rng=random.Random(seed))
+    for i, t in enumerate(arrivals):
+        fe.add(f"r{i}", 100, t, lambda job, at: done.append((job, at)))
+    fe.advance(1e9, lambda job, at: done.append((job, at)))
+    assert len(fe) == 0 and fe.next_done() is None
+    return done
+
+
+BURST_50 = [i * 0.0001 for i in range(50)]  # 50 sent within 5 ms: one burst, 500 ms of intake
+
+
+def test_a_random_hand_over_is_a_seeded_permutation_of_the_burst() -> None:
+    fifo = _handover("fifo", BURST_50)
+    shuffled = _handover("random", BURST_50, seed=1)
+    names = [f"r{i}" for i in range(50)]
+    assert [j for j, _ in fifo] == names  # FIFO: as sent
+    # Random: every request once, nothing lost or duplicated, all at the burst's end...
+    assert sorted(j for j, _ in shuffled) == sorted(names)
+    assert all(t == pytest.approx(0.5) for _, t in shuffled + fifo)
+    # ...in another order (a 50-request permutation is the identity with odds 1 in 50!), the
+    # same under the same seed and not under another.
+    order = [j for j, _ in shuffled]
+    assert order != names
+    assert [j for j, _ in _handover("random", BURST_50, seed=1)] == order
+    assert [j for j, _ in _handover("random", BURST_50, seed=2)] != order
+    with pytest.raises(ValueError, match="hand-over order"):
+        FrontEnd(order="lifo")
+
+
+def test_a_random_hand_over_leaves_requests_that_arrive_apart_in_order() -> None:
+    # A request alone: after its own intake, as with FIFO.
+    assert _handover("random", [2.0]) == [("r0", pytest.approx(2.010))]
+    # Poisson-like arrivals, each after the previous one's intake ended: one hand-over each,
+    # so nothing to reorder, whatever the seed.
+    rng = random.Random(7)
+    t, spaced = 0.0, []
+    for _ in range(40):
+        t += 0.011 + rng.expovariate(50.0)
+        spaced.append(t)
+    for seed in range(5):
+        got = _handover("random", spaced, seed)
+        assert got == _handover("fifo", spaced), seed
+        assert [j for j, _ in got] == [f"r{i}" for i in range(40)]
+    # Two bursts apart: each is shuffled within itself, the second stays behind the first.
+    two = _handover("random", [0.0, 0.001, 0.002, 1.0, 1.001, 1.002], seed=3)
+    assert sorted(j for j, _ in two[:3]) == ["r0", "r1", "r2"]
+    assert sorted(j for j, _ in two[3:]) == ["r3", "r4", "r5"]
+
+
+def test_replica_with_a_random_hand_over_queues_a_permutation_reproducibly() -> None:
+    def waiting(order: str, seed: int) -> list[str]:
+        cfg = ReplicaConfig(
+            num_gpu_blocks=1000, max_model_len=4096, chunked_prefill=False,
+            frontend_s_per_request=0.010, frontend_handover_order=order,
+        )  # fmt: skip
+        r = Replica(cfg, FLAT, rng=random.Random(seed))
+        for i in range(30):
+            r.add(Seq(f"r{i}", 8, 2), i * 0.0001)
+        r.frontend.advance(1.0, r._join)  # the burst reaches the waiting queue
+        assert all(s.engine_at == pytest.approx(0.300) for s in r.waiting)
+        return [s.request_id for s in r.waiting]
+
+    names = [f"r{i}" for i in range(30)]
+    assert waiting("fifo", 1) == waiting("fifo", 2) == names
+    got = waiting("random", 1)
+    assert sorted(got) == sorted(names) and got != names
+    assert waiting("random", 1) == got and waiting("random", 2) != got
 
 
 def test_requests_reach_the_waiting_queue_after_the_front_end() -> None:
@@ -212,10 +286,22 @@ def test_multi_step_refuses_chunked_prefill() -> None:
 # -- settings and the CLI -------------------------------------------------------------------
 
 
+def test_the_hand_over_order_is_a_setting_that_reaches_the_replicas() -> None:
+    from llmsim.server.config import vllm_config
+    from llmsim.settings import load_settings
+
+    s = load_settings(env={"LLMSIM_FRONTEND_HANDOVER_ORDER": "random"})
+    assert s.frontend_handover_order == "random"
+    assert vllm_config(s).replica_config().frontend_handover_order == "random"
+    assert load_settings(env={}).frontend_handover_order == "fifo"
+    with pytest.raises(ValueError, match="fifo, random"):
+        load_settings(env={}, overrides={"frontend_handover_order": "lifo"})
+
+
 def test_flags_are_one_block_of_the_settings_table_and_in_the_help() -> None:
     names = [o.name for o in SERVE_OPTIONS]
     i = names.index(MULTI_STEP_FLAGS[0])
-    assert tuple(names[i : i + 3]) == MULTI_STEP_FLAGS
+    assert tuple(names[i : i + len(MULTI_STEP_FLAGS)]) == MULTI_STEP_FLAGS
     run = [sys.executable, "-m", "llmsim", "serve", "--port", "0"]
     procs = {
         "help": subprocess.Popen([*run, "--help"], stdout=subprocess.PIPE, text=True),
@@ -228,7 +314,8 @@ def test_flags_are_one_block_of_the_settings_table_and_in_the_help() -> None:
     }
     out = {k: p.communicate(timeout=60) for k, p in procs.items()}
     for flag in ("--num-scheduler-steps", "--frontend-ms-per-request",
-                 "--frontend-us-per-prompt-token", "LLMSIM_NUM_SCHEDULER_STEPS"):  # fmt: skip
+                 "--frontend-us-per-prompt-token", "--frontend-handover-order fifo|random",
+                 "LLMSIM_NUM_SCHEDULER_STEPS"):  # fmt: skip
         assert flag in out["help"][0].replace("\n", " ").replace("  ", ""), flag
     err = out["both"][1]
     assert procs["both"].returncode == 2, err
@@ -251,6 +338,7 @@ def multi_step_server():
     server = start_server(
         "--engine", "vllm", "--seed", "1", "--no-enable-chunked-prefill",
         "--num-scheduler-steps", "4", "--frontend-ms-per-request", str(FRONTEND_MS),
+        "--frontend-handover-order", "random",
     )  # fmt: skip
     try:
         yield server
@@ -291,6 +379,7 @@ def test_server_streams_a_round_of_tokens_at_once(multi_step_server, client) -> 
     engine = client.get(multi_step_server.url + "/llmsim/stats").json()["engine"]
     assert engine["num_scheduler_steps"] == 4 and engine["frontend_ms_per_request"] == FRONTEND_MS
     assert engine["replicas"][0]["in_frontend"] == 0 and not engine["chunked_prefill"]
+    assert engine["frontend_handover_order"] == "random"
     gaps = [b - a for a, b in zip(list(per_step), list(per_step)[1:], strict=False)]
     # A round is 4 steps of ~11 ms (llama-3-8b-a100, one sequence).
     assert all(30 < g < 80 for g in gaps[1:]), gaps

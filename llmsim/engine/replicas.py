@@ -57,6 +57,7 @@ class VllmConfig:
     num_scheduler_steps: int = 1
     frontend_ms_per_request: float | None = None  # None: the preset's
     frontend_us_per_prompt_token: float | None = None
+    frontend_handover_order: str = "fifo"
 
     @property
     def preset_data(self) -> Preset:
@@ -83,6 +84,7 @@ class VllmConfig:
             num_scheduler_steps=self.num_scheduler_steps,
             frontend_s_per_request=self.frontend_per_request_ms() / 1e3,
             frontend_s_per_prompt_token=self.frontend_per_token_us() / 1e6,
+            frontend_handover_order=self.frontend_handover_order,
         )
 
     def frontend_per_request_ms(self) -> float:

@@ -27,8 +27,8 @@ The semantics follow vLLM V1's scheduler (`vllm/v1/core/sched/scheduler.py`):
 
 With a front end (`frontend_s_per_request` / `frontend_s_per_prompt_token`, vLLM's API server
 process; llmsim.engine.frontend) a request added at t reaches the waiting queue only when the
-front end has taken it in and handed it over (a burst together, after all of its intake);
-`next_intake()` says when.
+front end has taken it in and handed it over (a burst together, after all of its intake, in
+arrival order or with `frontend_handover_order` "random" shuffled); `next_intake()` says when.
 
 A sequence produces a token at the end of each step in which its computed tokens reach its
 full length (prompt plus tokens produced so far): that is its first token after the prefill,
@@ -65,6 +65,8 @@ class ReplicaConfig:
     num_scheduler_steps: int = 1
     frontend_s_per_request: float = 0.0
     frontend_s_per_prompt_token: float = 0.0
+    # The order the front end hands a burst to the engine: "fifo" or "random" (seeded).
+    frontend_handover_order: str = "fifo"
 
 
 # vLLM 0.6's refusal (EngineArgs.create_engine_config), in its words.
@@ -202,10 +204,17 @@ class Replica:
         self.kv = KVCache(config.num_gpu_blocks, config.block_size, config.prefix_caching)
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
-        self.frontend = FrontEnd(config.frontend_s_per_request, config.frontend_s_per_prompt_token)
         self._round = 1  # steps in the round in flight
         self.counters = ReplicaCounters()
         self._rng = rng or random.Random(0)
+        # A random hand-over order draws from its own generator, seeded from the replica's
+        # (so a seeded server repeats it); FIFO draws nothing, leaving the jitter's draws as
+        # they were.
+        order = config.frontend_handover_order
+        fe_rng = random.Random(self._rng.getrandbits(64)) if order == "random" else None
+        self.frontend = FrontEnd(
+            config.frontend_s_per_request, config.frontend_s_per_prompt_token, order, fe_rng
+        )
         self._scheduled: list[tuple[Seq, int]] = []
         self.busy_until: float | None = None  # end of the step in flight
         self.last_step_tokens = 0

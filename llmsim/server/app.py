@@ -278,6 +278,7 @@ def create_app(
                 "num_scheduler_steps": rc.num_scheduler_steps,
                 "frontend_ms_per_request": round(rc.frontend_s_per_request * 1e3, 6),
                 "frontend_us_per_prompt_token": round(rc.frontend_s_per_prompt_token * 1e6, 6),
+                "frontend_handover_order": rc.frontend_handover_order,
                 "replicas": state.shared.engine_stats.replica_rows(),
             }
         snap["rate_limits"] = state.limiter.snapshot()

@@ -93,4 +93,5 @@ def vllm_config(settings: Settings) -> VllmConfig:
         num_scheduler_steps=settings.num_scheduler_steps,
         frontend_ms_per_request=settings.frontend_ms_per_request,
         frontend_us_per_prompt_token=settings.frontend_us_per_prompt_token,
+        frontend_handover_order=settings.frontend_handover_order,
     )
