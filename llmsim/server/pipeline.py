@@ -390,9 +390,17 @@ def _respond(p: Planned) -> Response:
     )  # fmt: skip
     engine = state.engine
     loop = state.stream_loop()
-    gen.reply, gen.start = reply, start
     # Queue wait and prefill push the first token back; the planned TTFT says so.
     first_s = (gen.cap.waited_s if gen.cap is not None else 0.0) + reply.first_s
+    # The plan counts from the request's arrival (arrival.py), so a wait before its handler
+    # ran is inside its TTFT. A request read so late that even its first token is overdue
+    # starts its plan from now instead: its stream keeps its shape rather than sending its
+    # overdue tokens back to back, and its client waits, as it would for a busy server.
+    overdue = time.monotonic() - (start + first_s)
+    if overdue > 0:
+        start += overdue
+        p.start = start
+    gen.reply, gen.start = reply, start
     pool = gen.cap.pool if gen.cap is not None else None
     clock = TokenClock(engine.timing_for(req.model), reply.tbt_s, engine.rng)
     schedule = TokenSchedule(first_s, clock, pool)

@@ -16,6 +16,7 @@ from typing import TextIO
 
 from llmsim import __version__
 from llmsim.engine.tokens import preload_encodings
+from llmsim.server import arrival
 from llmsim.server.peer_logs import PeerLogs
 from llmsim.server.state import Shared
 from llmsim.server.supervisor import Supervisor
@@ -42,6 +43,9 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise ServeError(f"port {port} on {host} is already in use") from None
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # Accepted connections inherit it: their first segments are stamped on arrival too, even
+    # if they arrive before the worker accepts them (arrival.py).
+    arrival.enable_stamps(sock)
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
@@ -95,15 +99,24 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass  # not TCP (e.g. a unix socket in tests)
+            if rfile is None:  # one whose reads keep the kernel's receive times (arrival.py)
+                rfile = arrival.stamped_rfile(sock)
             super().__init__(sock, address, server, rfile)
             self.busy = False
             self.served = 0
             self.head_timer = None
             self.arrived = 0.0
+            self.ready_at = 0.0  # the earliest the connection's next request can have come
+            self.sent_all_at = 0.0  # when the stream loop sent a response's last bytes
             server.handlers.add(self)
 
         def handle_one_request(self):
             self.busy = False  # between requests: a keep-alive connection waiting to be read
+            if self.served:
+                # When the last response's last bytes left (the stream loop writes them, and
+                # this greenlet may wake up later), or now.
+                self.ready_at = self.sent_all_at or time.monotonic()
+                self.sent_all_at = 0.0
             if self.served and self.rfile is not None and not self.rfile.closed:
                 # Idle keep-alive: wait for the next request's first byte, at most idle_s.
                 started = None
@@ -137,9 +150,10 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
 
         def read_request(self, raw_requestline):
             self.busy = True
-            # The request's clock starts when its first line is in, not after the headers and
-            # the environ are built (~0.1-0.3 ms here): a real server's TTFT counts from arrival.
-            self.arrived = time.monotonic()
+            # The request's clock starts when its first line arrived (the kernel's receive
+            # stamp, arrival.py), not when it was read or after the headers and the environ
+            # are built: a real server's TTFT counts from arrival, a wait in the socket included.
+            self.arrived = arrival.arrival(self.rfile, self.ready_at, time.monotonic())
             return super().read_request(raw_requestline)
 
         def get_environ(self):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -98,6 +99,12 @@ class SocketSink:
             h.response_use_chunked = False
         else:
             buf = b"%x\r\n%s\r\n" % (len(data), data)
+        if last:
+            # The response's last bytes leave now: the connection's next request cannot have
+            # been sent before this (runner.py starts its clock no earlier), however late the
+            # parked handler wakes up to read it. Taken before the send, which the client may
+            # answer before this process runs again.
+            h.sent_all_at = time.monotonic()
         if self._pending is not None:  # still flushing what a full socket held back
             self._pending += bytes(buf)
             return BLOCKED
