@@ -1,10 +1,11 @@
 """The stream loop: one scheduler per worker process owns every response in flight.
 
 A heap of deadlines and one timer. At each wake-up every entry that is due fires: a stream
-renders its next event and writes it with one non-blocking send; only a socket whose buffer is
-full gets a write watcher (backpressure), and a failed write ends that stream at once (its
-capacity slot, rate-limit reservation and stats are freed by its owner's `ended`). No greenlet
-runs per token: handler greenlets stay parked until their response is over.
+renders its next event and writes it with one non-blocking send (a socket sink holds its
+writes while the sweep runs and the sweep sends them back to back at its end, `outbox`); only a
+socket whose buffer is full gets a write watcher (backpressure), and a failed write ends that
+stream at once (its capacity slot, rate-limit reservation and stats are freed by its owner's
+`ended`). No greenlet runs per token: handler greenlets stay parked until their response is over.
 
 Deadlines, not sleeps: a source returns the absolute time of its next event, computed from the
 request's arrival, so a late wake-up never shifts later events. A late event is still written on
@@ -76,6 +77,10 @@ RATE_PERIOD_S = 0.1
 # A sweep that keeps finding overdue events hands control back to the hub after this many, so
 # new requests and other I/O are served even when the loop is behind.
 MAX_FIRES_PER_SWEEP = 2000
+# Sinks may hold their writes while a sweep runs (server/takeover.py); the sweep sends them back
+# to back once this many hold some, and at its end, so no write waits for more than this many
+# others to be rendered first (~0.3 ms).
+OUTBOX_MAX = 32
 
 # Results of Sink.send.
 SENT, BLOCKED, GONE = 0, 1, 2
@@ -261,6 +266,8 @@ class StreamLoop:
         self._timer_for = float("inf")  # the target the timer is armed for
         self._last_sweep = 0.0
         self._sweeping = False
+        self.sweeping = False  # a sink's writes may wait in `outbox` for the sweep's end
+        self.outbox: list[Any] = []  # sinks holding writes (flush_held) until flush_outbox
         self.sweeps = 0
         self.fired = 0
 
@@ -341,11 +348,24 @@ class StreamLoop:
     def sweep(self) -> None:
         """Fire every entry that is due now (each once: the next event of a stream that is
         still overdue goes out in its own write, straight after)."""
-        self._sweeping = True
+        self._sweeping = self.sweeping = True
         try:
             self._sweep()
         finally:
-            self._sweeping = False
+            self._sweeping = self.sweeping = False
+            self.flush_outbox()
+
+    def flush_outbox(self) -> None:
+        """Send every write the sinks held during the sweep, back to back."""
+        box = self.outbox
+        if not box:
+            return
+        self.outbox = []
+        for sink in box:
+            try:
+                sink.flush_held()
+            except Exception:
+                log.exception("stream loop write failed")
 
     def _sweep(self) -> None:
         heap = self._heap
@@ -367,6 +387,8 @@ class StreamLoop:
                 if abort is not None:
                     abort()
                 continue
+            if len(self.outbox) >= OUTBOX_MAX:
+                self.flush_outbox()
             if nxt is not None:
                 push(heap, (nxt, next(seq), entry))
                 if nxt > horizon:
