@@ -265,8 +265,9 @@ class StreamLoop:
         self._timer: Any = None
         self._timer_for = float("inf")  # the target the timer is armed for
         self._last_sweep = 0.0
-        self._sweeping = False
-        self.sweeping = False  # a sink's writes may wait in `outbox` for the sweep's end
+        # A sweep is running (catch_up must not start another); a sink's writes may then wait
+        # in `outbox` for the sweep's end.
+        self.sweeping = False
         self.outbox: list[Any] = []  # sinks holding writes (flush_held) until flush_outbox
         self.sweeps = 0
         self.fired = 0
@@ -289,7 +290,7 @@ class StreamLoop:
         back for the whole burst. This bounds that wait to about one handler step.
         """
         heap = self._heap
-        if not heap or self._sweeping:
+        if not heap or self.sweeping:
             return
         now = self.clock()
         # Within the coalescing window of the last sweep, what is due waits for the timer:
@@ -348,11 +349,11 @@ class StreamLoop:
     def sweep(self) -> None:
         """Fire every entry that is due now (each once: the next event of a stream that is
         still overdue goes out in its own write, straight after)."""
-        self._sweeping = self.sweeping = True
+        self.sweeping = True
         try:
             self._sweep()
         finally:
-            self._sweeping = self.sweeping = False
+            self.sweeping = False
             self.flush_outbox()
 
     def flush_outbox(self) -> None:
