@@ -35,7 +35,16 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_sim import Result, pct, replica_for, run_open_loop, set_handover, simulate, summary
+from engine_sim import (
+    Result,
+    add_handover_args,
+    pct,
+    replica_for,
+    run_open_loop,
+    set_handover,
+    simulate,
+    summary,
+)
 from locust_common import Procs
 
 from llmsim.engine.steptime import load_preset
@@ -402,11 +411,7 @@ def main() -> int:
         "--server-rates", type=float, nargs="+", default=None,
         help="loads (req/s) to check through the server (default: 2 6 12 16 and 32)",
     )  # fmt: skip
-    p.add_argument(
-        "--frontend-handover-order", choices=("fifo", "random"), default="fifo",
-        help="the front end's hand-over order of the simulated replicas (llmsim serve's flag)",
-    )  # fmt: skip
-    p.add_argument("--handover-seed", type=int, default=None, help="their generators' seed")
+    add_handover_args(p)
     a = p.parse_args()
     set_handover(a.frontend_handover_order, a.handover_seed)
     scale = 0.5 if a.quick else 1.0

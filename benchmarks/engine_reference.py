@@ -51,7 +51,15 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_sim import Result, handover_order, pct, replica_for, set_handover, simulate
+from engine_sim import (
+    Result,
+    add_handover_args,
+    handover_order,
+    pct,
+    replica_for,
+    set_handover,
+    simulate,
+)
 
 from llmsim.engine.scheduler import Replica
 from llmsim.engine.steptime import StepTimeModel, load_preset
@@ -537,17 +545,7 @@ def main() -> int:
         help="Poisson references: replies mapped onto the reference's mean and "
         "median (default), scaled to its mean, or as sampled",
     )
-    p.add_argument(
-        "--frontend-handover-order",
-        choices=("fifo", "random"),
-        default="fifo",
-        help="the order in which the front end hands a burst to the engine (as llmsim serve's "
-        "flag; pure simulation only)",
-    )
-    p.add_argument(
-        "--handover-seed", type=int, default=None,
-        help="seed of each replica's generator, so of a random hand-over order",
-    )  # fmt: skip
+    add_handover_args(p)
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_reference.json"))
     a = p.parse_args()
     set_handover(a.frontend_handover_order, a.handover_seed)

@@ -6,10 +6,12 @@ gaps and TPOT come out of the schedule, as they do through `llmsim serve --engin
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 from dataclasses import dataclass, field
 
+from llmsim.engine.frontend import HANDOVER_ORDERS
 from llmsim.engine.scheduler import Replica, ReplicaConfig, Seq, SeqListener
 from llmsim.engine.steptime import load_preset
 
@@ -55,6 +57,20 @@ def set_handover(order: str = "fifo", seed: int | None = None) -> None:
     "random"), its generator seeded with `seed`: how the benchmarks' --frontend-handover-order
     and --handover-seed reach every replica of a run."""
     _HANDOVER.update(order=order, seed=seed)
+
+
+def add_handover_args(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' --frontend-handover-order and --handover-seed (apply them with
+    `set_handover(args.frontend_handover_order, args.handover_seed)`)."""
+    parser.add_argument(
+        "--frontend-handover-order", choices=HANDOVER_ORDERS, default="fifo",
+        help="the order in which the simulated front end hands a burst to the engine "
+        "(as llmsim serve's flag)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--handover-seed", type=int, default=None,
+        help="seed of each replica's generator, so of a random hand-over order",
+    )  # fmt: skip
 
 
 def handover_order() -> str:

@@ -17,10 +17,11 @@ reader to core 1 (taskset). Phases:
            with one gevent.sleep per token (serve_baselines.py paced). Ratio against the floor.
   1000     1,000 concurrent streams of the same timing on one worker: TTFT and gap
            percentiles, server CPU.
-  Both llmsim phases run twice: with the default coalescing window and with
-  --coalesce-ms 0, so the window's effect is measured in the same run.
   idle     50 sequential streams, one at a time: how late the first event left the server
            against its plan, from the server's own event log (GET /llmsim/requests/{id}).
+
+The paced and 1000 phases run llmsim twice: with the default coalescing window and with
+--coalesce-ms 0, so the window's effect is measured in the same run.
 
 Prints a table and, last, one JSON line (`LOOP_SPEED {...}`).
 """
