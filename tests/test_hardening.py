@@ -378,3 +378,46 @@ def test_idle_keepalive_connection_is_closed(target):
         start = time.monotonic()
         rest = s.recv(4096)  # nothing more until the server closes the idle connection
         assert rest == b"" and 0.5 < time.monotonic() - start < 4
+
+
+def test_timers_restart_for_every_request_on_one_connection(target):
+    """Each connection keeps one idle and one head timer and restarts them per request: pauses
+    shorter than the idle timeout between requests never add up, and a slow head on a later
+    request is still timed out."""
+    import socket
+    import time
+
+    server, _ = target
+    u = httpx.URL(server.url)
+    with socket.create_connection((u.host, u.port)) as s:
+        s.settimeout(5)
+        for _ in range(4):  # 4 x 0.4 s idle: more than the 1 s idle timeout in all
+            time.sleep(0.4)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status_of(s.recv(4096)) == 200
+        s.sendall(b"GET /health HTTP/1.1\r\n")  # a head that never ends
+        start = time.monotonic()
+        answer = s.recv(4096)
+        assert status_of(answer) == 408, answer[:80]
+        assert time.monotonic() - start < 4  # header timeout 1 s
+
+
+def test_every_response_has_one_current_date_header(target):
+    """The Date header is formatted once a second (fastio.http_date), never stale or doubled."""
+    import email.utils
+    import time
+
+    server, _ = target
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "stream": True}  # fmt: skip
+    with httpx.Client(timeout=30) as c:
+        chat = server.url + "/v1/chat/completions"
+        for _ in range(3):
+            # a plain answer, a stream (the loop writes its head) and an error (Flask's path)
+            for r in (c.get(server.url + "/health"), c.post(chat, json=body),
+                      c.post(chat, json={"model": "gpt-4o"})):  # fmt: skip
+                dates = r.headers.get_list("date")
+                assert len(dates) == 1, r.headers
+                when = email.utils.parsedate_to_datetime(dates[0]).timestamp()
+                assert abs(when - time.time()) < 3, dates[0]
+            time.sleep(0.6)  # cross at least one second boundary

@@ -144,6 +144,12 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
                 self.head_timer.close()
                 self.head_timer = None
 
+        def finalize_headers(self):
+            if self.provided_date is None:  # gevent would format the date for each response
+                self.response_headers.append((b"Date", fastio.http_date()))
+                self.provided_date = True
+            super().finalize_headers()
+
         def _handle_client_error(self, ex):
             self._cancel_head_timer()
             return http_hygiene.client_error_response(ex) or super()._handle_client_error(ex)
