@@ -60,7 +60,7 @@ def main(streams: int = 200, tokens: int = 500) -> None:
         schedule = TokenSchedule(reply.first_s, clock, None)
         log = loop.events.open(f"r{i}", {"request_id": f"r{i}"})
         events = iter(fmt.stream_events(reply, opts, RenderContext("fp")))
-        stream = Stream(loop, events, reply.step_end, _Sink(), _Owner(), start, log)
+        stream = Stream(loop, events, reply.chunking.end, _Sink(), _Owner(), start, log)
         pacer = TimedStream(stream, schedule.due, reply.chunking.total)
         loop.add(pacer, pacer.first_deadline())
     gc.disable()  # as in a serving worker (llmsim/gcpolicy.py)

@@ -545,14 +545,15 @@ class Stream:
         if result == GONE:
             self._end("client_disconnect")
             return False
+        loop = self.loop
         if planned is not None:  # the real clock: a long sweep's `now` is older
-            self.loop.lateness.add(self.loop.clock() - planned, self.steps_sent == 0)
+            loop.lateness.add(loop.clock() - planned, self.steps_sent == 0)
         if self.steps_sent == 0:
             self.owner.started(now)
         self.steps_sent += 1
         self.tokens_sent += tokens
         log = self.log
-        if log is not None and len(log) < self.loop.events.max_values:
+        if log is not None and len(log) < loop.events.max_values:
             start = self.start
             log.extend((step, tokens, (now if planned is None else planned) - start, now - start))
         if done:

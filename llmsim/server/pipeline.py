@@ -359,7 +359,7 @@ class Planned:
         return Stream(
             self.state.stream_loop(),
             iter(fmt.stream_events(self.reply, self.opts, self.ctx)),
-            self.reply.step_end,
+            self.reply.chunking.end,  # what Reply.step_end calls: one call fewer per event
             sink,
             owner,
             self.start,
