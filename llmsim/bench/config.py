@@ -11,6 +11,8 @@ from llmsim.bench.slo import SLO
 
 @dataclass
 class BenchConfig:
+    """One bench run's options as cli_support.build_config checked them; times in seconds."""
+
     users: int = 10
     # Open loop (rate or trace): requests follow a schedule; `users` is then one per process.
     rate: float | None = None
@@ -85,6 +87,8 @@ class BenchConfig:
 
     @property
     def effective_spawn_rate(self) -> float:
+        """Users started per second: all at once in open loop, else --spawn-rate, else a tenth
+        of the users (at least 1), so that all have started within about 10 s."""
         if self.open_loop:
             return float(self.locust_users)  # all at once: the schedule paces the load
         if self.spawn_rate is not None:
@@ -93,6 +97,7 @@ class BenchConfig:
 
     @property
     def effective_api_key(self) -> str | None:
+        """--api-key, else $OPENAI_API_KEY; None when neither is set."""
         return self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY")
 
     def to_dict(self) -> dict[str, Any]:

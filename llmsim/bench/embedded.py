@@ -43,6 +43,8 @@ def server_args(flags: Mapping[str, Any], config: str | None) -> list[str]:
 
 
 class EmbeddedServer:
+    """A running `llmsim serve` child and the URL it printed at start-up."""
+
     def __init__(self, proc: subprocess.Popen, url: str, log_path: Path) -> None:
         self.proc = proc
         self.url = url  # http://127.0.0.1:PORT
@@ -50,13 +52,17 @@ class EmbeddedServer:
 
     @property
     def base_url(self) -> str:
+        """The OpenAI base URL Locust is pointed at: `url` plus `/v1`."""
         return self.url + "/v1"
 
     @property
     def pid(self) -> int:
+        """The simulator's process id (its `--workers` are its children)."""
         return self.proc.pid
 
     def stop(self) -> int | None:
+        """SIGTERM, up to 20 s to exit, then SIGKILL its process group; returns the exit status
+        (None if it still had not exited)."""
         # SIGTERM drains in-flight streams; by now the swarm is stopped, so that is quick.
         return stop(self.proc, signal.SIGTERM, timeout=20)
 

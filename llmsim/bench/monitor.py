@@ -45,6 +45,8 @@ class ProcessMonitor:
         self._last_point: tuple[float, float, float] | None = None
 
     def watch(self, role: str, pid: int) -> None:
+        """Track `pid` as `role` (simulator, recorder, locust, bench) with the children it has
+        so far; children forked later are found by each `sample()`."""
         self._roots.append((role, pid))
         self._discover()
 
@@ -61,6 +63,9 @@ class ProcessMonitor:
                     self.tracks[proc.pid] = _Track(name, proc)
 
     def sample(self) -> None:
+        """Record each tracked process's CPU since the last call (% of one core) and RSS, the
+        machine's busy and stolen CPU, and one point of `interference` (at most MAX_SAMPLES).
+        bench calls it about once a second."""
         self._discover()
         now = time.monotonic()
         total = 0

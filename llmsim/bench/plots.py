@@ -125,6 +125,7 @@ def _col(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
 
 
 def ttft_over_time(rows: Sequence[Mapping[str, Any]]) -> str:
+    """TTFT p50 and p95 per second of timeseries.csv rows, with users on a second axis if known."""
     title = "TTFT p50 / p95 and users over time"
     if not rows:
         return _empty(title, "no data")
@@ -152,6 +153,7 @@ def ttft_over_time(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def throughput_over_time(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Completed requests/s (and errors/s, if any) and output tokens/s per second of the run."""
     title = "Requests/s and output tokens/s over time"
     if not rows:
         return _empty(title, "no data")
@@ -178,6 +180,7 @@ def throughput_over_time(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def errors_by_kind(errors: Mapping[str, int]) -> str:
+    """One bar per error kind, the most frequent at the top, labelled with its count."""
     title = "Errors by kind"
     if not errors:
         return _empty(title, "no errors")

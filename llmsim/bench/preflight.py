@@ -69,6 +69,7 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS reports free on `host` now; nothing reserves it until it is bound."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -13,6 +13,9 @@ def _ms(v: Any) -> str:
 
 
 def progress_line(sample: dict[str, Any], elapsed: float, duration_s: float | None) -> str:
+    """One progress-pipe sample as a line: elapsed (and, given a duration, total and remaining)
+    time, users, requests in flight if known, req/s, TTFT p50/p95 in ms, output tokens/s and
+    failed requests so far."""
     if duration_s:
         left = max(0.0, duration_s - elapsed)
         clock = (
@@ -51,6 +54,8 @@ class ProgressDisplay:
         self._open_line = False
 
     def update(self, sample: dict[str, Any], elapsed: float) -> None:
+        """Show `sample`, `elapsed` seconds into the run: in place on a terminal, elsewhere only
+        if `every_s` has passed since the last line."""
         line = progress_line(sample, elapsed, self.duration_s)
         if self.tty:
             self.out.write("\r\x1b[K" + line)
@@ -70,6 +75,7 @@ class ProgressDisplay:
         self.out.flush()
 
     def end_line(self) -> None:
+        """End the line rewritten in place, so that what follows starts on a line of its own."""
         if self._open_line:
             self.out.write("\n")
             self._open_line = False

@@ -25,12 +25,14 @@ TIMESERIES_COLUMNS = (
 
 
 def write_json(path: Path, summary: Mapping[str, Any]) -> None:
+    """Write summary.json to a .json.tmp beside it, then rename it into place."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", "utf-8")
     tmp.replace(path)  # a reader never sees half a summary
 
 
 def write_timeseries(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write timeseries.csv: TIMESERIES_COLUMNS, then one row per second (None as an empty cell)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(TIMESERIES_COLUMNS)
@@ -39,6 +41,7 @@ def write_timeseries(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def verdict(summary: Mapping[str, Any]) -> str:
+    """NO REQUEST SUCCEEDED, no SLO given, all SLOs met or SLO FAILED: the reports' headline."""
     slo = summary.get("slo") or {}
     if summary.get("status") == "no_requests":
         return "NO REQUEST SUCCEEDED"
@@ -48,6 +51,8 @@ def verdict(summary: Mapping[str, Any]) -> str:
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
+    """summary.md: the verdict, the run and latency tables, the optional tables that have data
+    (by name, fidelity, SLOs, errors, load generator), then the warnings."""
     title = "llmsim bench" + (f" — {summary['label']}" if summary.get("label") else "")
     parts = [f"# {title}", "", f"**{verdict(summary)}** · {summary.get('started_at')}", ""]
     parts += ["## Run", "", tables.markdown(tables.run_table(summary)), ""]
@@ -75,6 +80,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 
 def terminal(summary: Mapping[str, Any]) -> str:
+    """What bench prints after a run: the latency table, a line each for requests, goodput,
+    schedule lag, the steady window, every error kind and fidelity where they apply, the SLO
+    table and the warnings."""
     lines = [tables.plain(tables.latency_table(summary))]
     req = summary.get("requests") or {}
     tok = summary.get("tokens") or {}

@@ -78,6 +78,9 @@ def render(
     distributions: Mapping[str, Mapping[float, int]],
     files: Sequence[str],
 ) -> str:
+    """report.html of one run: verdict, warnings, headline cards, tables, plots, configuration
+    and links to `files` (names in the run directory). `distributions` are bucket counts per
+    metric (reports.distributions); `series` the timeseries.csv rows."""
     v = verdict(summary)
     cls = "pass" if v == "all SLOs met" else ("none" if v == "no SLO given" else "fail")
     title = "llmsim bench" + (f" — {summary['label']}" if summary.get("label") else "")

@@ -53,6 +53,9 @@ def users_by_second(llm: Any, t0: float | None) -> dict[int, int] | None:
 
 
 def warnings_for(summary: dict[str, Any], state: RunState, locust_status: int | None) -> list[str]:
+    """The `warnings` of summary.json, each one sentence: a saturated load generator, late or
+    dropped arrivals, fidelity p99 beyond ±10 ms, CPU taken by other processes or the hypervisor,
+    an interrupted run, Locust's non-zero exit, more than 5 % of requests failed."""
     out = []
     client = summary.get("client") or {}
     if state.cpu_warnings:
@@ -239,6 +242,9 @@ def write_reports(
     simulator: dict[str, Any] | None,
     interference: Sequence[tuple[float, float, float]] | None = None,
 ) -> dict[str, Any]:
+    """Build the summary from the files in `run_dir` and what bench saw, judge the SLOs, set
+    `status` and `exit_code`, and write summary.json, summary.md, timeseries.csv and
+    report.html; returns the summary. In web mode it runs again each time a run stops."""
     llm = _read_json(run_dir / LLM_METRICS)
     t0 = state.started or (llm or {}).get("start_time")
     log = load_request_log(run_dir / REQUESTS, t0)

@@ -45,6 +45,8 @@ def _num(v: Any) -> float | None:
 
 @dataclass
 class Request:
+    """One row of requests.csv: start and end in epoch seconds, latencies in ms."""
+
     start: float
     end: float
     ok: bool
@@ -61,6 +63,8 @@ class Request:
 
 
 def read_requests(path: Path) -> Iterator[Request]:
+    """Stream requests.csv row by row, columns found by their aliases. Rows without a start
+    are skipped; a missing end is start plus E2E."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         cols = {
@@ -142,6 +146,8 @@ class RequestLog:
         return sec
 
     def add(self, r: Request) -> None:
+        """Fold one request into the totals and per-second bins, and a successful one into the
+        histograms, its output tokens spread over the seconds they streamed in."""
         if self.t0 is None:
             self.t0 = math.floor(r.start)
         self.total += 1
@@ -233,6 +239,8 @@ class Slice:
     errors: dict[str, int] = field(default_factory=dict)
 
     def add_latencies(self, r: Request) -> None:
+        """Count one request (and its error kind if it failed); a successful one's TTFT, TPOT,
+        E2E and schedule lag go into the histograms."""
         self.total += 1
         if not r.ok:
             self.failed += 1
@@ -242,6 +250,7 @@ class Slice:
         _add(self.hist, r, "schedule_lag_ms", r.schedule_lag_ms)
 
     def stats(self, name: str) -> dict[str, Any] | None:
+        """Count, mean, min, max and percentiles of one histogram (`ttft_ms`, ...), or None."""
         h = self.hist.get(name)
         return h.summary() if h is not None else None
 
@@ -290,6 +299,7 @@ def load_request_log(path: Path, t0: float | None = None) -> RequestLog:
 
 
 def fold(requests: Iterable[Request], t0: float | None = None) -> RequestLog:
+    """A RequestLog of `requests`; second 0 is `t0` rounded down, else the first request's start."""
     log = RequestLog(t0=None if t0 is None else math.floor(t0))
     for r in requests:
         log.add(r)

@@ -76,6 +76,8 @@ class SLOError(ValueError):
 
 @dataclass(frozen=True)
 class SLO:
+    """One parsed --slo objective, `metric op threshold`; `kind` is ms, ratio, per_s or count."""
+
     expr: str
     metric: str
     op: str
@@ -83,6 +85,8 @@ class SLO:
     kind: str
 
     def evaluate(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """This objective judged on summary.json's figures: one entry of `slo.results`. A
+        metric the run has no figure for fails."""
         actual = METRICS[self.metric][1](summary)
         passed = actual is not None and _OPS[self.op](actual, self.threshold)
         result: dict[str, Any] = {
@@ -104,6 +108,8 @@ def _base_unit(kind: str) -> str:
 
 
 def parse_slo(expr: str) -> SLO:
+    """An --slo expression with its threshold in the metric's base unit (1s: 1000 ms, 1%: 0.01);
+    SLOError says what is wrong with it."""
     m = _EXPR.match(expr.lower())
     if m is None:
         raise SLOError(
@@ -123,6 +129,7 @@ def parse_slo(expr: str) -> SLO:
 
 
 def known_metrics() -> str:
+    """The metric names for an error message, the latency percentiles folded into one pattern."""
     names = [n for n in METRICS if not n.startswith(("ttft_", "itl_", "tpot_", "e2e_", "fid"))]
     return "{ttft,itl,tpot,e2e,fidelity}_{p50,p90,p95,p99,mean,min,max}, " + ", ".join(names)
 

@@ -20,12 +20,14 @@ STAT_KEYS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "count")
 
 
 def iso(ts: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC time to the millisecond; None stays None."""
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def empty_stats() -> dict[str, Any]:
+    """A latency block for a metric without data: count 0, every statistic None."""
     return {k: (0 if k == "count" else None) for k in STAT_KEYS}
 
 

@@ -74,6 +74,8 @@ def workload_args(cfg: BenchConfig) -> list[str]:
 
 
 def locust_command(cfg: BenchConfig, host: str, run_dir: Path) -> list[str]:
+    """`-m locust …` for the run: headless for warm-up plus duration (or the web UI), report
+    files in `run_dir`, local processes or a master, then the workload and `--` arguments."""
     args = ["-m", "locust", "-f", locustfile_arg(cfg.locustfile), "--host", host]
     args += ["-u", str(cfg.locust_users), "-r", f"{cfg.effective_spawn_rate:g}"]
     if cfg.web:
@@ -122,6 +124,8 @@ def worker_command(
     processes: int | None,
     extra: list[str],
 ) -> list[str]:
+    """`-m locust --worker …` for `llmsim worker`: bench's locustfiles, the master's address,
+    optional --processes, then `extra` unchanged."""
     args = ["-m", "locust", "-f", locustfile_arg(locustfile), "--worker"]
     args += ["--master-host", master_host, "--master-port", str(master_port)]
     if processes:
@@ -131,6 +135,8 @@ def worker_command(
 
 @dataclass
 class Swarm:
+    """The running Locust process, the read end of its progress pipe, and its log file."""
+
     proc: subprocess.Popen
     progress_fd: int
     log_path: Path
@@ -138,6 +144,7 @@ class Swarm:
 
     @property
     def pid(self) -> int:
+        """Locust's main process id (with --processes, the workers are its children)."""
         return self.proc.pid
 
     def events(self) -> Iterator[dict[str, Any]]:
@@ -168,6 +175,7 @@ class Swarm:
                 pass
 
     def terminate(self) -> None:
+        """SIGTERM Locust's main process if it still runs (a second Ctrl-C, a missed deadline)."""
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
@@ -175,9 +183,11 @@ class Swarm:
                 pass
 
     def kill(self) -> None:
+        """SIGKILL Locust's whole process group, forked workers included."""
         kill_group(self.proc)
 
     def close(self) -> None:
+        """SIGKILL what is left of the process group, reap it (up to 5 s), close the pipe."""
         kill_group(self.proc)
         try:
             self.proc.wait(5)
@@ -190,6 +200,8 @@ class Swarm:
 
 
 def start_swarm(cfg: BenchConfig, host: str, run_dir: Path) -> Swarm:
+    """Start Locust against `host`, its output in run_dir/locust.log and the progress plugin's
+    events on a pipe; the API key goes through the environment."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     extra = {"LLMSIM_BENCH_PROGRESS_FD": str(write_fd)}

@@ -159,7 +159,9 @@ def sweep_table(levels: list[dict[str, Any]]) -> tables.Table:
     return head, rows
 
 
-def _write(sweep_dir: Path, cfg: BenchConfig, levels: list[dict[str, Any]], final=False) -> None:
+def _write(
+    sweep_dir: Path, cfg: BenchConfig, levels: list[dict[str, Any]], final: bool = False
+) -> None:
     thr = next((lv for lv in levels if lv["name"] == "throughput"), None)
     doc = {
         "schema": SCHEMA,

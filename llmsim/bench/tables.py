@@ -12,6 +12,7 @@ Table = tuple[list[str], list[list[str]]]
 
 
 def fmt_ms(v: Any) -> str:
+    """Milliseconds for a table: no decimals from 100, one from 10, else two; `-` for None."""
     if v is None:
         return "-"
     v = float(v)
@@ -23,6 +24,8 @@ def fmt_ms(v: Any) -> str:
 
 
 def fmt_num(v: Any, digits: int = 1) -> str:
+    """A number with thousands separators and `digits` decimals; an int (or, with digits 0, a
+    whole float) without decimals; `-` for None."""
     if v is None:
         return "-"
     if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and digits == 0):
@@ -31,6 +34,7 @@ def fmt_num(v: Any, digits: int = 1) -> str:
 
 
 def latency_table(s: Mapping[str, Any]) -> Table:
+    """TTFT, ITL, TPOT and E2E rows: p50 to max in ms, then the count."""
     rows = []
     for label, key in LATENCY_ROWS:
         block = s.get(key) or {}
@@ -43,6 +47,8 @@ def latency_table(s: Mapping[str, Any]) -> Table:
 
 
 def fidelity_table(s: Mapping[str, Any]) -> Table | None:
+    """Measured TTFT, planned TTFT and their difference (ms), plus the quiet seconds' figures
+    when the run has them; None for a run without fidelity."""
     fid = s.get("fidelity")
     if not fid:
         return None
@@ -62,6 +68,8 @@ def fidelity_table(s: Mapping[str, Any]) -> Table | None:
 
 
 def run_table(s: Mapping[str, Any]) -> Table:
+    """The run's facts as label/value rows: target, model, load, duration, headline window,
+    requests, failures, goodput, dropped arrivals, tokens and start time."""
     req = s.get("requests") or {}
     tok = s.get("tokens") or {}
     rate = req.get("error_rate")
@@ -139,6 +147,7 @@ def by_name_table(s: Mapping[str, Any]) -> Table | None:
 
 
 def errors_table(s: Mapping[str, Any]) -> Table | None:
+    """One row per error kind, most frequent first, with its first message; None if none."""
     errors = s.get("errors") or {}
     if not errors:
         return None
@@ -151,6 +160,7 @@ def errors_table(s: Mapping[str, Any]) -> Table | None:
 
 
 def slo_table(s: Mapping[str, Any]) -> Table | None:
+    """One row per SLO: the expression, the measured value, pass or FAIL; None without SLOs."""
     slo = s.get("slo") or {}
     results = slo.get("results") or []
     if not results:
@@ -172,6 +182,8 @@ def _slo_value(v: float, unit: str | None) -> str:
 
 
 def client_table(s: Mapping[str, Any]) -> Table | None:
+    """Mean and peak CPU (% of a core) and peak RSS (MB) of each process bench watched, and
+    the CPU other processes and the hypervisor took; None without process figures."""
     client = s.get("client") or {}
     procs = client.get("processes") or []
     if not procs:
@@ -196,6 +208,7 @@ def client_table(s: Mapping[str, Any]) -> Table | None:
 
 
 def markdown(table: Table) -> str:
+    """The table in Markdown, `|` in cells escaped."""
     head, rows = table
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -203,6 +216,8 @@ def markdown(table: Table) -> str:
 
 
 def plain(table: Table, indent: str = "  ") -> str:
+    """The table as aligned text for a terminal, first column left, the rest right; a rule
+    under the header, and no header line when it is all blank."""
     head, rows = table
     all_rows = [head, *rows] if any(head) else rows
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(head))]
