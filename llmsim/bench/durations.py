@@ -1,10 +1,10 @@
-"""Durations as people type them: `90`, `30s`, `5m`, `1h`, `1h30m`, `1.5m`."""
+"""Durations as people type them: `90`, `30s`, `5m`, `1h`, `1h30m`, `1.5m`, `500ms`."""
 
 from __future__ import annotations
 
 import re
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)?")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)?")  # ms before m: alternation takes the first match
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, None: 1.0}
 
 
