@@ -53,6 +53,8 @@ def test_rate_is_achieved_and_latency_counts_from_the_schedule(bench: Bench) -> 
     assert s["goodput"]["per_s"] > 15 and s["goodput"]["objectives"] == ["ttft<=1000ms"]
     assert "goodput" in out and "schedule lag" in out
     assert "goodput" in (run / "summary.md").read_text()
+    page = (run / "report.html").read_text()  # the load card: the offered rate, not users
+    assert "<b>20/s</b><span>offered rate (constant)</span>" in page and ">None<" not in page
 
 
 def test_trace_replay_reproduces_offsets_and_lengths(bench: Bench) -> None:
@@ -77,6 +79,7 @@ def test_trace_replay_reproduces_offsets_and_lengths(bench: Bench) -> None:
         assert int(r["output_tokens"]) == 3 + i  # exact: ignore_eos
     # The run ends when the trace does (4 s of trace at 2x), not at --duration.
     assert summary_of(run)["duration_s"] < 12
+    assert "<b>trace</b><span>arrivals at 2x</span>" in (run / "report.html").read_text()
 
 
 def test_a_target_answering_404_stops_within_seconds(bench: Bench, llmsim_server) -> None:

@@ -72,6 +72,18 @@ def _card(value: str, label: str) -> str:
     return f'<div class="card"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
 
 
+def _load_card(summary: dict[str, Any]) -> str:
+    """The run's load: its users, or in open loop (no users) the offered rate or the trace."""
+    users = summary.get("users")
+    cfg = summary.get("config") or {}
+    if users is None and cfg.get("rate") is not None:
+        return _card(f"{float(cfg['rate']):g}/s", f"offered rate ({cfg.get('arrival')})")
+    if users is None and cfg.get("trace"):
+        speed = cfg.get("trace_speed")
+        return _card("trace", f"arrivals{f' at {speed:g}x' if speed else ''}")
+    return _card(tables.fmt_num(users), "users")
+
+
 def render(
     summary: Mapping[str, Any],
     series: Sequence[Mapping[str, Any]],
@@ -89,7 +101,7 @@ def render(
     tok = summary.get("tokens") or {}
     fid = summary.get("fidelity") or {}
     cards = [
-        _card(f"{summary.get('users')}", "users"),
+        _load_card(summary),
         _card(tables.fmt_num(req.get("per_s"), 2), "requests/s"),
         _card(tables.fmt_num(tok.get("output_per_s")), "output tokens/s"),
         _card(f"{tables.fmt_ms(ttft.get('p50'))} ms", "TTFT p50"),
