@@ -30,8 +30,8 @@ class BenchConfig:
     duration_s: float = 60.0
     model: str | None = None  # None: the user class's own default
     api_key: str | None = None
-    prompt_tokens: int | None = None
-    max_tokens: int | None = None
+    prompt_tokens: str | None = None  # N or a distribution, e.g. normal:mean=512,stddev=64
+    max_tokens: str | None = None  # the same
     stream: bool | None = None
     processes: int | None = None  # Locust worker processes on this machine (-1: one per core)
     locustfile: str | None = None  # None: llmsim's user for `api`
