@@ -585,3 +585,13 @@ def test_steal_gets_its_own_warning() -> None:
     assert "hypervisor" in text and "0.19 cores" in text
     client["stolen_cores"] = 0.02
     assert "hypervisor" not in " ".join(warnings_for({"client": client}, RunState(), 0))
+
+
+def test_oversaturation_needs_growth_past_the_limit() -> None:
+    from llmsim.bench.run import oversaturation_reason
+
+    assert oversaturation_reason([5, 8, 12], 10) is None  # too few samples
+    assert oversaturation_reason([20, 30, 30, 40], 10) is None  # held level once
+    assert oversaturation_reason([4, 6, 8, 9], 10) is None  # growing, under the limit
+    reason = oversaturation_reason([9, 12, 15, 18], 10)
+    assert reason == "18 requests in flight and growing, past the limit of 10"

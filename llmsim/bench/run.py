@@ -49,7 +49,7 @@ def oversaturation_reason(in_flight: list[int], limit: float) -> str | None:
         return None
     last = in_flight[-4:]
     if last[-1] > limit and last[0] < last[1] < last[2] < last[3]:
-        return f"{last[-1]} requests in flight and growing (saturation held {limit / 3:.0f})"
+        return f"{last[-1]} requests in flight and growing, past the limit of {limit:.0f}"
     return None
 
 
