@@ -38,6 +38,7 @@ CPU_LIMIT, RSS_LIMIT_MB = 80.0, 600.0
 
 
 def percentile(values: list[float], pct: float) -> float | None:
+    """The nearest-rank `pct` percentile of `values`; None when there are none."""
     if not values:
         return None
     values = sorted(values)
@@ -57,6 +58,10 @@ def steady_fidelity(run_dir: Path, ramp_end: float) -> dict[str, Any]:
 
 
 def run_once(users: int, duration: int, extra: list[str]) -> dict[str, Any]:
+    """Run `llmsim bench` once (`users` users for `duration` s, gpt-5 profile, `extra` passed
+    on, no LLMSIM_ variables) and return its figures: wall time (s), throughput, TTFT p50
+    against the plan, fidelity over the run and in the steady state, each process's CPU and
+    the peak RSS. Exits if bench itself fails (any status but 0 or 1)."""
     reports = Path(tempfile.mkdtemp(prefix="llmsim-fidelity-"))
     cmd = [
         sys.executable, "-m", "llmsim", "bench", "--users", str(users),
@@ -105,12 +110,15 @@ def run_once(users: int, duration: int, extra: list[str]) -> dict[str, Any]:
 
 
 def summary_start(summary: dict[str, Any]) -> float:
+    """When the bench run started (its summary's `started_at`), as a Unix time in s."""
     import datetime as dt
 
     return dt.datetime.fromisoformat(summary["started_at"]).timestamp()
 
 
 def verdicts(r: dict[str, Any]) -> dict[str, bool]:
+    """Which of the issue-4 targets one run met: wall time, TTFT p50 error, fidelity p99,
+    every process's mean CPU and the peak RSS of all of them."""
     cpu_ok = all((p["cpu_percent_mean"] or 0) <= CPU_LIMIT for p in r["processes"])
     err = r["ttft_p50_error_pct"]
     p99 = r["fidelity_p99_ms"]
@@ -128,6 +136,7 @@ def _f(v: Any, digits: int = 1) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """The runs as a Markdown table, one row each, the missed targets in the last column."""
     head = (
         "| users | wall s (limit) | req/s | out tok/s | TTFT p50 ms (planned, error) "
         "| fidelity p50 / p99 ms | steady-state p99 ms | CPU % simulator / locust | "
@@ -154,6 +163,8 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    """The main run, then each sweep run, printing each one's row as it ends; then the whole
+    table sorted by users, every run's warnings and, with --json, every figure to that file."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--duration", type=int, default=60)

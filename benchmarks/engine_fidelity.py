@@ -31,6 +31,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -49,6 +50,11 @@ from locust_common import Procs
 
 from llmsim.engine.steptime import load_preset
 from llmsim.engine.tokens import encoding_for_model
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from llmsim.engine.scheduler import Replica
 
 MODEL = "meta-llama/Meta-Llama-3-8B"
 PROMPT, OUTPUT = 512, 128
@@ -83,6 +89,7 @@ def exact_prompt(n: int, seed: int) -> str:
 
 
 def arrivals(rate: float, n: int, seed: int) -> list[float]:
+    """`n` Poisson arrival times (s from the start, the first one gap in) at `rate` req/s."""
     rng = random.Random(seed)
     t, out = 0.0, []
     for _ in range(n):
@@ -203,7 +210,10 @@ def open_loop(
     return [r for r in results if r is not None], client_cpu
 
 
-def sim_sweep(rates: list[float], n_of) -> list[dict]:
+def sim_sweep(rates: list[float], n_of: Callable[[float], int]) -> list[dict]:
+    """Pure simulation of 512 / 128-token requests on llama-3-8b-a100 under Poisson arrivals,
+    `n_of(rate)` requests at each rate (req/s): one row per rate, its `summary` figures (ms,
+    tok/s) with the rate and the replica's preemptions."""
     rows = []
     for rate in rates:
         r = replica_for("llama-3-8b-a100")
@@ -213,6 +223,7 @@ def sim_sweep(rates: list[float], n_of) -> list[dict]:
 
 
 def knee_of(rows: list[dict]) -> float:
+    """The first rate whose TTFT p90 passes 4x the first row's (the lowest load); inf if none."""
     base = rows[0]["ttft_p90"]
     for row in rows:
         if row["ttft_p90"] > 4 * base:
@@ -221,13 +232,18 @@ def knee_of(rows: list[dict]) -> float:
 
 
 def fmt_row(tag: str, s: dict) -> str:
+    """One line of `summary` figures: TTFT and TPOT p50 / p90 (ms), throughput (tok/s)."""
     return (
         f"{tag:>14}  TTFT p50 {s['ttft_p50']:8.1f} p90 {s['ttft_p90']:8.1f} ms   TPOT p50 "
         f"{s['tpot_p50']:6.2f} p90 {s['tpot_p90']:6.2f} ms   {s['throughput']:7.0f} tok/s"
     )
 
 
-def server_check(rates: list[float], knee: float, n_of) -> list[dict]:
+def server_check(rates: list[float], knee: float, n_of: Callable[[float], int]) -> list[dict]:
+    """Each rate's Poisson arrivals (`n_of(rate)` requests) through one `llmsim serve --engine
+    vllm` and in pure simulation: both summaries, their relative errors and the verdict (TTFT
+    and TPOT p50 / p90 within 20 % below `knee`, throughput within 10 % at or past it, every
+    request served), with the server's intake and lateness and other processes' CPU."""
     procs = Procs()
     out = []
     try:
@@ -301,13 +317,15 @@ def server_lateness(base: str, served: list[Result]) -> dict[str, float]:
     }  # fmt: skip
 
 
-def _sim_at(replica, ts: list[float]) -> list[Result]:
+def _sim_at(replica: Replica, ts: list[float]) -> list[Result]:
     """Pure simulation of requests arriving at the given times (512 / 128, unique prompts)."""
     reqs = [(t, PROMPT, OUTPUT, list(range(i * 1000, i * 1000 + PROMPT))) for i, t in enumerate(ts)]
     return simulate(replica, reqs)
 
 
 def anchors() -> list[dict]:
+    """Each published anchor against its preset's one-sequence decode step (ms) at the
+    anchor's context: printed, and returned with the prediction and its relative error."""
     rows = []
     for a in ANCHORS:
         st = load_preset(a["preset"]).step_time
@@ -322,6 +340,9 @@ def anchors() -> list[dict]:
 
 
 def plots(outdir: Path) -> None:
+    """Draw docs/engine.md's three pure-simulation plots into `outdir` (PNG): ITL with and
+    without chunked prefill, TTFT against load with a 50 % shared prefix or none, and
+    preemptions and TTFT p90 as the KV cache shrinks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -403,6 +424,9 @@ def plots(outdir: Path) -> None:
 
 
 def main() -> int:
+    """The pure-simulation sweep and its knee, the anchors, then (unless --no-server) the
+    server check and (with --plots) the plots; every figure goes to /tmp/engine_fidelity.json.
+    Returns 0 even when the fidelity check fails."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer requests per load")
     p.add_argument("--no-server", action="store_true", help="pure simulation only")

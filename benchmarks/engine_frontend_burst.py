@@ -221,6 +221,8 @@ def study(name: str) -> dict:
 
 
 def main() -> int:
+    """Study each --reference; with both GPUs, the Pearson correlation of their per-request
+    costs over N (a cost that follows the workload moves both alike); all to --json."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", nargs="+", choices=list(REFERENCES), default=list(REFERENCES))
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_frontend_burst.json"))

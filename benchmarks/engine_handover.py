@@ -37,6 +37,7 @@ import random
 import statistics
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_reference import (
@@ -54,6 +55,9 @@ from engine_reference import (
     tail_errors,
 )
 from engine_sim import replica_for, set_handover, simulate
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Shuffles of the group labels that give a random order's spread of Spearman's rho.
 SHUFFLES = 200
@@ -189,7 +193,8 @@ def _published_order_errors(name: str) -> dict[str, float]:
     return out
 
 
-def _quiet(fn, *args):
+def _quiet(fn: Callable[..., Any], *args: object) -> Any:
+    """fn(*args) with whatever it prints swallowed."""
     with contextlib.redirect_stdout(io.StringIO()):
         return fn(*args)
 
@@ -257,6 +262,8 @@ def compare(names: list[str], seeds: list[int], json_path: Path) -> None:
 
 
 def main() -> int:
+    """With --order-stats the published and replayed order statistics, else each
+    --reference's errors under the FIFO and the random hand-over (also written to --json)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--order-stats", action="store_true", help="the published order statistics")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],

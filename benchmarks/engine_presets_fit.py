@@ -129,6 +129,8 @@ def all_reduce_ms(vidur: Path, node: str, workers: int) -> list[tuple[int, float
 
 
 def interp(pts: list[tuple[int, float]], x: float) -> float:
+    """Linear interpolation of `pts` ((x, y) sorted by x) at x: the first y below the first
+    point, the last segment extended past the last."""
     if x <= pts[0][0]:
         return pts[0][1]
     for (x0, y0), (x1, y1) in itertools.pairwise(pts):
@@ -150,6 +152,7 @@ def pick_points(xs: list[int]) -> list[int]:
 
 
 def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line through (x, y) points: (intercept, slope)."""
     n = len(points)
     sx = sum(x for x, _ in points)
     sy = sum(y for _, y in points)
@@ -160,6 +163,9 @@ def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def attention_fit() -> dict[str, float]:
+    """Lines through the listed attention rows (ms, one layer): decode = a + b x batch x
+    context, prefill = p0 + pc x query-key pairs (chunk x (cached context + chunk / 2)); with
+    the decode fit's largest relative and absolute errors and the prefill fit's absolute one."""
     a, b = fit_line([(bs * ctx, ms) for bs, ctx, ms in DECODE_ROWS])
     decode_err = max(abs(a + b * bs * ctx - ms) / ms for bs, ctx, ms in DECODE_ROWS)
     decode_abs = max(abs(a + b * bs * ctx - ms) for bs, ctx, ms in DECODE_ROWS)
@@ -173,6 +179,11 @@ def attention_fit() -> dict[str, float]:
 
 def build(vidur: Path, name: str, gpu: str, model_key: str, vidur_model: str, tp: int,
           scale_from: tuple[str, str] | None = None, layer_scale: float = 1.0) -> dict:  # fmt: skip
+    """One preset as llmsim/engine/presets/NAME.json holds it: the dense step table of
+    `vidur_model` on `gpu` at tensor parallel `tp` (with `scale_from` = (base model, reference
+    model): the base model's A100 profile times the reference model's H100/A100 ratio),
+    `layer_scale` times the per-layer ops, plus the all-reduces, the attention fit scaled to
+    the model and GPU, the KV blocks that fit, the fit errors and the sources."""
     m = MODELS[model_key]
     layers = m["layers"]
     if scale_from is None:
@@ -279,6 +290,9 @@ def build(vidur: Path, name: str, gpu: str, model_key: str, vidur_model: str, tp
 
 
 def main() -> None:
+    """Build the four presets and print one line of each (KV blocks, dense step ms at 1 and
+    512 tokens, decode ms per context token, fit errors); with --write, write their files,
+    keeping each file's calibration and front end."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vidur", type=Path, required=True, help="checkout or mirror of Vidur")
     ap.add_argument("--write", action="store_true", help="write llmsim/engine/presets/*.json")

@@ -404,6 +404,7 @@ def fmt_tails(tag: str, f: dict[str, float], err: bool = False) -> str:
 
 
 def fmt(tag: str, f: dict[str, float]) -> str:
+    """One line of the medians and means: output throughput (tok/s), TTFT, TPOT, ITL (ms)."""
     return (
         f"{tag:>16} {f['output_throughput']:7.0f} tok/s  TTFT mean {f['mean_ttft_ms']:7.0f} "
         f"median {f['median_ttft_ms']:7.0f} ms  TPOT mean {f['mean_tpot_ms']:6.1f} "
@@ -412,6 +413,7 @@ def fmt(tag: str, f: dict[str, float]) -> str:
 
 
 def fmt_err(tag: str, e: dict[str, float]) -> str:
+    """One line of `errors`: each of `fmt`'s figures as a relative error, in the same columns."""
     return (
         f"{tag:>16} {e['output_throughput']:+7.1%}         TTFT mean {e['mean_ttft_ms']:+7.1%}"
         f" median {e['median_ttft_ms']:+7.1%}     TPOT mean {e['mean_tpot_ms']:+6.1%}"
@@ -524,6 +526,8 @@ def worst_tails(rows: list[dict], key: str) -> str:
 
 
 def main() -> int:
+    """Check (or with a --fit option, fit against) each chosen reference, the Poisson ones
+    through engine_reference_poisson.py (skipped by the fits); every result to --json."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", choices=[*REFERENCES, *POISSON_REFERENCES, "all"],
                    default="all")  # fmt: skip

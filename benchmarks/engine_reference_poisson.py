@@ -31,9 +31,13 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from typing import TYPE_CHECKING
 
 from engine_reference import DATA, SCHEDULER_STEPS, chunk_gaps, load_reference
 from engine_sim import Result, pct, replica_for, simulate
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 POISSON = DATA / "sglang_vllm060_poisson.json"
 # Compared below saturation. The median E2E latency is printed, not compared: it follows the
@@ -56,7 +60,7 @@ def sharegpt_pairs() -> list[tuple[int, int]]:
     ]
 
 
-def reply_map(replies: list[int], mean: float | None, median: float | None):
+def reply_map(replies: list[int], mean: float | None, median: float | None) -> Callable[[int], int]:
     """A monotone map o -> a x o^b of the sample's reply lengths onto the reference's own mean
     and median reply (the ones its figures pin); identity where neither is given, a plain
     scale to the mean where only it is."""

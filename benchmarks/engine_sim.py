@@ -10,10 +10,14 @@ import argparse
 import random
 import statistics
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from llmsim.engine.frontend import HANDOVER_ORDERS
 from llmsim.engine.scheduler import Replica, ReplicaConfig, Seq, SeqListener
 from llmsim.engine.steptime import load_preset
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @dataclass
@@ -26,16 +30,19 @@ class Result:
 
     @property
     def ttft(self) -> float:
+        """Seconds from arrival to the first token."""
         return self.tokens[0] - self.arrival
 
     @property
     def tpot(self) -> float | None:
+        """Mean seconds between tokens after the first; None for a one-token reply."""
         if len(self.tokens) < 2:
             return None
         return (self.tokens[-1] - self.tokens[0]) / (len(self.tokens) - 1)
 
     @property
     def itls(self) -> list[float]:
+        """The gaps (s) between successive tokens."""
         return [b - a for a, b in zip(self.tokens, self.tokens[1:], strict=False)]
 
 
@@ -78,7 +85,7 @@ def handover_order() -> str:
     return _HANDOVER["order"]
 
 
-def replica_for(preset: str = "llama-3-8b-a100", **overrides) -> Replica:
+def replica_for(preset: str = "llama-3-8b-a100", **overrides: Any) -> Replica:
     """A replica of `preset` with its own options, `overrides` replacing any ReplicaConfig
     field (the front end's hand-over order from set_handover unless given)."""
     p = load_preset(preset)
@@ -150,12 +157,13 @@ def run_open_loop(
     output: int = 128,
     seed: int = 0,
     shared_prefix: float = 0.0,
-    prompt_sampler=None,
+    prompt_sampler: Callable[[random.Random], tuple[int, int]] | None = None,
 ) -> list[Result]:
     """Poisson arrivals at `rate` req/s, `n` requests; the results in arrival order.
 
     With shared_prefix F, each prompt's first F × prompt tokens are the same for every request
     (a system prompt), the rest unique: the prefix cache can serve the shared part.
+    `prompt_sampler(rng)`, when given, draws each request's (prompt, reply) lengths instead.
     """
     rng = random.Random(seed)
     t = 0.0
@@ -173,6 +181,8 @@ def run_open_loop(
 
 
 def pct(values: list[float], q: float) -> float:
+    """The `q`-th percentile of `values` (q a whole number; statistics.quantiles, inclusive:
+    linear interpolation, as numpy's default); the value itself for one, nan for none."""
     if not values:
         return float("nan")
     if len(values) == 1:

@@ -36,6 +36,8 @@ def others_cpu_pct(interval: float = 1.0) -> float:
 
 
 def run_client(url: str, streams: int, tokens: int, duration: float) -> dict:
+    """serve_timing.py's JSON result for `streams` closed-loop streams of `tokens` tokens
+    against `url`, measured for `duration` s after a 2 s ramp."""
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "serve_timing.py"), "timing",
         "--url", url.removesuffix("/v1"), "--streams", str(streams), "--tokens", str(tokens),
@@ -46,6 +48,9 @@ def run_client(url: str, streams: int, tokens: int, duration: float) -> dict:
 
 
 def measure(procs: Procs, args: list[str], streams: int, tokens: int, duration: float) -> dict:
+    """Start `llmsim serve ARGS`, warm it, read it with run_client and stop it: the SSE event
+    rate (per s), the server's CPU (s, % of a core, us per event), the client's gap and TTFT
+    percentiles (ms) and CPU, other processes' CPU before, and the engine's replica stats."""
     url = procs.start_target("-m", "llmsim", "serve", "--port", "0", *args)
     server = procs.procs[-2]  # start_target appends the server, then its output drain
     time.sleep(1.0)
@@ -80,6 +85,8 @@ def measure(procs: Procs, args: list[str], streams: int, tokens: int, duration: 
 
 
 def main() -> int:
+    """--rounds rounds of the vllm run, then the api run with its TTFT and gap p50: each
+    round's figures and CPU per token ratio (bound 1.5) printed, then all rounds as JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--streams", type=int, default=256)
     p.add_argument("--tokens", type=int, default=200)

@@ -36,6 +36,7 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def rf(schema: dict, **extra: object) -> dict:
+    """A chat body asking for a json_schema response_format of `schema`, plus `extra` fields."""
     return {**CHAT, **extra, "response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": schema}}}  # fmt: skip
 
@@ -121,6 +122,10 @@ def _chunked_attack(url: str, watch: Watch) -> tuple[int, float, object]:
 
 
 def main() -> None:
+    """Run the chosen attacks (--repeat times each, then the chunked body) against one server
+    (TTFT 5 ms, 20 ms a token, no jitter) with --streams background streams; print a row per
+    attack, the machine's CPU over the run and, last, the worst gap and /health latency (ms)
+    as JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--only",

@@ -114,6 +114,8 @@ def update(data_file: Path, results: dict[int, dict], source: str, dry_run: bool
 
 
 def main() -> int:
+    """Read each point's result file under every checkout given and write its tails into that
+    GPU's data file (with --dry-run, only print the checks); 1 if a result file is missing."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--a100", type=Path, help="checkout of the A100 commit")
     p.add_argument("--h100", type=Path, help="checkout of the H100 commit")

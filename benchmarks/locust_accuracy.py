@@ -64,6 +64,9 @@ def probe(base_url: str, stop: threading.Event, out: list[float]) -> None:
 
 
 def main() -> None:
+    """Probe the idle server for 2 s, then run Locust with the probe beside it; print the
+    plan, the probe's TTFT idle and under load, Locust's TTFT, TPOT and ITL (llm_metrics.json
+    and its CSV), the measured-minus-planned TTFT and Locust's steady-state CPU."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=50)
     ap.add_argument("--seconds", type=int, default=30)

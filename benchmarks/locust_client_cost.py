@@ -128,6 +128,8 @@ def run_locust(
 
 
 def main() -> None:
+    """Floor, Locust, floor again against one paced fake target: each run's CPU per SSE event
+    (us), Locust's cost over the mean of both floors, its ITL and the machine's CPU split."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--tokens", type=int, default=100)

@@ -23,6 +23,8 @@ URL = re.compile(r"(http://127\.0\.0\.1:\d+)(/v1)?")
 
 
 def clean_env() -> dict[str, str]:
+    """This environment without LLMSIM_*, LOCUST_* and OPENAI_API_KEY, the repository first on
+    PYTHONPATH: what every child runs with, so no setting of the caller's reaches a run."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -33,6 +35,8 @@ def clean_env() -> dict[str, str]:
 
 
 class Procs:
+    """The processes a benchmark starts (targets, their output drains, Locust runs)."""
+
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
@@ -62,6 +66,8 @@ class Procs:
         raise RuntimeError(f"target {cmd} did not start")
 
     def start_locust(self, locustfile: Path, host: str, out: Path, *args: str) -> subprocess.Popen:
+        """Start a headless Locust run of `locustfile` against `host`, `args` passed on, its
+        CSVs, LLM results and log in `out` (with --processes, on a free master port)."""
         out.mkdir(parents=True, exist_ok=True)
         if "--processes" in args:  # never share Locust's default master port 5557
             port = str(free_port())
@@ -90,6 +96,7 @@ class Procs:
         return proc
 
     def close(self) -> None:
+        """SIGTERM each process still running, the last started first; SIGKILL it after 15 s."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -122,6 +129,7 @@ def measure_window(proc: subprocess.Popen, warmup: float, window: float) -> tupl
 
 
 def load_results(out: Path) -> tuple[dict, list[dict]]:
+    """A finished run's llm_metrics.json and its requests.csv rows (values as strings)."""
     import csv
 
     summary = json.loads((out / "llm_metrics.json").read_text())
@@ -131,4 +139,5 @@ def load_results(out: Path) -> tuple[dict, list[dict]]:
 
 
 def rows_in_window(rows: list[dict], start: float, end: float) -> list[dict]:
+    """The requests.csv rows whose request ended in [start, end) (Unix time, s)."""
     return [r for r in rows if start <= float(r["end_time"]) < end]

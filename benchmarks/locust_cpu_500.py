@@ -21,6 +21,9 @@ CHAT = REPO / "locustfiles" / "chat.py"
 
 
 def main() -> None:
+    """Run Locust against `llmsim serve --profile gpt-5`, sample Locust's and the server's CPU
+    (and Locust's RSS) over the steady window after the ramp-up, and print them with the
+    window's request and event rates and the run's TTFT, TPOT and fidelity figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--seconds", type=int, default=45)

@@ -56,6 +56,9 @@ class RequestsStreamUser(HttpUser):
 def run(
     procs: Procs, host: str, model: str, tokens: int, users: int, window: float, out: Path
 ) -> dict:
+    """One run of chat.py (`users` users, `tokens`-token replies) after a 4 s warm-up: the ok
+    requests that ended in the `window` s, their SSE events (tokens + 4 each) and Locust's CPU
+    (s) over the window."""
     warmup = 4.0
     proc = procs.start_locust(
         CHAT,
@@ -92,6 +95,8 @@ def run(
 
 
 def run_requests_user(procs: Procs, host: str, model: str, window: float, out: Path) -> dict:
+    """The long-stream run with REQUESTS_USER (20 HttpUsers, 1,000 tokens a stream): Locust's
+    CPU (s) over the window and the SSE events a second its whole-run req/s implies."""
     src = REQUESTS_USER.replace("MODEL", repr(model)).replace("TOKENS", "1000")
     locustfile = out.parent / "requests_user.py"
     locustfile.write_text(textwrap.dedent(src))
@@ -108,6 +113,9 @@ def run_requests_user(procs: Procs, host: str, model: str, window: float, out: P
 
 
 def main() -> None:
+    """The long- and one-token-stream runs and the CPU per request and per SSE event solved
+    from the two; against the fake target also the paced run, with --compare-requests the
+    HttpUser run."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--target", choices=["fake", "llmsim"], default="fake")
     ap.add_argument("--users", type=int, default=20)

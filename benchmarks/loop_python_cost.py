@@ -46,6 +46,8 @@ class _Owner:
 
 
 def main(streams: int = 200, tokens: int = 500) -> None:
+    """Plan `streams` streams of `tokens` tokens, sweep the loop on the fake clock until all
+    are done with the GC off, and print the loop's CPU per event (us)."""
     state = ServerState.create(Settings(ttft_ms=200, ttft_stddev_ms=0, tbt_ms=20, tbt_stddev_ms=0))
     engine, fmt = state.engine, OpenAIChat()
     now = [1000.0]

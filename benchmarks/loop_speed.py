@@ -117,6 +117,8 @@ def floor_sender(port: int, conns: int, rounds: int, period: float, paced: bool 
 
 
 def floor_reader(port: int, conns: int, total: int) -> None:
+    """Open `conns` connections to the floor sender and read until `total` 180-byte events
+    have come, or 120 s pass."""
     sel = selectors.DefaultSelector()
     socks = []
     for _ in range(conns):
@@ -139,6 +141,8 @@ def floor_reader(port: int, conns: int, total: int) -> None:
 
 
 def phase_floor(duration: float, paced: bool = False) -> dict:
+    """One floor run over 200 connections, `duration` s of 20 ms rounds, the sender on the
+    server's core and the reader on the client's: the sender's sends, CPU (s) and us per send."""
     from llmsim.bench.preflight import free_port
 
     port = free_port()
@@ -176,6 +180,8 @@ def phase_floor(duration: float, paced: bool = False) -> dict:
 
 
 def timing_run(url: str, streams: int, tokens: int, duration: float) -> dict:
+    """serve_timing.py's timing result for `streams` streams of `tokens` tokens against `url`,
+    `duration` s measured after a 2.2 s ramp, the client on its own core."""
     return run_client(
         ["timing", "--url", url, "--streams", str(streams), "--tokens", str(tokens),
          "--ramp-s", "2.2", "--duration-s", f"{duration:g}"],
@@ -184,7 +190,12 @@ def timing_run(url: str, streams: int, tokens: int, duration: float) -> dict:
     )  # fmt: skip
 
 
-def measure(name: str, cmd: list[str], streams: int, tokens: int, duration: float, tmp: Path):
+def measure(
+    name: str, cmd: list[str], streams: int, tokens: int, duration: float, tmp: Path
+) -> dict:
+    """Start the server `cmd` on its core, warm it and read it with timing_run under a Meter:
+    the client's figures, the server's and other processes' CPU, and the server's CPU per
+    content token (us)."""
     server = start_server(name, cmd, SERVER_CPU, tmp)
     try:
         warm(server.url, True, 2, n=4)
@@ -202,6 +213,8 @@ def measure(name: str, cmd: list[str], streams: int, tokens: int, duration: floa
 
 
 def phase_idle(tmp: Path, n: int) -> dict:
+    """`n` 5-token streams to an idle llmsim, one at a time: how late each first event left
+    against its plan, from the server's event log (ms, p50 / p90 / max)."""
     import http.client
 
     server = start_server("llmsim-idle", llmsim_cmd(*EXACT), SERVER_CPU, tmp)
@@ -244,6 +257,8 @@ def phase_idle(tmp: Path, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The floor / llmsim / naive rounds, the 1,000-stream runs with and without coalescing,
+    and the idle phase; prints the table of figures and goals, then the `LOOP_SPEED` line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)

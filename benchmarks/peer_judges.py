@@ -108,14 +108,17 @@ class Server:
         raise RuntimeError(f"llmsim serve did not answer /health in 30 s; see {log}")
 
     def cpu_s(self) -> float:
+        """User + system CPU seconds the server has used so far."""
         t = self.ps.cpu_times()
         return t.user + t.system
 
     def stats(self) -> dict[str, Any]:
+        """The server's /llmsim/stats."""
         with urllib.request.urlopen(self.url + "/llmsim/stats", timeout=5) as r:
             return json.load(r)
 
     def close(self) -> None:
+        """Stop the server (SIGTERM, SIGKILL after 15 s) and close its log."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -163,6 +166,8 @@ def tiktoken_cache(work: Path) -> Path:
 
 
 def aiperf_cmd(venv: Path, url: str, c: int, n: int, a: argparse.Namespace, out: Path) -> list:
+    """AIPerf's command line: `n` streamed chats at concurrency `c`, prompts and replies of
+    exactly --prompt-tokens and --output-tokens (ignore_eos), o200k_base, artifacts in `out`."""
     return [
         str(venv / "bin" / "aiperf"), "profile", "-m", MODEL, "--url", url,
         "--endpoint-type", "chat", "--streaming", "--concurrency", str(c),
@@ -207,6 +212,8 @@ def parse_aiperf(out: Path) -> dict[str, Any]:
 def guidellm_cmd(
     venv: Path, url: str, c: int, n: int, a: argparse.Namespace, out: Path, tok: Path
 ) -> list:
+    """guidellm's command line for the same workload, with the Hugging Face tokenizer
+    directory `tok` and its benchmarks.json in `out`."""
     return [
         str(venv / "bin" / "guidellm"), "run",
         "--backend", f"kind=openai_http,target={url},model={MODEL},"
@@ -338,10 +345,13 @@ def run_one(tool: str, c: int, noisy: bool, a: argparse.Namespace, venv: Path, w
 
 
 def fmt(v: Any, digits: int = 1) -> str:
+    """A table cell: "-" for None, a float to `digits` decimals, anything else as str()."""
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def print_table(rows: list[dict], a: argparse.Namespace) -> None:
+    """The plan, then one Markdown row per run: its figures (ms) and failure, or only the
+    failure when it has no results."""
     print(
         f"\nplan: TTFT {PLAN_TTFT_MS:g} ms, ITL {PLAN_TBT_MS:g} ms (exact profile), "
         f"{a.output_tokens} output tokens per request, prompt {a.prompt_tokens} tokens"
@@ -372,6 +382,9 @@ def print_table(rows: list[dict], a: argparse.Namespace) -> None:
 
 
 def main() -> int:
+    """Run llmsim's client and each tool found in --peers-venv at every --concurrency (with
+    --noisy, once more each on gpt-4o at 10), print the table and with --json write the rows.
+    Returns 0 whatever was measured."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peers-venv", type=Path, default=Path("/work/wt/peers-venv"))
     p.add_argument("--tools", default="aiperf,guidellm")

@@ -49,10 +49,13 @@ A_FLAGS = [
 
 
 def env() -> dict[str, str]:
+    """This environment without any LLMSIM_ variable, for every child."""
     return {k: v for k, v in os.environ.items() if not k.startswith("LLMSIM_")}
 
 
 def serve(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `llmsim serve --port 0 ARGS`, its output in `log`, and wait up to 60 s for its
+    URL: (process, http://127.0.0.1:PORT/v1). Exits if it does not start."""
     f = open(log, "w")  # noqa: SIM115  (the child writes to it until it stops)
     cmd = [sys.executable, "-m", "llmsim", "serve", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
@@ -74,6 +77,9 @@ ENGINE_FLAGS = ["--engine", "vllm", "--preset", "llama-3-8b-a100", "--step-jitte
 def bench(
     target: str, reports: Path, label: str, a: argparse.Namespace, users: int | None = None
 ) -> tuple[dict, Path]:
+    """One recorded `llmsim bench` run against `target` (`users`, else --users, all spawned at
+    once), reports under `reports` labelled `label`: its summary, with the machine's busy
+    cores over the run added, and the path of its recording.jsonl."""
     users = users or a.users
     cmd = [sys.executable, "-m", "llmsim", "bench", "--target", target, "--users", str(users),
            "--spawn-rate", str(users), "--duration", a.duration, "--max-tokens", "1000",
@@ -93,11 +99,15 @@ def bench(
 
 
 def pct(values: list[float], p: float) -> float:
+    """The `p` percentile of `values`: the sorted list's element int(p / 100 x n)."""
     v = sorted(values)
     return v[min(len(v) - 1, int(p / 100 * len(v)))]
 
 
 def recorded_figures(path: Path | list[Path]) -> dict[str, float]:
+    """TTFT p50 / p90 / p99 and ITL p50 / p90 (ms; each gap over the tokens its event carried)
+    of the successful requests in one or more recordings, and the error rate and count of the
+    requests the client did not abandon."""
     paths = path if isinstance(path, list) else [path]
     lines = [json.loads(x) for p in paths for x in p.read_text().splitlines()]
     ok = [x for x in lines if x["status"] == 200 and not x["error_kind"] and x["ttft_ms"]]
@@ -115,6 +125,7 @@ def recorded_figures(path: Path | list[Path]) -> dict[str, float]:
 
 
 def summary_figures(s: dict) -> dict[str, float]:
+    """recorded_figures' figures from a bench summary (the client's view)."""
     return {
         "ttft_p50": s["ttft_ms"]["p50"], "ttft_p90": s["ttft_ms"]["p90"],
         "ttft_p99": s["ttft_ms"]["p99"], "itl_p50": s["itl_ms"]["p50"],
@@ -124,6 +135,8 @@ def summary_figures(s: dict) -> dict[str, float]:
 
 
 def compare(title: str, a: dict, b: dict) -> None:
+    """Print B against A: each TTFT and ITL figure's relative difference (target 8 %) and a
+    two-proportion z-test of the error rates (target |z| <= 3)."""
     print(f"\n{title}")
     print(f"  {'figure':<10} {'A':>9} {'B':>9} {'B/A-1':>8}  within target")
     for k in ("ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p90"):
@@ -139,6 +152,7 @@ def compare(title: str, a: dict, b: dict) -> None:
 
 
 def calibrate(recordings: list[Path], profile: Path) -> None:
+    """Fit a profile from `recordings` into `profile` with `llmsim calibrate`; print its report."""
     cal = subprocess.run(
         [sys.executable, "-m", "llmsim", "calibrate", *map(str, recordings), "--out", str(profile)],
         capture_output=True, text=True, env=env(), cwd=REPO, check=True,
@@ -181,6 +195,9 @@ def engine_round_trip(a: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    """Record A, calibrate B from it, run B, then A again (the noise floor), and print the
+    busy cores, each run's first-token lateness and the comparisons; --engine runs
+    engine_round_trip instead."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=40)
     p.add_argument("--duration", default="60s")

@@ -148,6 +148,10 @@ def print_paired(rows: list[dict], recording: Path, path: str = "recorded") -> N
 
 
 def main() -> int:
+    """Start the exact upstream and the recorder (with --floor the relay, with --baseline-src
+    a second recorder), run --rounds rounds of serve_timing.py over every path, and print each
+    round's figures, what the recorder added per round and at the median, each relay's CPU per
+    event, the recorder's wait for a CPU, the steal and the per-request pairing."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 
 def main() -> int:
+    """Relay every connection to 127.0.0.1:--port (0: a free port) to --target, printing the
+    address once, until killed."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", required=True)
     p.add_argument("--port", type=int, default=0)

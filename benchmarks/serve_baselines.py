@@ -18,6 +18,14 @@ import signal
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import BinaryIO
+
+    from flask import Flask, Response
+    from gevent.pywsgi import WSGIHandler, WSGIServer
 
 # A fixed reply with the same shape and size as llmsim's 16-token answer.
 # 16 tokens of the lorem generator's vocabulary (the text of one llmsim reply).
@@ -63,18 +71,26 @@ _TEXT = (
 WORDS = _TEXT.split()
 
 
-def nodelay_handler():
+def nodelay_handler() -> type[WSGIHandler]:
+    """gevent's WSGIHandler setting TCP_NODELAY on each accepted socket (without it gevent
+    stalls ~40 ms per response)."""
     from gevent.pywsgi import WSGIHandler
 
     class NoDelayHandler(WSGIHandler):
-        def __init__(self, sock, address, server, rfile=None):
+        def __init__(
+            self,
+            sock: socket.socket,
+            address: tuple[str, int],
+            server: WSGIServer,
+            rfile: BinaryIO | None = None,
+        ) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().__init__(sock, address, server, rfile)
 
     return NoDelayHandler
 
 
-def flask_app():
+def flask_app() -> Flask:
     """The minimal endpoint: read the body, answer a fixed, pre-serialised chat completion."""
     from flask import Flask, Response, request
 
@@ -82,14 +98,14 @@ def flask_app():
     body = json.dumps(FIXED_COMPLETION)
 
     @app.post("/v1/chat/completions")
-    def chat():
+    def chat() -> Response:
         request.get_data()
         return Response(body, mimetype="application/json")
 
     return app
 
 
-def sse_app(environ, start_response):
+def sse_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
     """A bare WSGI loop (no Flask): one json.dumps'ed chunk per token, one write per chunk."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     req = json.loads(environ["wsgi.input"].read(length) or b"{}")
@@ -98,7 +114,7 @@ def sse_app(environ, start_response):
     return _sse_events(n)
 
 
-def paced_app(environ, start_response):
+def paced_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
     """The naive paced server: sse_app's chunks, with a gevent.sleep before each one."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     req = json.loads(environ["wsgi.input"].read(length) or b"{}")
@@ -107,7 +123,7 @@ def paced_app(environ, start_response):
     return _paced(_sse_events(n), 0.2, 0.02)
 
 
-def _paced(events, ttft_s: float, tbt_s: float):
+def _paced(events: Iterable[bytes], ttft_s: float, tbt_s: float) -> Iterator[bytes]:
     import gevent
 
     gevent.sleep(ttft_s)
@@ -120,7 +136,7 @@ def _paced(events, ttft_s: float, tbt_s: float):
         yield data
 
 
-def _sse_events(n: int):
+def _sse_events(n: int) -> Iterator[bytes]:
     chunk = {
         "id": "chatcmpl-9ab7ff64b3979bccfc10adb0",
         "object": "chat.completion.chunk",
@@ -149,6 +165,8 @@ def _sse_events(n: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve the chosen baseline on 127.0.0.1 (--port, 0: a free port), print its `URL` line
+    and serve until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("flask", "sse", "paced"))
     parser.add_argument("--port", type=int, default=0)

@@ -36,8 +36,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,12 +67,15 @@ GOALS = {
 
 @dataclass
 class Server:
+    """A server under test, started by start_server in a process group of its own."""
+
     name: str
     proc: subprocess.Popen
     url: str
     log: Path
 
     def pids(self) -> list[int]:
+        """The server's pid and all its descendants'; none once it has exited."""
         try:
             p = psutil.Process(self.proc.pid)
             return [p.pid] + [c.pid for c in p.children(recursive=True)]
@@ -81,6 +88,7 @@ class Server:
         return p.children(recursive=True) or [p]
 
     def cpu_s(self) -> float:
+        """User + system CPU seconds used so far by the server and its living descendants."""
         total = 0.0
         for pid in self.pids():
             try:
@@ -91,9 +99,11 @@ class Server:
         return total
 
     def rss(self) -> int:
+        """Resident memory (bytes) of the serving processes (`workers`)."""
         return sum(w.memory_info().rss for w in self.workers())
 
     def stop(self) -> None:
+        """SIGTERM the process group (SIGKILL after 15 s) and close the server's stdout pipe."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -112,6 +122,9 @@ RUNNING: list[Server] = []
 
 
 def start_server(name: str, cmd: list[str], cpus: str, tmp: Path) -> Server:
+    """Start `cmd` pinned to `cpus` (taskset), stderr to tmp/NAME.log, and wait up to 30 s for
+    the URL on its stdout; kept in RUNNING for stop_all. RuntimeError (the log's tail) if none
+    comes."""
     log = tmp / f"{name}.log"
     proc = subprocess.Popen(
         ["taskset", "-c", cpus, *cmd],
@@ -140,14 +153,17 @@ def start_server(name: str, cmd: list[str], cpus: str, tmp: Path) -> Server:
 
 
 def llmsim_cmd(*extra: str, workers: int = 1) -> list[str]:
+    """The command line of `llmsim serve` on a free port with `workers` workers and `extra`."""
     return [PY, "-m", "llmsim", "serve", "--port", "0", "--workers", str(workers), *extra]
 
 
 def baseline_cmd(kind: str) -> list[str]:
+    """The command line of serve_baselines.py's `kind` server (flask, sse or paced)."""
     return [PY, str(HERE / "serve_baselines.py"), kind]
 
 
 def stop_all() -> None:
+    """Stop every server still in RUNNING, the last started first."""
     while RUNNING:
         RUNNING.pop().stop()
 
@@ -156,6 +172,8 @@ def stop_all() -> None:
 
 
 def post(url: str, body: dict, timeout: float = 30) -> tuple[int, bytes]:
+    """POST `body` to the server's /v1/chat/completions on a fresh connection: (status, the
+    whole response body)."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
@@ -179,6 +197,8 @@ def count_events(data: bytes) -> tuple[int, int]:
 
 
 def warm(url: str, stream: bool, max_tokens: int, n: int = 8) -> None:
+    """Send `n` chat requests of `max_tokens` tokens (streamed if `stream`) so first-use costs
+    are paid before a measurement; RuntimeError on an answer that is not a 200."""
     body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": max_tokens, "ignore_eos": True}
     if stream:
         body["stream"] = True
@@ -189,6 +209,8 @@ def warm(url: str, stream: bool, max_tokens: int, n: int = 8) -> None:
 
 
 def lua_script(tmp: Path, body: dict) -> Path:
+    """A wrk script in `tmp` that POSTs `body` as JSON (inlined in a Lua string, so the body
+    may hold no quote or backslash)."""
     payload = json.dumps(body)
     assert "'" not in payload and "\\" not in payload
     path = tmp / f"post_{abs(hash(payload))}.lua"
@@ -209,6 +231,9 @@ def _size(text: str) -> float:
 
 
 def run_wrk(url: str, lua: Path, conns: int, duration: float, cpus: str | None) -> dict:
+    """One wrk run (one thread, `conns` connections, `duration` s, pinned to `cpus` if given)
+    of `lua` against the chat endpoint: req/s, requests, bytes per request, mean latency (ms),
+    non-2xx answers, socket errors, and wrk's own CPU (% of a core and s, from wait4)."""
     cmd = [
         "wrk",
         "-t1",
@@ -284,6 +309,8 @@ class Meter:
         self.c0, self.b0, self.t0 = server.cpu_s(), busy_s(), time.monotonic()
 
     def stop(self, client_cpu_s: float) -> dict:
+        """The server's CPU (s, % of a core) since the start, other processes' (% of a core,
+        less the client's `client_cpu_s`) and the load seen before the start."""
         cpu = self.server.cpu_s() - self.c0
         busy, wall = busy_s() - self.b0, time.monotonic() - self.t0
         return {
@@ -296,6 +323,8 @@ class Meter:
 
 
 def measure_wrk(server: Server, lua: Path, conns: int, duration: float, cpus: str | None) -> dict:
+    """A warm-up wrk run, then a measured one under a Meter: run_wrk's figures with the
+    server's CPU and its CPU per request (us)."""
     run_wrk(server.url, lua, conns, min(2.0, duration / 2), cpus)  # warm-up
     meter = Meter(server)
     result = run_wrk(server.url, lua, conns, duration, cpus)
@@ -336,15 +365,20 @@ def run_client(args: list[str], cpus: str | None, timeout: float) -> dict:
 
 @dataclass
 class Results:
+    """The table rows (figure, value, goal) and the JSON data of a run."""
+
     rows: list[tuple[str, str, str]] = field(default_factory=list)
     data: dict = field(default_factory=dict)
 
     def row(self, what: str, value: str, goal: str = "") -> None:
+        """Add a row to the table and print it at once."""
         self.rows.append((what, value, goal))
         print(f"  {what:<58} {value:>22}  {goal}", flush=True)
 
 
 def phase_nonstream(res: Results, tmp: Path, duration: float, conns: int, workers2: bool) -> None:
+    """wrk's 16-token non-streamed requests to the minimal Flask baseline, then to llmsim (one
+    worker; with `workers2` also two): req/s, server CPU per request, and llmsim / Flask."""
     body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 16, "ignore_eos": True}
     lua = lua_script(tmp, body)
     out: dict = {}
@@ -392,6 +426,9 @@ def phase_nonstream(res: Results, tmp: Path, duration: float, conns: int, worker
 
 
 def phase_stream(res: Results, tmp: Path, duration: float, conns: int, workers2: bool) -> None:
+    """wrk's 100-token streamed requests to the bare gevent SSE loop, then to llmsim (with
+    `workers2` also two workers): SSE events/s (responses/s x events in a sample response,
+    checked against wrk's bytes per response), server CPU per event, and llmsim / bare loop."""
     tokens = 100
     body = {
         "model": "gpt-4o",
@@ -480,6 +517,9 @@ TIMING_FLAGS = (
 def phase_timing(
     res: Results, tmp: Path, streams_list: list[int], duration: float, workers: int
 ) -> None:
+    """For each count of `streams_list`, serve_timing.py's closed-loop streams of 100 tokens
+    against llmsim with TTFT 200 ms and 20 ms a token, `duration` s measured: TTFT and gap
+    percentiles (ms), completed streams, errors, and client, server and others' CPU."""
     out = res.data.setdefault("timing", {})
     cpus, client_cpus = (SERVER_CPU, CLIENT_CPU) if workers == 1 else (BOTH, None)
     for streams in streams_list:
@@ -538,6 +578,8 @@ def phase_timing(
 
 
 def phase_rss(res: Results, tmp: Path, streams: int, workers: int) -> None:
+    """RSS per open stream (KB): the server's RSS after a warm-up, then while serve_timing.py
+    holds `streams` slow streams (TTFT 50 ms, one token a second) open."""
     out = res.data.setdefault("rss", {})
     cpus, client_cpus = (SERVER_CPU, CLIENT_CPU) if workers == 1 else (BOTH, None)
     flags = ("--ttft-ms", "50", "--ttft-stddev-ms", "0", "--tbt-ms", "1000", "--tbt-stddev-ms", "0")
@@ -616,6 +658,8 @@ def phase_rss(res: Results, tmp: Path, streams: int, workers: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen phases and print the table and, last, the `SERVE_SPEED` line; returns 2
+    without wrk, taskset or a second core. SIGTERM stops every server before exiting."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="shorter phases (~2 minutes)")
     p.add_argument(
@@ -658,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     res.data["command"] = "python benchmarks/serve_speed.py" + (" --quick" if args.quick else "")
     started = time.monotonic()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop_all()
         sys.exit(128 + signum)
 

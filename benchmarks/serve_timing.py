@@ -31,6 +31,7 @@ END = b"0\r\n\r\n"
 
 
 def build_request(host: str, port: int, body: dict) -> bytes:
+    """The bytes of one POST /v1/chat/completions (keep-alive) carrying `body` as JSON."""
     payload = json.dumps(body).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -40,6 +41,9 @@ def build_request(host: str, port: int, body: dict) -> bytes:
 
 
 class Conn:
+    """One keep-alive connection and its current response: unparsed bytes, status, the times
+    of its content chunks and the events counted so far."""
+
     __slots__ = ("buf", "content", "counted", "done", "events", "ok", "sent", "sock", "times")
 
     def __init__(self, sock: socket.socket) -> None:
@@ -47,6 +51,7 @@ class Conn:
         self.reset(0.0)
 
     def reset(self, sent: float) -> None:
+        """Start a new response to a request sent at `sent` (monotonic s)."""
         self.sent = sent
         self.buf = b""
         self.times: list[float] = []
@@ -82,6 +87,8 @@ class Conn:
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    """Count, p50, p90, p99 and max of `values` (s) in ms to 1 µs, each percentile the sorted
+    list's element int(p x n); None for each when there are none."""
     if not values:
         return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
     v = sorted(values)
@@ -94,6 +101,7 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
 
 
 def connect(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP_NODELAY connection to host:port."""
     s = socket.create_connection((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.setblocking(False)
@@ -101,11 +109,16 @@ def connect(host: str, port: int) -> socket.socket:
 
 
 def cpu_seconds() -> float:
+    """User + system CPU seconds this process has used so far."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
 
 
-def run_timing(args) -> dict:
+def run_timing(args: argparse.Namespace) -> dict:
+    """The timing mode: --streams connections opened over --ramp-s, each a closed loop for
+    --duration-s, then up to --drain-s for streams in flight. TTFT and gap percentiles (ms)
+    of the streams sent after the ramp, counts, mean in flight and the client's CPU (% of a
+    core over the measured time)."""
     u = urlsplit(args.url)
     host, port = u.hostname, u.port
     body = {
@@ -232,7 +245,10 @@ def run_timing(args) -> dict:
     }
 
 
-def run_hold(args) -> dict:
+def run_hold(args: argparse.Namespace) -> dict:
+    """The hold mode: open --streams streams, print `READY <live>` once each has a content
+    chunk (or 30 s after --ramp-s), hold them for --hold-s or until stdin has a line; how many
+    were live and how long opening took (s)."""
     u = urlsplit(args.url)
     host, port = u.hostname, u.port
     body = {
@@ -281,7 +297,7 @@ def run_hold(args) -> dict:
     return result
 
 
-def _drain(ep, conns: dict[int, Conn], timeout: float) -> bool:
+def _drain(ep: select.epoll, conns: dict[int, Conn], timeout: float) -> bool:
     """Read what is ready; True when stdin says stop."""
     t = time.monotonic()
     for fd, _ev in ep.poll(timeout):
@@ -308,6 +324,7 @@ def _drain(ep, conns: dict[int, Conn], timeout: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen mode and print its result as one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=("timing", "hold"))
     p.add_argument("--url", required=True)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -27,13 +28,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from conftest import start_server  # noqa: E402
 
+if TYPE_CHECKING:
+    from conftest import ServerProcess
+
 
 def rss_mb(pid: int) -> float:
+    """RSS (MB of 10^6 bytes) of a process and its direct children."""
     proc = psutil.Process(pid)
     return (proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children())) / 1e6
 
 
 def main() -> None:
+    """Start a server and load it a minute at a time until --minutes pass, printing each
+    minute's RSS, gap and TTFT p99; then a JSON line with the RSS growth (%) from the first
+    sample after --warmup-s to the last."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--streams", type=int, default=100)
@@ -95,7 +103,7 @@ def main() -> None:
                       "worst_minute_ttft_p99_ms": max(ttft_p99, default=None)}))  # fmt: skip
 
 
-def threading_drain(server) -> None:
+def threading_drain(server: ServerProcess) -> None:
     """Read the server's output so a full pipe never blocks it."""
     import threading
 
