@@ -5,9 +5,10 @@
     python benchmarks/serve_baselines.py paced   # naive paced SSE: one gevent.sleep per token
                                                  # (TTFT 200 ms, 20 ms per token)
 
-Both bind 127.0.0.1 on a free port (or --port), set TCP_NODELAY on every accepted socket (without
-it gevent stalls ~40 ms per response, see shared/NOTES.md) and print one line `URL http://…` when
-they are ready. They stop on SIGTERM/SIGINT.
+Each binds 127.0.0.1 on a free port (or --port), sets TCP_NODELAY on every accepted socket
+(without it gevent's server stalls ~40 ms per response: Nagle's algorithm holds the body behind
+the client's delayed ACK) and prints one line `URL http://…` when it is ready. Each stops on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ import psutil
 
 if TYPE_CHECKING:
     from types import FrameType
+    from typing import IO
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -148,8 +149,15 @@ def start_server(name: str, cmd: list[str], cpus: str, tmp: Path) -> Server:
     if not server.url:
         server.stop()
         raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
-    # gevent's server logs nothing at this level; drain stdout so it can never block.
+    # Whatever the server prints later is read and dropped, so a full pipe can never block it.
+    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
     return server
+
+
+def _drain(stream: IO[str]) -> None:
+    """Read `stream` to its end and drop what it says."""
+    for _ in stream:
+        pass
 
 
 def llmsim_cmd(*extra: str, workers: int = 1) -> list[str]:
