@@ -27,7 +27,7 @@ class PoolConfig:
 
 
 class QueueFull(Exception):
-    pass
+    """The pool's queue is at its limit: `CapacityPool.reserve` refuses the request at once."""
 
 
 class Slot:
@@ -52,6 +52,10 @@ class Slot:
         return self.waited_s
 
     def release(self) -> None:
+        """Give up the slot, or the place in the queue; a running slot passes to the first waiter.
+
+        Only the first call counts, so every way a request can end may call it.
+        """
         if self._released or self.pool is None:
             return
         self._released = True
@@ -59,6 +63,12 @@ class Slot:
 
 
 class CapacityPool:
+    """One pool in one worker: `limit` requests generate at once, the rest wait in FIFO order.
+
+    `queue_limit` bounds the waiters (None: unbounded, 0: none may wait); `load_factor` slows
+    every running stream as the pool fills (`tbt_factor`).
+    """
+
     def __init__(self, limit: int, queue_limit: int | None, load_factor: float) -> None:
         self.limit = limit
         self.queue_limit = queue_limit
@@ -68,6 +78,7 @@ class CapacityPool:
 
     @property
     def waiting(self) -> int:
+        """Requests queued for a slot."""
         return len(self._waiters)
 
     def reserve(self) -> Slot:
@@ -99,6 +110,7 @@ class CapacityPool:
             self.running -= 1
 
     def tbt_factor(self) -> float:
+        """What the time between tokens is multiplied by now: 1 + load_factor × running / limit."""
         return 1.0 + self.load_factor * self.running / self.limit
 
 
@@ -122,6 +134,12 @@ class Capacity:
         return max(1, math.ceil(value / self.workers))
 
     def pool_for(self, model: str) -> CapacityPool | None:
+        """The pool `model`'s requests take a slot in, made on first use; None: no limit.
+
+        Each limit is this worker's share of the configured one (rounded up, at least 1; a queue
+        limit of 0 stays 0). Up to 10,000 model names are remembered; past that, each call looks
+        the pool up again (the pool itself is still shared).
+        """
         if model in self._pools:
             return self._pools[model]
         key, s = self.pool_config(model)
@@ -140,4 +158,5 @@ class Capacity:
         return pool
 
     def pools(self) -> list[CapacityPool]:
+        """Every pool made so far (the global one and per-model ones), each once."""
         return list({id(p): p for p in self._pools.values() if p is not None}.values())

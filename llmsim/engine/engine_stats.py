@@ -60,11 +60,17 @@ class EngineStats:
         self._base = 0
 
     def bind_worker(self, index: int) -> None:
+        """Make this process write section `index` of the table (call once, after fork)."""
         self._base = index * self.size
 
     # -- writing (the worker's own section) -------------------------------------------------
 
     def replica_state(self, worker: int, index: int, r: Replica) -> None:
+        """Copy replica `index`'s queues, KV cache figures and counters into this worker's section.
+
+        Every field is overwritten (the counters are the replica's own totals since start);
+        the section written is the one `bind_worker` chose, whatever `worker` says.
+        """
         d = self.table.values
         base = self._base + index * self._replica_size
         f = self._f
@@ -96,9 +102,11 @@ class EngineStats:
         d[base + len(bounds) + 2] += 1
 
     def step(self, tokens: int) -> None:
+        """Observe one engine step of `tokens` tokens (vllm:iteration_tokens_total)."""
         self._observe("iteration_tokens", tokens)
 
     def inter_token(self, seconds: float) -> None:
+        """Observe one gap between a sequence's tokens (vllm:inter_token_latency_seconds)."""
         self._observe("inter_token", seconds)
 
     def request_done(self, seq: Seq) -> None:

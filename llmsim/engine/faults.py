@@ -52,12 +52,19 @@ def parse_fault_rates(items: list[str]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ScriptRule:
+    """One rule of a fault script: `sequence` (fault kinds or "ok") played per API key and model.
+
+    `model` and `key` restrict it (None: any). With `repeat` the sequence cycles; without, once
+    it is played out the rule no longer decides and later rules or the fault rates do.
+    """
+
     sequence: tuple[str, ...]
     model: str | None = None
     key: str | None = None
     repeat: bool = False
 
     def matches(self, model: str, key: str) -> bool:
+        """Whether the rule applies to a request for `model` made with API key `key`."""
         return (self.model is None or self.model == model) and (self.key is None or self.key == key)
 
 
@@ -129,6 +136,7 @@ class FaultInjector:
 
     @property
     def active(self) -> bool:
+        """Whether any fault can happen without the forcing header (rates or scripts set)."""
         return bool(self.rates or self.rules or self.model_rates)
 
     def decide(self, model: str, key: str, forced: str | None = None) -> str | None:

@@ -63,6 +63,7 @@ class FrontEnd:
 
     @property
     def enabled(self) -> bool:
+        """Whether intake takes any time; when not, a replica queues its requests at once."""
         return self.per_request_s > 0 or self.per_token_s > 0
 
     def __len__(self) -> int:

@@ -147,7 +147,7 @@ class LazyTokens(Sequence[str]):
     def __iter__(self) -> Iterator[str]:
         return itertools.islice(self._factory(), self._count)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> str | list[str]:  # type: ignore[override]
         if isinstance(index, slice):
             return list(self)[index]
         if index < 0:
@@ -181,6 +181,7 @@ class LazyTokens(Sequence[str]):
 
 
 def random_tokens(count: int, rng: random.Random) -> list[str]:
+    """`count` words drawn independently, the first capitalised, no punctuation; one token each."""
     spaced, _, cap = _word_forms()
     n = len(spaced)
     if count <= 0:
@@ -238,11 +239,13 @@ class Generator:
     name = "lorem"
 
     def natural_length(self, prompt_text: str, encoding: tiktoken.Encoding) -> int | None:
+        """The reply's length in tokens when nothing caps it; None: the engine samples one."""
         return None  # the engine samples --output-tokens
 
     def tokens(
         self, count: int, rng: random.Random, prompt_text: str, encoding: tiktoken.Encoding
     ) -> list[str]:
+        """`count` tokens of the reply as a list, drawn from `rng`: here filler sentences."""
         return lorem_tokens(count, rng)
 
     def lazy(
@@ -253,22 +256,38 @@ class Generator:
 
 
 class RandomGenerator(Generator):
+    """Words drawn independently of each other, without sentences or punctuation."""
+
     name = "random"
 
-    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+    def tokens(  # type: ignore[override]
+        self, count: int, rng: random.Random, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> list[str]:
+        """`count` random words drawn from `rng` (random_tokens)."""
         return random_tokens(count, rng)
 
-    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+    def lazy(  # type: ignore[override]
+        self, count: int, seed: int, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> LazyTokens:
+        """The same words as tokens() with a Random(seed), made only as they are read."""
         return LazyTokens(count, lambda: random_iter(count, random.Random(seed)))
 
 
 class SequenceGenerator(Generator):
+    """The word list in order, the same for every reply: a lost or reordered token shows."""
+
     name = "sequence"
 
-    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+    def tokens(  # type: ignore[override]
+        self, count: int, rng: random.Random, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> list[str]:
+        """The first `count` words of the list, in order (`rng` is not used)."""
         return sequence_tokens(count)
 
-    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+    def lazy(  # type: ignore[override]
+        self, count: int, seed: int, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> LazyTokens:
+        """The same words as tokens(), made only as they are read (`seed` is not used)."""
         return LazyTokens(count, lambda: sequence_iter(count))
 
 
@@ -277,30 +296,50 @@ class EchoGenerator(Generator):
 
     name = "echo"
 
-    def natural_length(self, prompt_text, encoding):  # type: ignore[override]
+    def natural_length(  # type: ignore[override]
+        self, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> int:
+        """`prompt_text`'s length in tokens: an uncapped echo says it once."""
         return len(text_tokens(prompt_text, encoding))
 
-    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+    def tokens(  # type: ignore[override]
+        self, count: int, rng: random.Random, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> list[str]:
+        """`prompt_text`'s first `count` tokens, repeated (space-separated) when it is shorter."""
         return repeat_text_tokens(prompt_text, count, encoding)
 
-    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+    def lazy(  # type: ignore[override]
+        self, count: int, seed: int, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> LazyTokens:
+        """`prompt_text` repeated to `count` tokens, made only as read (none if it is empty)."""
         count = min(count, _repeat_count(prompt_text, count))
         return LazyTokens(count, lambda: repeat_iter(prompt_text, count, encoding))
 
 
 class FixedGenerator(Generator):
+    """Replies with a set text (`fixed:TEXT`), repeated when ignore_eos asks for more."""
+
     name = "fixed"
 
     def __init__(self, text: str) -> None:
         self.text = text
 
-    def natural_length(self, prompt_text, encoding):  # type: ignore[override]
+    def natural_length(  # type: ignore[override]
+        self, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> int:
+        """The text's length in tokens: an uncapped reply says it once."""
         return len(text_tokens(self.text, encoding))
 
-    def tokens(self, count, rng, prompt_text, encoding):  # type: ignore[override]
+    def tokens(  # type: ignore[override]
+        self, count: int, rng: random.Random, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> list[str]:
+        """The text's first `count` tokens, repeated (space-separated) when it is shorter."""
         return repeat_text_tokens(self.text, count, encoding)
 
-    def lazy(self, count, seed, prompt_text, encoding):  # type: ignore[override]
+    def lazy(  # type: ignore[override]
+        self, count: int, seed: int, prompt_text: str, encoding: tiktoken.Encoding
+    ) -> LazyTokens:
+        """The text repeated to `count` tokens, made only as they are read."""
         text = self.text
         return LazyTokens(count, lambda: repeat_iter(text, count, encoding))
 

@@ -59,6 +59,7 @@ class KVCache:
 
     @property
     def free_blocks(self) -> int:
+        """Blocks no sequence holds (cached prefixes among them, until they are handed out)."""
         return len(self._free)
 
     @property
@@ -67,6 +68,7 @@ class KVCache:
         return 1.0 - len(self._free) / self.num_blocks
 
     def blocks_for(self, tokens: int) -> int:
+        """Blocks needed to hold `tokens` tokens (a partly filled last block counts)."""
         return -(-tokens // self.block_size)
 
     def lookup(self, hashes: Sequence[int]) -> list[int]:

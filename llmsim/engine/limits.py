@@ -33,6 +33,13 @@ def openai_duration(seconds: float) -> str:
 
 @dataclass
 class LimitDecision:
+    """What `RateLimiter.check` decided, and the x-ratelimit-* headers to send either way.
+
+    When refused: which bucket (`kind`), the retry-after wait in seconds (with `too_large`,
+    waiting will not help), and the figures the 429's message quotes (the limit, what is used
+    of it, what the request asks for).
+    """
+
     allowed: bool
     headers: dict[str, str]
     kind: str | None = None  # "requests" or "tokens" when refused

@@ -142,7 +142,11 @@ class EventLog:
             self._entries.popitem(last=False)
         return events
 
-    def add(self, events: array | None, step: int, tokens: int, planned: float, sent: float):
+    def add(
+        self, events: array | None, step: int, tokens: int, planned: float, sent: float
+    ) -> None:
+        """Append one event to a request's log: its step, its tokens, and its planned and actual
+        send times (seconds after the request's arrival). Nothing once the log is full or off."""
         if events is not None and len(events) < self.max_events * 4:
             events.extend((step, tokens, planned, sent))
 

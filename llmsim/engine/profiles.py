@@ -36,6 +36,7 @@ class LatencyProfile:
         tbt_ms: float | None = None,
         tbt_stddev_ms: float | None = None,
     ) -> LatencyProfile:
+        """A copy with the TTFT and TBT figures given (ms) in place; itself when none is given."""
         changes = {
             k: v
             for k, v in {
@@ -116,6 +117,11 @@ _FAMILY_RULES: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 def profile_name_for_model(model: str) -> str:
+    """The latency profile a model name gets when none is set.
+
+    After any "provider/" and "ft:" prefix: a profile's own name, else the first family whose
+    prefix the name starts with, else the first it merely contains, else gpt-4o.
+    """
     name = model.lower().rsplit("/", 1)[-1]
     if name.startswith("ft:"):
         name = name[3:]

@@ -18,6 +18,7 @@ EFFORT_SHARE["xhigh"] = EFFORT_SHARE["high"]
 
 
 def is_reasoning_model(model: str) -> bool:
+    """Whether a model name (after any "provider/" and "ft:") is of a family that reasons."""
     name = model.lower().rsplit("/", 1)[-1]
     if name.startswith("ft:"):
         name = name[3:]
@@ -25,6 +26,11 @@ def is_reasoning_model(model: str) -> bool:
 
 
 def reasoning_tokens(model: str, ttft_s: float, tbt_s: float, effort: str | None) -> int:
+    """Hidden tokens a reply bills: share × TTFT / TBT (seconds), the share by `effort`.
+
+    An unknown or missing effort counts as medium; 0 for a model that does not reason, or when
+    TBT is 0 (e.g. the `instant` profile).
+    """
     if not is_reasoning_model(model) or tbt_s <= 0:
         return 0
     share = EFFORT_SHARE.get(effort or "medium", EFFORT_SHARE["medium"])

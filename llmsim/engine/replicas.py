@@ -61,9 +61,15 @@ class VllmConfig:
 
     @property
     def preset_data(self) -> Preset:
+        """The preset `preset` names (loaded once per process; KeyError if there is none)."""
         return load_preset(self.preset)
 
     def replica_config(self) -> ReplicaConfig:
+        """The replica options in force: each one set here, else the preset's.
+
+        Without chunked prefill the default step budget grows to max_model_len, so any allowed
+        prompt fits one step; the front end's costs are converted to seconds.
+        """
         p = self.preset_data
         max_model_len = self.max_model_len or p.max_model_len
         budget = self.max_num_batched_tokens
@@ -135,6 +141,8 @@ class ReplicaClock:
         self.due: float | None = None  # when the loop fires this entry; None: not in the loop
 
     def submit(self, seq: Seq, now: float) -> None:
+        """Queue `seq` on the replica at `now`; an idle replica starts a step at once (or waits
+        in the loop for the front end's hand-over). ValueError if the request can never fit."""
         self.replica.add(seq, now)
         if self.stepping:  # the next step starts when this one ends
             return
@@ -164,6 +172,11 @@ class ReplicaClock:
         return None if nxt is None else max(nxt, start)
 
     def fire(self, deadline: float, now: float) -> float | None:
+        """Release held first tokens mid-step, or end the step in flight and start the next.
+
+        Returns the next deadline, or None when the replica is idle (it leaves the loop) or the
+        wake-up is stale. A replica more than 0.25 s behind starts its next step from `now`.
+        """
         if deadline != self.due:  # a wake-up superseded by an earlier one
             return None
         if self.stepping and self.step_end is not None and deadline < self.step_end:
@@ -220,10 +233,12 @@ class EnginePool:
 
     @property
     def max_model_len(self) -> int:
+        """The most tokens, prompt and output together, one request may take."""
         return self.replica_config.max_model_len
 
     @property
     def model(self) -> str:
+        """The model the preset measured (e.g. meta-llama/Meta-Llama-3-8B)."""
         return self.preset.model
 
     def bind_worker(self, worker: int) -> None:
@@ -259,6 +274,7 @@ class EnginePool:
             self.stats.replica_state(self.worker, i, replica)
 
     def snapshot(self) -> list[dict[str, Any]]:
+        """This worker's replicas' state and counters, one dict each (`Replica.snapshot`)."""
         return [r.snapshot() for r in self.replicas]
 
 
@@ -287,6 +303,8 @@ class LoopTokens(SeqListener):
         self._last = -1.0
 
     def on_tokens(self, seq: Seq, n: int, now: float) -> None:
+        """Record the gap since the last tokens, then pass `n` tokens to the stream (planned at
+        `now`, the step's end); a non-streaming reply is woken once `wake_at` tokens exist."""
         if self.stats is not None and self._last >= 0:
             self.stats.inter_token(now - self._last)
         self._last = now
@@ -298,6 +316,8 @@ class LoopTokens(SeqListener):
             wake()
 
     def on_finish(self, seq: Seq, now: float) -> None:
+        """Record a completed sequence's phases and finish its stream; a sequence that did not
+        complete fails its stream with server_error. A non-streaming reply is woken either way."""
         if self.stats is not None and seq.state == "done":
             self.stats.request_done(seq)
         if self.stream is not None:
@@ -321,9 +341,12 @@ class EngineOwner:
         self.seq = seq
 
     def started(self, now: float) -> None:
+        """Tell the request's owner its first event has left at `now` (monotonic seconds)."""
         self.owner.started(now)
 
     def ended(self, kind: str, tokens_sent: int) -> None:
+        """Abort the sequence (freeing its KV blocks; a no-op once it is done), then tell the
+        request's owner."""
         if self.replica is not None and self.seq is not None:
             self.replica.abort(self.seq)  # a fault's cut or a client gone (no-op once done)
         self.owner.ended(kind, tokens_sent)

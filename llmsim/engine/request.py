@@ -16,6 +16,9 @@ ONE_PER_EVENT = ChunkSpec()
 
 @dataclass
 class EngineRequest:
+    """A request as every wire format hands it to the engine: the model, the prompt's size in
+    tokens, the output limits, and what shapes the reply (stops, seed, tools, formats)."""
+
     model: str
     prompt_tokens: int
     max_tokens: int | None = None
@@ -54,6 +57,8 @@ class ToolCall:
 
 @dataclass
 class Choice:
+    """One of a reply's `n` alternatives: its tokens, why it ended, and any tool calls."""
+
     index: int
     tokens: Sequence[str]  # a list, or LazyTokens made as the stream reads them
     finish_reason: str  # "stop", "length" or "tool_calls"
@@ -62,6 +67,7 @@ class Choice:
 
     @property
     def text(self) -> str:
+        """The choice's content as one string (its tokens joined)."""
         return "".join(self.tokens)
 
 
@@ -94,6 +100,7 @@ class Reply:
 
     @property
     def completion_tokens(self) -> int:
+        """Output tokens over every choice (the usage figure)."""
         return sum(len(c.tokens) for c in self.choices)
 
     @property

@@ -150,6 +150,7 @@ class Seq:
 
     @property
     def done(self) -> bool:
+        """Whether the sequence has finished or been aborted."""
         return self.state in ("done", "aborted")
 
 
@@ -288,6 +289,7 @@ class Replica:
 
     @property
     def idle(self) -> bool:
+        """Whether nothing is running, waiting or still in the front end."""
         return not self.running and not self.waiting and not len(self.frontend)
 
     # -- one step ---------------------------------------------------------------------
@@ -605,6 +607,7 @@ class Replica:
     # -- what /metrics and /llmsim/stats show ---------------------------------------------
 
     def snapshot(self) -> dict[str, object]:
+        """The replica's queues, KV cache and counters now, in EngineStats' field names."""
         c = self.counters
         return {
             "replica": self.name,

@@ -211,6 +211,7 @@ def min_tokens(schema: Any) -> float:
 
 
 def pattern_min_len(pattern: str) -> int:
+    """The fewest characters a match of `pattern` takes (0 when it cannot be parsed)."""
     try:
         return int(_sre.parse(pattern).getwidth()[0])
     except Exception:

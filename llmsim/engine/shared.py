@@ -31,6 +31,7 @@ class ProcessLock:
         self._local = threading.Lock()
 
     def acquire(self) -> None:
+        """Block until this thread holds the lock: first within the process, then across them."""
         self._local.acquire()
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX)
@@ -39,6 +40,7 @@ class ProcessLock:
             raise
 
     def release(self) -> None:
+        """Release the lock: the record lock first, then the process's own."""
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
         finally:

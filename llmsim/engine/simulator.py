@@ -9,6 +9,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llmsim.engine.config import EngineConfig, ModelConfig
 from llmsim.engine.generators import LazyTokens, make_generator
@@ -18,6 +19,9 @@ from llmsim.engine.request import ONE_PER_EVENT, Choice, EngineRequest, Reply
 from llmsim.engine.structured import plan_choice
 from llmsim.engine.timing import Chunking, ChunkSpec, TimingConfig, plan, sample_ms
 from llmsim.engine.tokens import encoding_for_model
+
+if TYPE_CHECKING:
+    import tiktoken
 
 
 def apply_stop(tokens: list[str], stops: tuple[str, ...]) -> tuple[list[str], bool]:
@@ -187,7 +191,9 @@ class Engine:
         # still follow from --seed and the order requests arrive in.
         return self._rng
 
-    def _natural_length(self, rng: random.Random, req: EngineRequest, encoding, cap: int) -> int:
+    def _natural_length(
+        self, rng: random.Random, req: EngineRequest, encoding: tiktoken.Encoding, cap: int
+    ) -> int:
         fixed = self.generator.natural_length(req.prompt_text, encoding)
         if fixed is not None:
             return fixed

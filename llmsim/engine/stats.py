@@ -124,6 +124,12 @@ class Stats:
         return raw.decode("utf-8", "replace")
 
     def model_slot(self, model: str) -> int:
+        """The slot of `model`'s counters, the same in every worker; the __other__ slot when
+        every slot is taken by a name still in use.
+
+        A new name takes the first free slot, else the one idle longest past `name_ttl_s` with
+        nothing running or waiting. Names are compared on their first 128 bytes of UTF-8.
+        """
         meta = self.name_meta.values
         cached = self._slots.get(model)
         if cached is not None and meta[cached[0] * 2] == cached[1]:
@@ -199,6 +205,7 @@ class Stats:
 
     # --- hot path ----------------------------------------------------------------------------
     def request_started(self, model: str, stream: bool) -> int:
+        """Count a request arriving for `model` and make it active; returns its model slot."""
         d, g, b = self.table.values, self.layout.g, self._base
         slot = self.model_slot(model)
         d[b + g["requests"]] += 1
@@ -230,6 +237,8 @@ class Stats:
         e2e_s: float,
         finish_reason: str,
     ) -> None:
+        """Count a completed request: its tokens and finish reason, and its TTFT, end-to-end
+        time and time per output token (seconds) in the histograms; it is no longer active."""
         d, lay, b = self.table.values, self.layout, self._base
         m = self._model(slot)
         d[b + lay.g["active"]] -= 1
@@ -274,6 +283,7 @@ class Stats:
         self._ring("errors", 1)
 
     def throttled(self, kind: str) -> None:
+        """Count a request a rate limit refused: `kind` "requests" (RPM), anything else TPM."""
         d, g = self.table.values, self.layout.g
         d[self._base + g["throttled_requests" if kind == "requests" else "throttled_tokens"]] += 1
 
@@ -307,25 +317,34 @@ class Stats:
         return out
 
     def models(self) -> list[tuple[str, int]]:
+        """(name, slot) of every model that holds a slot, then (__other__, its slot)."""
         with self.names.lock:
             named = [(self._name_at(i), i) for i in range(self.max_models)]
         out = [(name, i) for name, i in named if name is not None]
         return [*out, (OTHER_MODEL, self._other)]
 
     def model_values(self, slot: int) -> list[float]:
+        """One model slot's fields summed over the workers, in the layout's order."""
         lay = self.layout
         return self._sum(lay.model_base + slot * lay.model_size, lay.model_size)
 
     def totals(self) -> dict[str, float]:
+        """The server-wide counters and gauges, summed over the workers, by name."""
         g = self.layout.g
         values = self._sum(0, len(_GLOBALS))
         return {name: values[g[name]] for name in _GLOBALS}
 
     def errors(self) -> dict[str, int]:
+        """Failed requests by error kind, summed over the workers (kinds with none left out)."""
         values = self._sum(self.layout.errors, len(ERROR_KINDS))
         return {k: int(v) for k, v in zip(ERROR_KINDS, values, strict=True) if v}
 
     def last_minute(self) -> dict[str, float]:
+        """Per-second rates over the last 60 s (the uptime if shorter, at least 1 s).
+
+        `requests_per_s` and the token rates count succeeded requests only; `errors_per_s`
+        counts failed ones.
+        """
         d, lay, size = self.table.values, self.layout, self.layout.size
         now = int(time.time())
         sums = dict.fromkeys(_RING_FIELDS[1:], 0.0)
@@ -346,6 +365,8 @@ class Stats:
         }
 
     def snapshot(self) -> dict[str, Any]:
+        """The server-wide part of /llmsim/stats: counts, rates, TTFT and end-to-end
+        percentiles (ms), and per-model counts (__other__ only when it has any)."""
         t = self.totals()
         lay = self.layout
         models = {}

@@ -46,6 +46,8 @@ class StepTimeModel:
     prefill_scale: float = 1.0
 
     def dense_ms(self, n_tokens: int) -> float:
+        """The dense part of a step of `n_tokens` tokens, in ms: the table interpolated linearly
+        (its first value below the first point, its last segment extended past the last)."""
         xs, ys = self.table_tokens, self.table_ms
         if n_tokens <= xs[0]:
             return ys[0]
@@ -89,10 +91,12 @@ class StepTimeModel:
         decode_ctx: int,
         prefills: Iterable[tuple[int, int]] = (),
     ) -> float:
+        """`step_ms` in seconds, the unit the replicas' clock runs in."""
         return self.step_ms(n_tokens, decodes, decode_ctx, prefills) / 1000.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepTimeModel:
+        """The model a preset's `step_time` block describes, before any calibration."""
         table = d["dense_ms_by_tokens"]
         return cls(
             table_tokens=tuple(int(n) for n, _ in table),
@@ -174,6 +178,7 @@ def calibrated_step_time(d: dict[str, Any]) -> StepTimeModel:
 
 
 def preset_names() -> list[str]:
+    """The shipped presets' names (their JSON files' stems), sorted."""
     root = resources.files("llmsim.engine.presets")
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
 

@@ -41,6 +41,8 @@ _DEFAULT_OBJECT = {
 
 @dataclass(frozen=True)
 class ToolSpec:
+    """A tool the request offers: its name and the schema its arguments must match."""
+
     name: str
     schema: dict[str, Any]  # JSON schema of the arguments; {} accepts any object
 
@@ -63,10 +65,17 @@ class OutputSpec:
 
     @property
     def shapes_text(self) -> bool:
+        """Whether a text reply must be JSON (a response format with a schema, or an object)."""
         return self.json_schema is not None or self.json_object
 
 
 def wants_tool_call(spec: OutputSpec, rng: random.Random, rate: float) -> bool:
+    """Whether this choice calls a tool rather than answering in text.
+
+    Never without tools or with tool_choice "none"; always when a call is required or forced;
+    with "auto", never right after a tool's result, else with probability `rate` (drawn from
+    `rng` only then).
+    """
     if not spec.tools or spec.tool_choice == "none":
         return False
     if spec.tool_choice in ("required", "tool"):
@@ -143,6 +152,7 @@ def _capped(choice: Choice, max_tokens: int | None) -> Choice:
 
 
 def dump(value: Any) -> str:
+    """A generated value as the reply's JSON text (non-ASCII characters left unescaped)."""
     return json.dumps(value, ensure_ascii=False)
 
 

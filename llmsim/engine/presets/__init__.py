@@ -1,0 +1,1 @@
+"""Engine mode's shipped presets: one JSON file per model and hardware (`steptime.load_preset`)."""
