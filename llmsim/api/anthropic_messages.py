@@ -49,11 +49,14 @@ ERROR_TYPES = {
 
 @dataclass
 class MessagesOptions:
+    """How to render a Messages reply: streaming or not, and the tool_choice mode asked for."""
+
     stream: bool = False
     tool_choice: str = "auto"
 
 
 def bad(message: str) -> ApiError:
+    """Anthropic's 400 invalid_request_error with `message`."""
     return ApiError(400, message)
 
 
@@ -227,6 +230,10 @@ def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
 def prompt_tokens(
     body: dict[str, Any], messages: list[dict[str, Any]], model: str, tool_mode: str | None
 ) -> int:
+    """The input_tokens a Messages request bills: system and messages (TOKENS_PER_MESSAGE each),
+    the tools' JSON and the tool-use system prompt for `tool_mode`, plus 1. An estimate with
+    o200k_base, as Claude's tokenizer is not public.
+    """
     total = count_tokens(_system(body), model)
     for m in messages:
         total += TOKENS_PER_MESSAGE + count_tokens(block_text(m.get("content")), model)
@@ -237,6 +244,9 @@ def prompt_tokens(
 
 
 def parse_messages_request(body: Any) -> tuple[EngineRequest, MessagesOptions]:
+    """Validate a Messages body the way Anthropic does and build the engine's request (one
+    choice, no seed).
+    """
     if not isinstance(body, dict):
         raise bad("The request body must be a JSON object.")
     model = _required(body, "model")
@@ -311,10 +321,12 @@ def count_tokens_response(body: Any) -> dict[str, Any]:
 
 
 def message_id(reply: Reply) -> str:
+    """The message's id: msg_01 and the reply's hex suffix."""
     return "msg_01" + reply.id
 
 
 def stop_reason(c: Choice) -> str:
+    """Anthropic's stop_reason for a choice: max_tokens, tool_use, stop_sequence or end_turn."""
     if c.finish_reason == "length":
         return "max_tokens"
     if c.finish_reason == "tool_calls":
@@ -330,6 +342,9 @@ def _tool_input(c: Choice, start: int, end: int) -> Any:
 
 
 def content_blocks(c: Choice) -> list[dict[str, Any]]:
+    """The message's content: a tool_use block per call (its input parsed, {} when cut short),
+    else one text block, or none for an empty reply.
+    """
     if c.tool_calls is not None:
         return [
             {
@@ -344,6 +359,9 @@ def content_blocks(c: Choice) -> list[dict[str, Any]]:
 
 
 def usage(reply: Reply, output_tokens: int | None = None) -> dict[str, Any]:
+    """Anthropic's usage object; `output_tokens` overrides the reply's count (message_start
+    sends 1).
+    """
     return {
         "input_tokens": reply.prompt_tokens,
         "cache_creation_input_tokens": 0,
@@ -354,6 +372,7 @@ def usage(reply: Reply, output_tokens: int | None = None) -> dict[str, Any]:
 
 
 def render_message(reply: Reply) -> dict[str, Any]:
+    """The non-streaming message body for the reply's first (only) choice."""
     c = reply.choices[0]
     return {
         "id": message_id(reply),
@@ -376,6 +395,9 @@ _TOKEN_JSON: dict[str, bytes] = {}
 
 
 def token_json(tok: str) -> bytes:
+    """A token's text as JSON bytes, from a cache of at most 100,000 entries (cleared when full).
+    Also used by the Responses stream.
+    """
     b = _TOKEN_JSON.get(tok)
     if b is None:
         b = json.dumps(tok).encode()
@@ -496,6 +518,9 @@ def limit_error(v: Any) -> ApiError:
 
 
 def error_object(err: ApiError) -> dict[str, Any]:
+    """Anthropic's error body: `{"type": "error", "error": {type, message}}`, the type from
+    the status.
+    """
     typ = ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": typ, "message": err.message}}
 
@@ -506,23 +531,31 @@ class AnthropicMessages:
     name = "anthropic.messages"
 
     def parse(self, body: Any) -> tuple[EngineRequest, MessagesOptions]:
+        """Validate a Messages body; see parse_messages_request."""
         return parse_messages_request(body)
 
     def render(self, reply: Reply, opts: MessagesOptions, ctx: RenderContext) -> dict[str, Any]:
+        """The message body (render_message)."""
         return render_message(reply)
 
     def stream_events(
         self, reply: Reply, opts: MessagesOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
+        """The Messages SSE events (stream_events)."""
         return stream_events(reply)
 
     def error_body(self, err: ApiError) -> bytes:
+        """Anthropic's error body (error_object) as JSON bytes."""
         return json.dumps(error_object(err)).encode()
 
     def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
+        """The error as an SSE `error` event (`sent_events` is unused: Anthropic's events are not
+        numbered).
+        """
         return _event("error", error_object(err))
 
     def limit_error(self, violation: Any) -> ApiError:
+        """Anthropic's 400 for a request beyond the model's limits (limit_error)."""
         return limit_error(violation)
 
 
@@ -532,6 +565,9 @@ _CREATED = datetime.fromtimestamp(1_700_000_000, tz=timezone.utc).strftime("%Y-%
 
 
 def model_info(model_id: str) -> dict[str, Any]:
+    """One model as Anthropic's /v1/models endpoints return it, display_name made from the id
+    (claude-sonnet-4 -> Claude Sonnet 4).
+    """
     words = model_id.split("-")
     display = " ".join(w if any(ch.isdigit() for ch in w) else w.capitalize() for w in words)
     return {"type": "model", "id": model_id, "display_name": display, "created_at": _CREATED}

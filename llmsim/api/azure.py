@@ -110,6 +110,9 @@ class AzureWire:
         self.deployments = deployments or {}
 
     def parse(self, body: Any) -> tuple[EngineRequest, Any]:
+        """Set the body's model to the deployment's (on the v1 paths, map the body's own through
+        --azure-deployment), then parse with the inner format.
+        """
         if isinstance(body, dict):
             if self.model is not None:
                 body["model"] = self.model  # the deployment decides, whatever the body says
@@ -118,6 +121,9 @@ class AzureWire:
         return self.inner.parse(body)
 
     def render(self, reply: Reply, opts: Any, ctx: RenderContext) -> dict[str, Any]:
+        """The inner format's body, with Azure's prompt_filter_results and per-choice
+        content_filter_results for chat and completions.
+        """
         out = self.inner.render(reply, opts, ctx)
         if self.inner.name in _FILTERED_APIS:
             out["prompt_filter_results"] = PROMPT_FILTER_RESULTS
@@ -128,6 +134,10 @@ class AzureWire:
     def stream_events(
         self, reply: Reply, opts: Any, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
+        """The inner format's events; for chat and completions, Azure's first chunk (no choices,
+        the prompt's filter results) and content_filter_results on every choice (empty when the
+        chunk has no text).
+        """
         first = True
         for step, data in self.inner.stream_events(reply, opts, ctx):
             if self.inner.name not in _FILTERED_APIS:
@@ -149,6 +159,9 @@ class AzureWire:
             yield step, b"".join(events)
 
     def error_body(self, err: ApiError) -> bytes:
+        """Azure's own bodies for a 429, an unknown deployment, a bad api-version and an unknown
+        URL; other errors in the inner (OpenAI) format's shape.
+        """
         if err.status == 429 and err.code in ("rate_limit_exceeded", None):
             retry = err.headers.get("retry-after", "1")
             unit = "token" if err.type == "tokens" else "call"
@@ -176,7 +189,9 @@ class AzureWire:
         return self.inner.error_body(err)
 
     def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
+        """The inner format's error event."""
         return self.inner.stream_error(err, sent_events)
 
     def limit_error(self, violation: Any) -> ApiError:
+        """The inner format's 400 for a request beyond the model's limits."""
         return self.inner.limit_error(violation)

@@ -123,6 +123,7 @@ def check_schemas(schemas: list[tuple[str, Any]], anthropic: bool = False) -> No
 
 
 def check_tool_count(tools: list[Any], param: str = "tools", anthropic: bool = False) -> None:
+    """Refuse more than MAX_TOOLS tools with OpenAI's 400 naming `param`, or Anthropic's."""
     if len(tools) <= MAX_TOOLS:
         return
     if anthropic:
@@ -137,6 +138,9 @@ def check_tool_count(tools: list[Any], param: str = "tools", anthropic: bool = F
 
 
 def check_anthropic_stops(stops: list[str]) -> None:
+    """Refuse more than MAX_ANTHROPIC_STOPS stop sequences, or one longer than MAX_STOP_CHARS
+    characters, with Anthropic's 400 (it publishes no limit; these keep the stop scan cheap).
+    """
     if len(stops) > MAX_ANTHROPIC_STOPS:
         raise ApiError(
             400,

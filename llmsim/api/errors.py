@@ -7,6 +7,12 @@ from typing import Any
 
 
 class ApiError(Exception):
+    """A refused or failed request: its HTTP status and OpenAI's error fields.
+
+    Raised anywhere in the pipeline; each wire format renders it in its provider's shape.
+    `headers` are sent with the response (a 429's retry-after, a 405's Allow).
+    """
+
     def __init__(
         self,
         status: int,
@@ -25,6 +31,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
+        """OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
         return {
             "error": {
                 "message": self.message,
@@ -35,6 +42,7 @@ class ApiError(Exception):
         }
 
     def json_bytes(self) -> bytes:
+        """body() encoded as JSON, the response body of OpenAI's formats."""
         return json.dumps(self.body()).encode()
 
 
@@ -50,10 +58,12 @@ _TYPE_NAMES = {
 
 
 def type_name(value: Any) -> str:
+    """A JSON value's type as OpenAI's messages name it ("a string", "null"), else its class."""
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def invalid_type(param: str, expected: str, value: Any) -> ApiError:
+    """OpenAI's 400 for a parameter of the wrong JSON type (code invalid_type)."""
     return ApiError(
         400,
         f"Invalid type for '{param}': expected {expected}, but got {type_name(value)} instead.",
@@ -63,6 +73,7 @@ def invalid_type(param: str, expected: str, value: Any) -> ApiError:
 
 
 def missing(param: str) -> ApiError:
+    """OpenAI's 400 for a required parameter that is absent or null."""
     return ApiError(
         400,
         f"Missing required parameter: '{param}'.",
@@ -72,6 +83,7 @@ def missing(param: str) -> ApiError:
 
 
 def below_min(param: str, minimum: float, value: Any, integer: bool) -> ApiError:
+    """OpenAI's 400 for a number below `minimum`, worded for an integer or a decimal (`integer`)."""
     kind = "integer" if integer else "decimal"
     return ApiError(
         400,
@@ -83,6 +95,7 @@ def below_min(param: str, minimum: float, value: Any, integer: bool) -> ApiError
 
 
 def above_max(param: str, maximum: float, value: Any, integer: bool) -> ApiError:
+    """OpenAI's 400 for a number above `maximum`, worded for an integer or a decimal (`integer`)."""
     kind = "integer" if integer else "decimal"
     return ApiError(
         400,
@@ -94,6 +107,7 @@ def above_max(param: str, maximum: float, value: Any, integer: bool) -> ApiError
 
 
 def invalid_json() -> ApiError:
+    """OpenAI's 400 for a body that is not valid JSON, in OpenAI's words."""
     return ApiError(
         400,
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
@@ -103,6 +117,7 @@ def invalid_json() -> ApiError:
 
 
 def model_not_found(model: str) -> ApiError:
+    """OpenAI's 404 for a model the server does not know (with --strict-models)."""
     return ApiError(
         404,
         f"The model `{model}` does not exist or you do not have access to it.",
@@ -112,14 +127,17 @@ def model_not_found(model: str) -> ApiError:
 
 
 def not_found_url(method: str, path: str) -> ApiError:
+    """OpenAI's 404 for a path no route serves."""
     return ApiError(404, f"Invalid URL ({method} {path})", code="unknown_url")
 
 
 def method_not_allowed(method: str, path: str) -> ApiError:
+    """OpenAI's 405 for a route called with the wrong HTTP method."""
     return ApiError(405, f"Invalid method for URL ({method} {path})", code="method_not_allowed")
 
 
 def body_too_large(limit: int) -> ApiError:
+    """The 413 for a request body above `limit` bytes (--max-body-bytes)."""
     return ApiError(
         413,
         f"Request body too large: the limit is {limit} bytes.",
@@ -128,6 +146,7 @@ def body_too_large(limit: int) -> ApiError:
 
 
 def server_error() -> ApiError:
+    """OpenAI's 500 for an unexpected error while handling a request."""
     return ApiError(
         500,
         "The server had an error while processing your request. Sorry about that!",

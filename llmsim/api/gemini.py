@@ -66,6 +66,7 @@ def _get(obj: dict[str, Any], camel: str) -> Any:
 
 
 def invalid(message: str) -> ApiError:
+    """Google's 400 INVALID_ARGUMENT with `message`."""
     return ApiError(400, message, type="INVALID_ARGUMENT", code="invalid_argument")
 
 
@@ -184,6 +185,9 @@ def _usage(reply: Reply, candidates_tokens: int) -> dict[str, Any]:
 
 
 def render(reply: Reply, response_id: str) -> dict[str, Any]:
+    """The non-streaming GenerateContentResponse: one candidate per choice, usageMetadata,
+    the model as modelVersion and the request's responseId.
+    """
     return {
         "candidates": [
             {
@@ -200,7 +204,9 @@ def render(reply: Reply, response_id: str) -> dict[str, Any]:
     }
 
 
-def stream_events(reply: Reply, opts: GeminiOptions, response_id: str):
+def stream_events(
+    reply: Reply, opts: GeminiOptions, response_id: str
+) -> Iterator[tuple[int, bytes]]:
     """(step, bytes): one GenerateContentResponse per step of the reply's chunking (several
     tokens each: Gemini's default chunk size is the stream loop's, see api_chunk_tokens).
 
@@ -267,6 +273,7 @@ def error_json(err: ApiError) -> dict[str, Any]:
 
 
 def not_found(what: str) -> ApiError:
+    """Google's 404 NOT_FOUND for an unknown model or method, with `what` as the message."""
     return ApiError(404, what, type="NOT_FOUND", code="not_found")
 
 
@@ -301,20 +308,27 @@ class GeminiWire:
         self.response_id = hex_id(11)
 
     def parse(self, body: Any) -> tuple[EngineRequest, GeminiOptions]:
+        """Validate a generateContent body for the URL's model; see parse_request."""
         return parse_request(body, self.model, self.stream, self.sse)
 
     def render(self, reply: Reply, opts: GeminiOptions, ctx: RenderContext) -> dict[str, Any]:
+        """The GenerateContentResponse body (render)."""
         return render(reply, self.response_id)
 
     def stream_events(
         self, reply: Reply, opts: GeminiOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
+        """The streamGenerateContent events (stream_events): SSE, or a JSON array's elements."""
         return stream_events(reply, opts, self.response_id)
 
     def error_body(self, err: ApiError) -> bytes:
+        """Google's error body (error_json) as JSON bytes."""
         return json.dumps(error_json(err)).encode()
 
     def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
+        """The error inside a stream: an SSE event; without alt=sse the JSON array's last element,
+        opening the array too when `sent_events` is 0.
+        """
         data = json.dumps(error_json(err))
         if self.sse:
             return f"data: {data}\r\n\r\n".encode()

@@ -148,10 +148,14 @@ def parse_chat_request(body: Any) -> tuple[EngineRequest, ChatOptions]:
 
 
 def completion_id(reply: Reply) -> str:
+    """The chat completion's id: chatcmpl- and the reply's hex suffix."""
     return "chatcmpl-" + reply.id
 
 
 def usage(reply: Reply) -> dict[str, Any]:
+    """OpenAI's usage object for a chat completion; completion_tokens includes the hidden
+    reasoning tokens, as OpenAI bills them.
+    """
     # completion_tokens includes the hidden reasoning tokens, as OpenAI bills them.
     out = reply.completion_tokens + reply.reasoning_tokens
     return {
@@ -169,6 +173,9 @@ def usage(reply: Reply) -> dict[str, Any]:
 
 
 def render_completion(reply: Reply, system_fingerprint: str) -> dict[str, Any]:
+    """The non-streaming chat.completion body: one assistant message per choice (text or tool
+    calls), usage and the server's system_fingerprint.
+    """
     return {
         "id": completion_id(reply),
         "object": "chat.completion",
@@ -334,14 +341,17 @@ class OpenAIChat(OpenAIErrors):
     name = "openai.chat"
 
     def parse(self, body: Any) -> tuple[EngineRequest, ChatOptions]:
+        """Validate a chat completions body; see parse_chat_request."""
         return parse_chat_request(body)
 
     def render(self, reply: Reply, opts: ChatOptions, ctx: RenderContext) -> dict[str, Any]:
+        """The chat.completion body (render_completion)."""
         return render_completion(reply, ctx.system_fingerprint)
 
     def stream_events(
         self, reply: Reply, opts: ChatOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
+        """The chat.completion.chunk events (stream_events), with usage as stream_options ask."""
         return stream_events(
             reply, ctx.system_fingerprint, opts.include_usage, opts.continuous_usage
         )

@@ -40,6 +40,10 @@ DEFAULT_MAX_TOKENS = 16
 
 @dataclass
 class CompletionOptions:
+    """How to render a completion: streaming and usage chunks, each prompt's text when `echo` is
+    on, and `n` (choices per prompt, to find a choice's prompt).
+    """
+
     stream: bool = False
     include_usage: bool = False
     echo_texts: list[str] = field(default_factory=list)  # per prompt, when echo is on
@@ -77,6 +81,11 @@ def _prompts(body: dict[str, Any], model: str) -> tuple[list[str], int]:
 
 
 def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOptions]:
+    """Validate a legacy completions body the way OpenAI does and build the engine's request.
+
+    Every prompt gets `n` choices; `max_tokens` 0 is allowed only with `echo`, and then nothing
+    is generated (n=0): the reply is the prompts alone.
+    """
     body, model = body_and_model(body)
     prompts, prompt_tokens = _prompts(body, model)
     max_tokens = int_param(body, "max_tokens", 0, None)
@@ -125,6 +134,7 @@ def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOption
 
 
 def usage(reply: Reply) -> dict[str, Any]:
+    """OpenAI's usage object for a completion: prompt, completion and total tokens."""
     return {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
@@ -137,6 +147,7 @@ def _echo(opts: CompletionOptions, index: int) -> str:
 
 
 def render(reply: Reply, opts: CompletionOptions, system_fingerprint: str) -> dict[str, Any]:
+    """The non-streaming text_completion body, each choice's text after its echoed prompt."""
     if reply.choices:
         choices = [
             {
@@ -241,12 +252,15 @@ class OpenAICompletions(OpenAIErrors):
     name = "openai.completions"
 
     def parse(self, body: Any) -> tuple[EngineRequest, CompletionOptions]:
+        """Validate a completions body; see parse_completion_request."""
         return parse_completion_request(body)
 
     def render(self, reply: Reply, opts: CompletionOptions, ctx: RenderContext) -> dict[str, Any]:
+        """The text_completion body (render)."""
         return render(reply, opts, ctx.system_fingerprint)
 
     def stream_events(
         self, reply: Reply, opts: CompletionOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
+        """The text_completion chunk events (stream_events)."""
         return stream_events(reply, opts, ctx.system_fingerprint)

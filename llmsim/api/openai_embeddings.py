@@ -14,7 +14,7 @@ import base64
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -39,6 +39,10 @@ MAX_REQUEST_TOKENS = 300_000
 
 @dataclass
 class EmbeddingOptions:
+    """How to render embeddings: the input texts, the vector length and whether vectors are sent
+    as base64 instead of float arrays.
+    """
+
     stream: bool = False  # embeddings never stream
     texts: list[str] = field(default_factory=list)
     dimensions: int = DEFAULT_DIMENSIONS
@@ -46,11 +50,15 @@ class EmbeddingOptions:
 
 
 def model_dimensions(model: str) -> int:
+    """A model's full vector length: that of the text-embedding model its name starts with
+    (ignoring any provider/ prefix), else DEFAULT_DIMENSIONS.
+    """
     name = model.lower().rsplit("/", 1)[-1]
     return next((d for m, d in MODEL_DIMENSIONS.items() if name.startswith(m)), DEFAULT_DIMENSIONS)
 
 
 def supports_dimensions(model: str) -> bool:
+    """Whether the model takes `dimensions` (ada-002 does not, as on OpenAI)."""
     return "ada-002" not in model.lower()
 
 
@@ -120,6 +128,9 @@ def _inputs(body: dict[str, Any], model: str) -> tuple[list[str], list[int]]:
 
 
 def parse_embeddings_request(body: Any) -> tuple[EngineRequest, EmbeddingOptions]:
+    """Validate an embeddings body the way OpenAI does and build the engine's request: the inputs'
+    tokens as the prompt and nothing to generate.
+    """
     body, model = body_and_model(body)
     texts, counts = _inputs(body, model)
     fmt = body.get("encoding_format", "float")
@@ -167,6 +178,7 @@ def embedding(model: str, text: str, dimensions: int | None = None) -> np.ndarra
 
 
 def render(reply: Reply, opts: EmbeddingOptions) -> dict[str, Any]:
+    """The embeddings list body as one dict (render_json writes the same body in pieces)."""
     data = []
     for i, text in enumerate(opts.texts):
         vec = embedding(reply.model, text, opts.dimensions)
@@ -210,15 +222,19 @@ class OpenAIEmbeddings(OpenAIErrors):
     checks_limits = False  # an embedding's window is per input; nothing is generated
 
     def parse(self, body: Any) -> tuple[EngineRequest, EmbeddingOptions]:
+        """Validate an embeddings body; see parse_embeddings_request."""
         return parse_embeddings_request(body)
 
     def render(self, reply: Reply, opts: EmbeddingOptions, ctx: RenderContext) -> dict[str, Any]:
+        """The embeddings list body as a dict (render)."""
         return render(reply, opts)
 
     def render_json(
         self, reply: Reply, opts: EmbeddingOptions, ctx: RenderContext
     ) -> Iterator[bytes]:
+        """The JSON body in pieces of one vector each (render_json), used instead of render."""
         return render_json(reply, opts)
 
-    def stream_events(self, reply: Reply, opts: EmbeddingOptions, ctx: RenderContext):
+    def stream_events(self, reply: Reply, opts: EmbeddingOptions, ctx: RenderContext) -> NoReturn:
+        """Always raises NotImplementedError: embeddings have no stream."""
         raise NotImplementedError("embeddings are not streamed")

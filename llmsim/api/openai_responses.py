@@ -46,6 +46,10 @@ EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 @dataclass
 class ResponsesOptions:
+    """How to render a Response: streaming or not, and the request fields every Response object
+    repeats (instructions, tools, text.format, reasoning, ...).
+    """
+
     stream: bool = False
     echo: dict[str, Any] = field(default_factory=dict)  # request fields the Response repeats
 
@@ -191,6 +195,12 @@ def _tools(body: dict[str, Any]) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
 
 
 def parse_responses_request(body: Any) -> tuple[EngineRequest, ResponsesOptions]:
+    """Validate a Responses body the way OpenAI does and build the engine's request.
+
+    The prompt counts the instructions, every input item (TOKENS_PER_ITEM each, plus its text)
+    and the tools' and schema's JSON. The request is marked `whole_reply` (n x max_tokens
+    bounded): even a stream's response.completed event repeats the whole output.
+    """
     body, model = body_and_model(body)
     items = _input_items(body)
     instructions = body.get("instructions")
@@ -312,6 +322,7 @@ def _suffix(reply: Reply) -> str:
 
 
 def usage(reply: Reply) -> dict[str, Any]:
+    """OpenAI's usage object for a Response; output_tokens includes the reasoning tokens."""
     out = reply.completion_tokens + reply.reasoning_tokens
     return {
         "input_tokens": reply.prompt_tokens,
@@ -356,6 +367,9 @@ def _final_status(c: Choice) -> str:
 
 
 def output_items(reply: Reply) -> list[dict[str, Any]]:
+    """A finished Response's `output`: a reasoning item when the model reasoned, then the
+    function calls or the one message.
+    """
     c = reply.choices[0]
     items = [_reasoning_item(reply)] if reply.reasoning_tokens else []
     if c.tool_calls is not None:
@@ -371,6 +385,9 @@ def output_items(reply: Reply) -> list[dict[str, Any]]:
 def response_object(
     reply: Reply, opts: ResponsesOptions, status: str, output: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
+    """The Response object with `status`; `completed_at` and usage only once it is completed or
+    incomplete. `output` None is an empty list.
+    """
     done = status in ("completed", "incomplete")
     return {
         "id": "resp_" + _suffix(reply),
@@ -388,6 +405,7 @@ def response_object(
 
 
 def render(reply: Reply, opts: ResponsesOptions) -> dict[str, Any]:
+    """The non-streaming Response body, completed (or incomplete when max_output_tokens cut it)."""
     c = reply.choices[0]
     return response_object(reply, opts, _final_status(c), output_items(reply))
 
@@ -603,20 +621,27 @@ class OpenAIResponses(OpenAIErrors):
     name = "openai.responses"
 
     def parse(self, body: Any) -> tuple[EngineRequest, ResponsesOptions]:
+        """Validate a Responses body; see parse_responses_request."""
         return parse_responses_request(body)
 
     def render(self, reply: Reply, opts: ResponsesOptions, ctx: RenderContext) -> dict[str, Any]:
+        """The Response body (render)."""
         return render(reply, opts)
 
     def stream_events(
         self, reply: Reply, opts: ResponsesOptions, ctx: RenderContext
     ) -> Iterator[tuple[int, bytes]]:
+        """The Responses stream's events (stream_events)."""
         return stream_events(reply, opts)
 
     def stream_error(self, err: ApiError, sent_events: int = 0) -> bytes:
+        """A Responses `error` event, numbered after the `sent_events` already sent."""
         return error_event(err, sent_events)
 
     def limit_error(self, violation: Any) -> ApiError:
+        """OpenAI's 400 for a request beyond the model's limits; the context error names `input`,
+        as the Responses API does.
+        """
         if violation.kind == "context":
             violation = replace(violation, param="input")
         return openai_limit_error(violation)

@@ -34,6 +34,9 @@ def body_and_model(body: Any) -> tuple[dict[str, Any], str]:
 
 
 def int_param(body: dict[str, Any], name: str, lo: int | None, hi: int | None) -> int | None:
+    """`body[name]` checked as an integer within [lo, hi] (None: unbounded); None when absent
+    or null. Raises OpenAI's 400 naming the parameter.
+    """
     v = body.get(name)
     if v is None:
         return None
@@ -48,6 +51,7 @@ def int_param(body: dict[str, Any], name: str, lo: int | None, hi: int | None) -
 
 
 def num_param(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    """Range-check `body[name]` as a number within [lo, hi] when present (raises OpenAI's 400)."""
     v = body.get(name)
     if v is None:
         return
@@ -60,6 +64,7 @@ def num_param(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
 
 
 def bool_param(body: dict[str, Any], name: str) -> bool:
+    """`body[name]` checked as a boolean; False when absent or null."""
     v = body.get(name)
     if v is None:
         return False
@@ -77,6 +82,9 @@ def sampling_params(body: dict[str, Any]) -> None:
 
 
 def stop_param(body: dict[str, Any]) -> tuple[str, ...]:
+    """`stop` as a tuple of non-empty strings (a string or up to MAX_STOP of them); () when
+    absent. Empty strings are accepted and dropped.
+    """
     v = body.get("stop")
     if v is None:
         return ()

@@ -23,10 +23,14 @@ TOOL_MODES = ("none", "auto", "required")
 
 
 def invalid_value(param: str, message: str) -> ApiError:
+    """OpenAI's 400 for a parameter whose value is not one it accepts (code invalid_value)."""
     return ApiError(400, message, param=param, code="invalid_value")
 
 
 def check_tool_name(name: Any, where: str) -> str:
+    """A function or schema name checked as OpenAI does: required, a string, 1-64 characters of
+    letters, digits, _ and -. Returns the name; `where` is the parameter the 400 names.
+    """
     if name is None:
         raise missing(where)
     if not isinstance(name, str):
@@ -43,6 +47,9 @@ def check_tool_name(name: Any, where: str) -> str:
 
 
 def check_schema(schema: Any, where: str) -> dict[str, Any]:
+    """A tool's parameters or a response schema, checked as an object within the schema bounds
+    (llmsim.api.bounds). A missing one is an empty object schema.
+    """
     if schema is None:
         return {"type": "object", "properties": {}}
     if not isinstance(schema, dict):
@@ -188,10 +195,12 @@ def chat_output_spec(
 
 
 def call_id(suffix: str) -> str:
+    """A tool call's id in OpenAI's spelling: call_ and the engine's suffix."""
     return "call_" + suffix
 
 
 def chat_tool_calls(c: Choice) -> list[dict[str, Any]]:
+    """The `tool_calls` of a chat message: each call's id, name and arguments (its tokens' text)."""
     return [
         {
             "id": call_id(tc.id),

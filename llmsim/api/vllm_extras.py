@@ -77,4 +77,5 @@ def detokenize(body: Any, default_model: str) -> dict[str, Any]:
 
 
 def version() -> dict[str, str]:
+    """GET /version: the vLLM release engine mode follows, and llmsim's own version."""
     return {"version": VLLM_VERSION, "llmsim": __version__}

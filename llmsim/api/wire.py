@@ -38,10 +38,18 @@ def api_chunk_tokens(wire_name: str) -> ChunkSpec:
 
 @dataclass(frozen=True)
 class RenderContext:
+    """Server-wide values every response repeats: the engine's system_fingerprint."""
+
     system_fingerprint: str
 
 
 class WireFormat(Protocol):
+    """One API's request parsing and response rendering, as the server pipeline calls them.
+
+    Optional attributes the pipeline also reads: `checks_limits` (False skips the model's limit
+    check) and `render_json` (the JSON body as pieces, for a body too big to build at once).
+    """
+
     name: str  # e.g. "openai.chat"; shows in logs
 
     def parse(self, body: Any) -> tuple[EngineRequest, Any]:
