@@ -135,6 +135,11 @@ def test_gemini_stream_json_array_form_and_errors(server):
     items = json.loads(r.text)
     assert isinstance(items, list) and len(items) >= 2
     assert items[-1]["usageMetadata"]["candidatesTokenCount"] == 9
+    # A fault mid-stream ends the array with the error as its last element: still valid JSON.
+    r = httpx.post(url, json=body, headers={"x-llmsim-fault": "stream-error"})
+    items = json.loads(r.text)
+    assert len(items) >= 2 and "candidates" in items[0], items
+    assert items[-1]["error"]["status"] == "INTERNAL", items[-1]
 
     gen = server.url + "/v1beta/models/gemini-2.5-flash:generateContent"
     r = httpx.post(gen, json=body, headers={"x-llmsim-fault": "429"})

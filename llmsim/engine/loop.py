@@ -582,14 +582,20 @@ class Stream:
             return
         if self.error_bytes is not None:
             try:
-                self.sink.send(self, self.error_bytes(self.events_sent), True)
+                self.sink.send(self, self.error_bytes(self._sent_count(0, 0)), True)
             except Exception:  # the socket may be what failed
                 pass
         self.fail("server_error")
 
+    def _sent_count(self, more_events: int, more_steps: int) -> int:
+        """What the error event is told was sent before it: the SSE events (counted only on a
+        stream-error stream), or the steps written when that is more. Gemini's JSON-array form
+        has no SSE events at all and must know whether its array is open."""
+        return max(self.events_sent + more_events, self.steps_sent + more_steps)
+
     def _fault(self, parts: list[bytes], now: float, planned: float | None) -> bool:
         if self.fault == "stream-error":
-            sent = self.events_sent + sum(p.count(b"\n\n") for p in parts)
+            sent = self._sent_count(sum(p.count(b"\n\n") for p in parts), len(parts))
             if self.steps_sent == 0 and parts:
                 self.owner.started(now)
             parts.append(self.error_bytes(sent) if self.error_bytes is not None else b"")
