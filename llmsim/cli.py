@@ -5,18 +5,27 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from llmsim import __version__
 from llmsim.settings import SERVE_OPTIONS, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from llmsim.settings import Settings
+
 
 class LlmsimGroup(click.Group):
     """Prints usage mistakes as one line (`llmsim: error: …`) and exits 2, never a traceback."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Run click without standalone mode and turn its result or error into the exit status.
+
+        A command's int return value becomes the exit status (anything else exits 0). Ctrl-C
+        exits 130; usage mistakes and SettingsError print one line and exit 2, other
+        ClickExceptions print one line and exit with their own code.
+        """
         kwargs["standalone_mode"] = False
         try:
             rv = super().main(*args, **kwargs)
@@ -84,7 +93,12 @@ def simulator_options(
     return func
 
 
-def settings_from_cli(config: str | None, flags: dict[str, Any]):
+def settings_from_cli(config: str | None, flags: dict[str, Any]) -> Settings:
+    """Resolve Settings from `--config` and the simulator_options flags; SettingsError if bad.
+
+    Flags not given (None, or () for a repeatable one) are left out, so the environment and the
+    YAML file still apply to them.
+    """
     # A repeatable flag that was not given arrives as (): that is "not set", not "empty".
     given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
     return load_settings(
@@ -412,4 +426,5 @@ def calibrate(files: tuple[str, ...], out: str) -> int:
 
 
 def main() -> None:
+    """Entry point of the `llmsim` console script (and `python -m llmsim`)."""
     cli(prog_name="llmsim")

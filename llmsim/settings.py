@@ -212,6 +212,12 @@ def _replay_file(v: str) -> None:
 
 @dataclass(frozen=True)
 class Option:
+    """One simulator option: its Settings field name, parser, --help default and help text.
+
+    `parse` turns a raw flag, env or YAML value into the field's type and `check` validates the
+    parsed value; both raise ValueError, which becomes a SettingsError naming the value's source.
+    """
+
     name: str
     parse: Callable[[Any], Any]
     default: Any
@@ -223,10 +229,12 @@ class Option:
 
     @property
     def flag(self) -> str:
+        """The command-line flag, e.g. `--ttft-ms` for `ttft_ms`."""
         return "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
+        """The environment variable, e.g. `LLMSIM_TTFT_MS` for `ttft_ms`."""
         return ENV_PREFIX + self.name.upper()
 
 
@@ -828,6 +836,13 @@ PER_MODEL_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class Settings:
+    """Every simulator option's resolved value, one field per SERVE_OPTIONS entry.
+
+    Build it with load_settings, which parses and checks each value. The field defaults here are
+    the ones that apply; Option.default is only shown in --help (an import-time assert checks
+    that the names agree, not the defaults).
+    """
+
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1

@@ -25,6 +25,7 @@ class RecorderProcess:
 
     @property
     def pid(self) -> int:
+        """The recorder child's process id (bench samples its CPU and memory)."""
         return self.proc.pid
 
     def stop(self) -> None:

@@ -22,6 +22,7 @@ def mark_counted(exc: BaseException) -> BaseException:
 
 
 def is_counted(exc: BaseException) -> bool:
+    """Whether mark_counted was called on `exc`: its request is already in the stats."""
     return bool(getattr(exc, _MARK, False))
 
 

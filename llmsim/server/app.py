@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -27,6 +27,9 @@ from llmsim.server.metrics import CONTENT_TYPE, render_metrics
 from llmsim.server.pipeline import START_KEY  # noqa: F401  (re-exported for the runner)
 from llmsim.server.state import ServerState, Shared
 from llmsim.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = logging.getLogger("llmsim.server")
 
@@ -54,7 +57,9 @@ def _gemini_request() -> bool:
     )
 
 
-def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None):
+def _json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         json.dumps(payload), status=status, headers=headers, mimetype="application/json"
     )
@@ -89,7 +94,7 @@ def create_app(
             return gemini.GeminiWire()
         return fmt or (ANTHROPIC if _anthropic_request() else CHAT)
 
-    def route(fmt: WireFormat):
+    def route(fmt: WireFormat) -> Callable[[], Response]:
         def view() -> Response:
             request.llmsim_wire = fmt  # type: ignore[attr-defined]
             return pipeline.handle(fmt, state)
@@ -115,7 +120,7 @@ def create_app(
         )
 
     # Azure OpenAI: the deployment in the path is the model (see llmsim.api.azure).
-    def azure_route(inner: WireFormat, versioned: bool):
+    def azure_route(inner: WireFormat, versioned: bool) -> Callable[..., Response]:
         def view(deployment: str | None = None) -> Response:
             version = request.args.get("api-version")
             model = None

@@ -142,6 +142,8 @@ class KeyCheck:
         self.keys = keys
 
     def __call__(self, environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Pass the request to the app when its path is open or it carries an accepted key;
+        else answer the refusal of the path's API (401, or Gemini's 400/403) here."""
         path = environ.get("PATH_INFO", "")
         if path in _OPEN_PATHS or path.startswith("/llmsim/"):
             return self.app(environ, start_response)

@@ -13,7 +13,7 @@ from llmsim.record.served import fitted_model
 from llmsim.settings import Settings
 
 
-def _pick(value, default):
+def _pick(value: float | None, default: float) -> float:
     return default if value is None else value
 
 

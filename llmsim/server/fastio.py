@@ -21,10 +21,15 @@ import email.parser
 import re
 import socket
 import time
+from typing import TYPE_CHECKING, BinaryIO
 
 from gevent.pywsgi import OldMessage, format_date_time
 
 from llmsim.server.http_hygiene import check_framing, read_head_lines
+
+if TYPE_CHECKING:
+    from gevent.pywsgi import WSGIHandler
+    from gevent.socket import socket as GeventSocket
 
 _MAXHEADERS = 100
 # A header line the email parser (compat32 policy) reads as name, ':', value with leading
@@ -32,7 +37,9 @@ _MAXHEADERS = 100
 _SIMPLE = re.compile(r"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n\Z")
 
 
-def read_headers(fp, max_bytes: int = 32 * 1024, max_lines: int = _MAXHEADERS) -> OldMessage:
+def read_headers(
+    fp: BinaryIO, max_bytes: int = 32 * 1024, max_lines: int = _MAXHEADERS
+) -> OldMessage:
     """What gevent.pywsgi.headers_factory(fp) returns, without the email parser when possible.
 
     At most max_bytes and max_lines are read (http_hygiene's 431 beyond), and the framing
@@ -70,7 +77,7 @@ def _parse(lines: list[bytes]) -> OldMessage:
     return msg
 
 
-def head_and_body(handler, data: bytes) -> bytearray:
+def head_and_body(handler: WSGIHandler, data: bytes) -> bytearray:
     """The status line, headers and first body bytes of a response, as one buffer.
 
     gevent's WSGIHandler._write_with_headers, except that the body is appended instead of
@@ -95,7 +102,7 @@ def head_and_body(handler, data: bytes) -> bytearray:
     return out
 
 
-def send_all(sock, data) -> None:
+def send_all(sock: GeventSocket, data: bytes | bytearray) -> None:
     """sock.sendall(data) for a gevent socket, without its per-call getsockopt."""
     sent = sock.send(data)
     if sent < len(data):

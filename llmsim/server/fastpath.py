@@ -95,6 +95,8 @@ class FastRoutes:
         self._routes: dict[str, Any] | None = None
 
     def routes(self) -> dict[str, Any]:
+        """Path -> tag value of every route served fast, read from the URL map once, on the
+        first POST (a route added after that goes through Flask)."""
         if self._routes is None:
             found = {}
             for rule in self.app.url_map.iter_rules():
@@ -127,6 +129,8 @@ class FastRoutes:
         )
 
     def __call__(self, environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Serve a POST to a fast route through `serve` (errors through the app's handlers);
+        hand anything else, or everything while Flask's hooks or signals are in use, to Flask."""
         if environ.get("REQUEST_METHOD") == "POST":
             value = self.routes().get(environ.get("PATH_INFO", ""), _NONE)
             if value is not _NONE and not self._flask_needed():

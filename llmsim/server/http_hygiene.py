@@ -30,7 +30,10 @@ import os
 import socket
 import time
 from http import client as http_client
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gevent.socket import socket as GeventSocket
 
 try:  # imported now: at the descriptor limit, importing it would need a descriptor
     import resource
@@ -210,6 +213,7 @@ def _nofile() -> str:
 
 
 def is_fd_exhaustion(exc: BaseException) -> bool:
+    """Whether `exc` is accept() failing for lack of descriptors (EMFILE or ENFILE)."""
     return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
@@ -223,7 +227,9 @@ def guarded(server_class: type) -> type:
 
         fd_guard: FdGuard
 
-        def do_read(self):
+        def do_read(self) -> tuple[GeventSocket, Any] | None:
+            """gevent's accept step, (client socket, address) or None; at the descriptor
+            limit the waiting client is answered 503 by fd_guard and None returned."""
             try:
                 accepted = super().do_read()
             except OSError as exc:

@@ -46,15 +46,19 @@ class SharedConfig:
 
     @property
     def version(self) -> int:
+        """The number of writes so far (0: nothing changed); read without the lock."""
         return _HEADER.unpack_from(self._mem, 0)[0]
 
     def read(self) -> tuple[int, dict[str, Any]]:
+        """(version, the changed options by name) as last written, under the lock."""
         with self.lock:
             version, length = _HEADER.unpack_from(self._mem, 0)
             raw = self._mem[_HEADER.size : _HEADER.size + length]
         return version, (json.loads(raw) if length else {})
 
     def write(self, changes: dict[str, Any]) -> int:
+        """Replace the stored changes with `changes` and return the new version; ApiError 400
+        when their JSON does not fit in the mapping (256 KiB by default)."""
         data = json.dumps(changes).encode()
         if _HEADER.size + len(data) > len(self._mem):
             raise ApiError(

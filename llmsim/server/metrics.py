@@ -54,6 +54,13 @@ class LlmsimCollector(Collector):
         self.engine_model = engine_model or ""
 
     def collect(self) -> Iterator[Metric]:
+        """The metric families of one scrape, read from the shared tables at call time.
+
+        Per model (only models with a nonzero value): request and token counters, finish
+        reasons and the TTFT/TPOT/E2E histograms in seconds; running/waiting gauges, or with
+        engine stats the per-replica scheduler series; then faults, errors, throttling and
+        queue overflows.
+        """
         s = self.stats
         lay = s.layout
         models = [(name, s.model_values(slot)) for name, slot in s.models()]
@@ -201,6 +208,8 @@ class LlmsimCollector(Collector):
 def render_metrics(
     stats: Stats, engine: EngineStats | None = None, engine_model: str | None = None
 ) -> bytes:
+    """The /metrics body (UTF-8 Prometheus text, served as CONTENT_TYPE), from a fresh registry
+    holding only llmsim's collector, so no process or platform metrics are included."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LlmsimCollector(stats, engine, engine_model))
     return generate_latest(registry)

@@ -20,9 +20,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llmsim.engine.request import EngineRequest, Reply
+
+if TYPE_CHECKING:
+    from gevent.threadpool import ThreadPool
 
 T = TypeVar("T")
 
@@ -37,7 +40,7 @@ SLICE_S = 0.002  # the most Python work `gather` does between two turns of the l
 THREADS = 4  # more would only share the same two cores; the loop must keep one turn in five
 
 
-def _pool():
+def _pool() -> ThreadPool:
     import gevent
 
     hub = gevent.get_hub()

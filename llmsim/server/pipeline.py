@@ -53,6 +53,8 @@ class CountedError(ApiError):
 
 
 def error_kind(status: int) -> str:
+    """The stats failure kind of an error status: 404/405 not_found, 413 too_large, 500 and up
+    server_error, anything else bad_request."""
     return _STATUS_KIND.get(status, "bad_request" if status < 500 else "server_error")
 
 
@@ -79,6 +81,11 @@ def read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
 
 
 def read_json(environ: dict[str, Any] | None = None, max_bytes: int | None = None) -> Any:
+    """The request's JSON body, checked by bounds.loads (a 400 when refused).
+
+    Without `environ` it comes from Flask's current request (its MAX_CONTENT_LENGTH applies);
+    with one, read_body reads at most `max_bytes`.
+    """
     if environ is None:
         data = request.get_data(cache=False)
     else:
@@ -97,6 +104,8 @@ def _counted(err: ApiError) -> CountedError:
 
 
 def rate_limit_error(model: str, d: LimitDecision) -> ApiError:
+    """OpenAI's 429 for a refused request: the RPM/TPM limit reached, with the retry delay in
+    seconds, or a request too large for the TPM limit at all; with the decision's headers."""
     unit = "requests" if d.kind == "requests" else "tokens"
     short = "RPM" if d.kind == "requests" else "TPM"
     if d.too_large:
@@ -128,6 +137,8 @@ _FAULT_ERRORS = {
 
 
 def fault_error(kind: str, headers: dict[str, str]) -> ApiError:
+    """The error an injected fault answers with (kind: 429, 500, 502, 503, 529, timeout or
+    stream-error), carrying `headers`; 429, 503 and 529 add a 1 s retry-after."""
     status, msg, typ, code = _FAULT_ERRORS[kind]
     extra = {"retry-after": "1", "retry-after-ms": "1000"} if status in (429, 503, 529) else {}
     return ApiError(status, msg, type=typ, code=code, headers={**headers, **extra})
@@ -161,15 +172,21 @@ class Generation:
         self._running = False
 
     def start_running(self) -> None:
+        """Count the request in its model's `running` gauge, only when it holds a capacity
+        slot; finish takes it out again."""
         if self.cap is not None:
             self.state.stats.gauge(self.stats_slot, "running", 1)
             self._running = True
 
     def started(self, now: float) -> None:
+        """Stream-loop callback: the first event left at `now` (monotonic s); later calls are
+        ignored."""
         if self.first_s is None:
             self.first_s = now
 
     def ended(self, kind: str, tokens_sent: int) -> None:
+        """Stream-loop callback: the stream is over ("ok" or a failure kind) after
+        `tokens_sent` tokens; recorded through finish."""
         self.sent_tokens = tokens_sent
         self.finish(kind, self.reply, self.start)
 

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from llmsim import __version__
 from llmsim.engine.tokens import preload_encodings
@@ -21,6 +21,10 @@ from llmsim.server.peer_logs import PeerLogs
 from llmsim.server.state import Shared
 from llmsim.server.supervisor import Supervisor
 from llmsim.settings import Settings
+
+if TYPE_CHECKING:
+    from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer
+    from gevent.socket import socket as GeventSocket
 
 
 class ServeError(RuntimeError):
@@ -52,6 +56,7 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 
 def base_url(sock: socket.socket, tls: bool = False) -> str:
+    """`http[s]://host:port` of the bound listener, an IPv6 host in brackets (no /v1)."""
     host, port = sock.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
@@ -76,7 +81,7 @@ def check_tls(settings: Settings) -> None:
         ) from None
 
 
-def _make_handler(access_log: bool = True, settings: Settings | None = None):
+def _make_handler(access_log: bool = True, settings: Settings | None = None) -> type[WSGIHandler]:
     # gevent is imported here, not at module level, so a parent that only forks never
     # starts a hub of its own.
     import gevent
@@ -94,7 +99,13 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
         """Sets TCP_NODELAY: gevent sends headers and body in separate writes, and Nagle plus
         the client's delayed ACK would hold every response (and every SSE event) ~40 ms."""
 
-        def __init__(self, sock, address, server, rfile=None):
+        def __init__(
+            self,
+            sock: GeventSocket,
+            address: Any,
+            server: WSGIServer,
+            rfile: BinaryIO | None = None,
+        ) -> None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -110,7 +121,9 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
             self.sent_all_at = 0.0  # when the stream loop sent a response's last bytes
             server.handlers.add(self)
 
-        def handle_one_request(self):
+        def handle_one_request(self) -> bool | tuple[str, bytes] | None:
+            """gevent's, plus the keep-alive idle limit (idle_s) before a next request and the
+            head deadline (head_s) from its first byte; a head that misses it gets a 408."""
             self.busy = False  # between requests: a keep-alive connection waiting to be read
             if self.served:
                 # When the last response's last bytes left (the stream loop writes them, and
@@ -139,22 +152,26 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
                 if env is not None:  # the response is over: no handler <-> environ cycle
                     env.pop(HANDLER_KEY, None)
 
-        def _cancel_head_timer(self):
+        def _cancel_head_timer(self) -> None:
             if self.head_timer is not None:
                 self.head_timer.close()
                 self.head_timer = None
 
-        def finalize_headers(self):
+        def finalize_headers(self) -> None:
+            """gevent's, with the Date header from fastio.http_date (formatted once a second)."""
             if self.provided_date is None:  # gevent would format the date for each response
                 self.response_headers.append((b"Date", fastio.http_date()))
                 self.provided_date = True
             super().finalize_headers()
 
-        def _handle_client_error(self, ex):
+        def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+            """The (status, response bytes) for a refused head: http_hygiene's 400/408/431 in
+            OpenAI's error shape, else gevent's own answer."""
             self._cancel_head_timer()
             return http_hygiene.client_error_response(ex) or super()._handle_client_error(ex)
 
-        def read_request(self, raw_requestline):
+        def read_request(self, raw_requestline: str) -> bool:
+            """gevent's, after noting that a request is in progress and when it arrived."""
             self.busy = True
             # The request's clock starts when its first line arrived (the kernel's receive
             # stamp, arrival.py), not when it was read or after the headers and the environ
@@ -162,7 +179,9 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
             self.arrived = arrival.arrival(self.rfile, self.ready_at, time.monotonic())
             return super().read_request(raw_requestline)
 
-        def get_environ(self):
+        def get_environ(self) -> dict[str, Any]:
+            """gevent's environ plus the arrival time (monotonic s), the client socket and
+            this handler, for the pipeline and the stream loop."""
             self._cancel_head_timer()  # the head is in: the app's time is the app's
             env = super().get_environ()
             env[START_KEY] = self.arrived or time.monotonic()
@@ -172,15 +191,18 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
             return env
 
         # The per-request steps fastio makes cheaper (see its docstring).
-        def MessageClass(self, fp, *args):
+        def MessageClass(self, fp: BinaryIO, *args: object) -> OldMessage:
+            """The request headers, read by fastio within the head's byte and line limits."""
             return fastio.read_headers(fp, head_bytes, head_lines)
 
-        def _write_with_headers(self, data):
+        def _write_with_headers(self, data: bytes) -> None:
+            """gevent's, sending the head and the first body bytes in one send()."""
             self.headers_sent = True
             self.finalize_headers()
             self._sendall(fastio.head_and_body(self, data))
 
-        def _sendall(self, data):
+        def _sendall(self, data: bytes | bytearray) -> None:
+            """gevent's, without the per-call SO_SNDBUF lookup (fastio.send_all)."""
             try:
                 fastio.send_all(self.socket, data)
             except OSError as ex:  # as gevent's own _sendall
@@ -193,13 +215,14 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None):
         if not access_log:
             # gevent formats an access-log line for every request even when it has nowhere
             # to write it (~3 % of a small request's time).
-            def log_request(self):
+            def log_request(self) -> None:
+                """Writes nothing (no access log)."""
                 pass
 
     return NoDelayHandler
 
 
-def drain(server, grace_period_s: float) -> None:
+def drain(server: WSGIServer, grace_period_s: float) -> None:
     """Stop accepting, let requests in flight finish, then close what is left.
 
     Idle keep-alive connections are closed at once (they would otherwise hold the drain for the
@@ -218,7 +241,7 @@ def drain(server, grace_period_s: float) -> None:
     server.pool.kill(block=True, timeout=1)
 
 
-def _make_server_class():
+def _make_server_class() -> type[WSGIServer]:
     from gevent.pywsgi import WSGIServer
 
     from llmsim.server.http_hygiene import guarded
@@ -292,6 +315,8 @@ def serve_on_socket(
 
 
 def startup_line(settings: Settings, url: str) -> str:
+    """The line printed once the server accepts connections: version, URL, workers, and the
+    latency profile or engine preset."""
     profile = f"profile {settings.profile}" if settings.profile else "profile by model name"
     if settings.engine == "vllm":
         n = settings.replicas

@@ -34,6 +34,8 @@ class Shared:
 
     @classmethod
     def create(cls, settings: Settings) -> Shared:
+        """The stats tables and rate-limit table sized for `settings` (engine stats too with
+        `--engine vllm`), in shared memory; peer_logs is left for the runner to add."""
         engine_stats = None
         if settings.engine == "vllm":
             engine_stats = EngineStats(settings.workers, settings.replicas)
@@ -53,6 +55,9 @@ class Shared:
 
 @dataclass
 class ServerState:
+    """One worker process's serving state: the settings in force (live changes included), the
+    engine, capacity pools and fault injector built from them, and the Shared tables."""
+
     settings: Settings
     engine: Engine
     shared: Shared
@@ -62,6 +67,7 @@ class ServerState:
     loop: StreamLoop | None = None  # made on first use, in the process that serves
 
     def stream_loop(self) -> StreamLoop:
+        """This worker's stream loop (and request log), made on the first call."""
         if self.loop is None:
             self.loop = StreamLoop(
                 log_size=self.settings.request_log_size,
@@ -76,16 +82,20 @@ class ServerState:
 
     @property
     def stats(self) -> Stats:
+        """The server-wide stats tables, shared by all workers."""
         return self.shared.stats
 
     @property
     def limiter(self) -> RateLimiter:
+        """The --rpm/--tpm rate limiter, shared by all workers."""
         return self.shared.limiter
 
     @classmethod
     def create(
         cls, settings: Settings, shared: Shared | None = None, engine: Engine | None = None
     ) -> ServerState:
+        """The state for a new app: `engine` and `shared` as given, or built from `settings`
+        when None (the runner passes `shared`); with `--engine vllm`, this worker's replicas."""
         engine = engine or _engine(settings)
         if engine.cooperate is None:
             import gevent

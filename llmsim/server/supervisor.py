@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 from llmsim.server.state import Shared
 from llmsim.settings import Settings
@@ -34,7 +35,9 @@ QUICK_S = 1.0  # a worker that dies sooner than this after its start died "quick
 ServeFn = Callable[[Settings, socket.socket, int, Shared], None]
 
 
-def _child(serve: ServeFn, settings: Settings, sock: socket.socket, index: int, shared: Shared):
+def _child(
+    serve: ServeFn, settings: Settings, sock: socket.socket, index: int, shared: Shared
+) -> NoReturn:
     # The parent's handlers would forward signals to "children" from the child's copy of the
     # table: restore the defaults until the worker installs its own.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -68,6 +71,7 @@ class Supervisor:
         self.quick_deaths = 0
 
     def spawn(self, index: int) -> int:
+        """Fork the worker with this index and return its pid; the child runs it and exits."""
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             _child(self.serve, self.settings, self.sock, index, self.shared)
