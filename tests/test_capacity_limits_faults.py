@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -310,6 +311,31 @@ def test_stats_and_prometheus_metrics_count_every_request(llmsim_server, workers
     assert total("vllm:time_to_first_token_seconds", "_count", model_name="gpt-5") == 10
     assert total("vllm:num_requests_running") == 0
     assert total("llmsim_faults", "_total", kind="500") == 1
+
+
+def test_running_gauge_counts_streams_in_flight_without_a_concurrency_limit(llmsim_server):
+    server = llmsim_server("--ttft-ms", "10", "--tbt-ms", "20", *EXACT)
+    long = {**BODY, "max_tokens": 10_000, "stream": True}
+
+    def running() -> float:
+        text = httpx.get(server.url + "/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        return sum(s.value for s in families["vllm:num_requests_running"].samples)
+
+    with httpx.Client(timeout=10) as c, contextlib.ExitStack() as hang_up:
+        bodies = []
+        for _ in range(3):
+            r = hang_up.enter_context(
+                c.stream("POST", server.base_url + "/chat/completions", json=long)
+            )
+            assert r.status_code == 200
+            bodies.append(r.iter_raw())  # kept: a dropped iterator closes its response
+            next(bodies[-1])  # the first event: this one is generating
+        assert running() == 3
+    deadline = time.monotonic() + 5  # the server notices at its next token write
+    while running() != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running() == 0
 
 
 def test_a_client_that_hangs_up_gives_its_slot_back(llmsim_server):

@@ -172,11 +172,11 @@ class Generation:
         self._running = False
 
     def start_running(self) -> None:
-        """Count the request in its model's `running` gauge, only when it holds a capacity
-        slot; finish takes it out again."""
-        if self.cap is not None:
-            self.state.stats.gauge(self.stats_slot, "running", 1)
-            self._running = True
+        """Count the request in its model's `running` gauge (vllm:num_requests_running) once it
+        is generating: past the --max-concurrency queue if there is one, at once if not;
+        finish takes it out again."""
+        self.state.stats.gauge(self.stats_slot, "running", 1)
+        self._running = True
 
     def started(self, now: float) -> None:
         """Stream-loop callback: the first event left at `now` (monotonic s); later calls are
