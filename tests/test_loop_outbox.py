@@ -121,3 +121,22 @@ def test_a_long_sweep_sends_in_batches():
     assert kinds.count("send") == n and kinds.count("fire") == n
     # Sends start after OUTBOX_MAX fires, not only at the sweep's end.
     assert kinds.index("send") == OUTBOX_MAX
+
+
+def test_event_log_says_truncated_only_when_an_event_was_left_out() -> None:
+    from llmsim.engine.loop import EventLog
+
+    log = EventLog(size=2, max_events=3)
+    whole, cut = log.open("whole", {"request_id": "whole"}), log.open("cut", {"request_id": "cut"})
+    for step in range(3):
+        log.add(whole, step, 1, step * 0.02, step * 0.02 + 0.001)
+    for step in range(10):
+        log.add(cut, step, 1, step * 0.02, step * 0.02)
+    w, c = log.get("whole"), log.get("cut")
+    assert w is not None and c is not None
+    assert [e["step"] for e in w["events"]] == [0, 1, 2] and not w["truncated"]
+    assert w["events"][1] == {"step": 1, "tokens": 1, "planned_ms": 20.0, "sent_ms": 21.0}
+    assert [e["step"] for e in c["events"]] == [0, 1, 2] and c["truncated"]
+    assert len(cut) == 4 * 4  # memory stays bounded: one event beyond the shown ones
+    log.open("third", {})
+    assert log.get("whole") is None  # the oldest request leaves the bounded log

@@ -122,14 +122,17 @@ class Owner(Protocol):
 class EventLog:
     """Planned and actual send times of every event of the last `size` requests (per worker).
 
-    Each request keeps at most `max_events` events (4 doubles each), so memory is bounded by
-    size × max_events × 32 bytes whatever the replies' lengths.
+    Each request shows at most `max_events` events (4 doubles each, one more kept to tell a
+    cut log from a whole one), so memory is bounded by about size × max_events × 32 bytes
+    whatever the replies' lengths.
     """
 
     def __init__(self, size: int = 256, max_events: int = 4096) -> None:
         self.size = size
         self.max_events = max_events
-        self.max_values = max_events * 4  # doubles per request
+        # Doubles kept per request: one event more than is shown, whose presence says the log
+        # was cut (a request with exactly max_events events is whole).
+        self.max_values = (max_events + 1) * 4
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def open(self, request_id: str, info: dict[str, Any]) -> array | None:
@@ -137,7 +140,7 @@ class EventLog:
         if self.size <= 0:
             return None
         events = array("d")
-        self._entries[request_id] = {"info": info, "events": events, "dropped": [0]}
+        self._entries[request_id] = {"info": info, "events": events}
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return events
@@ -147,7 +150,7 @@ class EventLog:
     ) -> None:
         """Append one event to a request's log: its step, its tokens, and its planned and actual
         send times (seconds after the request's arrival). Nothing once the log is full or off."""
-        if events is not None and len(events) < self.max_events * 4:
+        if events is not None and len(events) < self.max_values:
             events.extend((step, tokens, planned, sent))
 
     def get(self, request_id: str) -> dict[str, Any] | None:
@@ -156,6 +159,7 @@ class EventLog:
         if entry is None:
             return None
         ev = entry["events"]
+        shown = min(len(ev), self.max_events * 4)
         rows = [
             {
                 "step": int(ev[i]),
@@ -163,9 +167,9 @@ class EventLog:
                 "planned_ms": round(ev[i + 2] * 1000, 3),
                 "sent_ms": round(ev[i + 3] * 1000, 3),
             }
-            for i in range(0, len(ev), 4)
+            for i in range(0, shown, 4)
         ]
-        return {**entry["info"], "events": rows, "truncated": len(rows) >= self.max_events}
+        return {**entry["info"], "events": rows, "truncated": len(ev) > shown}
 
 
 class Lateness:
