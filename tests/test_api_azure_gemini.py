@@ -46,6 +46,10 @@ def test_azure_sdk_chat_stream_completions_embeddings(server):
     assert legacy.model == "any-name" and legacy.choices[0].model_extra["content_filter_results"]
     emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     assert len(emb.data) == 2 and len(emb.data[0].embedding) > 100
+    # The window is per input, as on OpenAI's own path: five inputs of ~4,800 tokens pass.
+    long = ["hello world " * 2400] * 5
+    emb = client.embeddings.create(model="text-embedding-3-small", input=long)
+    assert len(emb.data) == 5 and emb.usage.prompt_tokens > 8192
 
 
 def test_azure_v1_paths_and_bearer(server):

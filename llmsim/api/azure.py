@@ -108,6 +108,12 @@ class AzureWire:
         self.model = model
         self.api_version = api_version
         self.deployments = deployments or {}
+        # What the pipeline asks a format with getattr: the inner format's answers, so Azure's
+        # embeddings skip the window check (it is per input) and stream their large bodies.
+        self.checks_limits: bool = getattr(inner, "checks_limits", True)
+        render_json = getattr(inner, "render_json", None)
+        if render_json is not None and inner.name not in _FILTERED_APIS:
+            self.render_json = render_json
 
     def parse(self, body: Any) -> tuple[EngineRequest, Any]:
         """Set the body's model to the deployment's (on the v1 paths, map the body's own through
