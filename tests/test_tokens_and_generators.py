@@ -36,6 +36,8 @@ def test_bundled_encodings_load_offline_and_match_known_ids():
         ("gpt-3.5-turbo", "cl100k_base"),
         ("claude-sonnet-4", "o200k_base"),
         ("meta-llama/Llama-3-8B", "o200k_base"),
+        ("ft:gpt-3.5-turbo-0125:acme::abc123", "cl100k_base"),
+        ("openai/ft:gpt-3.5-turbo-0125:acme::abc123", "cl100k_base"),
     ],
 )
 def test_model_to_encoding(model, encoding):

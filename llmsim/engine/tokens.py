@@ -76,10 +76,9 @@ class EncodingLoadError(RuntimeError):
 
 def encoding_name_for_model(model: str) -> str:
     """The bundled encoding a model name counts with: OpenAI's by prefix, else o200k_base."""
-    name = model.lower()
-    if name.startswith("ft:"):
+    name = model.lower().rsplit("/", 1)[-1]  # "openai/gpt-4o" style names from routers
+    if name.startswith("ft:"):  # after the router's prefix: "openai/ft:gpt-3.5-turbo:org::id"
         name = name[3:]
-    name = name.rsplit("/", 1)[-1]  # "openai/gpt-4o" style names from routers
     for prefix, enc in _PREFIX_TO_ENCODING:
         if name.startswith(prefix):
             return enc
