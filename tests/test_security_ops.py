@@ -74,6 +74,8 @@ def test_api_keys_answered_as_each_provider_does(keyed):
     assert r.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
     assert httpx.post(url, json=body).json()["error"]["status"] == "PERMISSION_DENIED"
     assert httpx.post(url, headers={"x-goog-api-key": "sk-one"}, json=body).status_code == 200
+    v1 = server.url + "/v1/models/gemini-2.5-flash:generateContent"  # the SDK's other path
+    assert httpx.post(v1, json=body).json()["error"]["status"] == "PERMISSION_DENIED"
 
     # Probes and scrapers need no key.
     assert httpx.get(server.url + "/health").status_code == 200

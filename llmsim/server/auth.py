@@ -42,8 +42,8 @@ def load_keys(settings: Settings) -> frozenset[str]:
 
 def api_family(path: str, environ: Environ) -> str:
     """Which provider's API a path belongs to: openai, anthropic, azure or gemini."""
-    if path.startswith("/v1beta/"):
-        return "gemini"
+    if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
+        return "gemini"  # Gemini's SDK also calls /v1/models/{model}:generateContent
     if path.startswith("/openai/"):
         return "azure"
     if (
