@@ -40,10 +40,14 @@ class AnthropicMessagesUser(LLMUser):
     default_max_tokens = 1024  # max_tokens is required by the API
 
     def request_path(self, stream: bool) -> str:
+        """{base}/v1/messages: /v1 is added unless the host's path already ends with it."""
         base = self.base_path if self.base_path.endswith("/v1") else self.base_path + "/v1"
         return base + self.api_path
 
     def auth_headers(self) -> dict[str, str]:
+        """`anthropic-version`, and `x-api-key` when there is a key: the resolved --llm-api-key
+        (which also reads $OPENAI_API_KEY), else $ANTHROPIC_API_KEY.
+        """
         headers = {"anthropic-version": self.anthropic_version}
         key = self.llm.api_key or os.environ.get("ANTHROPIC_API_KEY")
         if key:
@@ -51,6 +55,11 @@ class AnthropicMessagesUser(LLMUser):
         return headers
 
     def build_body(self, messages: list[dict[str, Any]], max_tokens: int | None) -> dict[str, Any]:
+        """A Messages body: system turns joined into `system`, the other turns as `messages`.
+
+        max_tokens falls back to `default_max_tokens` (the API requires one); stream, ignore_eos,
+        temperature and --llm-body fields are added, stream_options is not.
+        """
         system = [m["content"] for m in messages if m.get("role") == "system"]
         body: dict[str, Any] = {
             "model": self.llm.model,
@@ -70,6 +79,9 @@ class OpenAIResponsesUser(LLMUser):
     reader: ClassVar[EventReader] = ResponsesReader()
 
     def build_body(self, messages: list[dict[str, Any]], max_tokens: int | None) -> dict[str, Any]:
+        """A Responses body: the messages as `input`, max_tokens as `max_output_tokens`, and the
+        shared fields without stream_options (usage arrives with response.completed).
+        """
         body: dict[str, Any] = {"model": self.llm.model, "input": messages}
         if max_tokens is not None:
             body["max_output_tokens"] = max_tokens
@@ -85,6 +97,9 @@ class OpenAICompletionsUser(LLMUser):
     reader: ClassVar[EventReader] = CompletionsReader()
 
     def build_body(self, messages: list[dict[str, Any]], max_tokens: int | None) -> dict[str, Any]:
+        """A legacy completions body: `prompt` is the non-system turns' text (prompt_text), plus
+        max_tokens and the shared fields with stream_options.
+        """
         body: dict[str, Any] = {"model": self.llm.model, "prompt": prompt_text(messages)}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
@@ -107,11 +122,18 @@ class OpenAIEmbeddingsUser(LLMUser):
     encoding_format: str = "float"
 
     def is_streaming(self, body: dict[str, Any]) -> bool:
+        """Always False: an embeddings reply is one JSON body, whatever --llm-no-stream says."""
         return False
 
     def send_next(
         self, scheduled: float | None = None, name: str | None = None, planned: Any = None
     ) -> Any:
+        """One embeddings request; a batch of `inputs_per_request` workload prompts when above 1.
+
+        A planned request (open loop) or a single input goes through LLMUser.send_next. A batch
+        sends `input` as a list of prompt texts, with no planned prompt-token count (the reply's
+        usage gives it), and reports nothing back to the workload.
+        """
         if self.inputs_per_request <= 1 or planned is not None:
             return super().send_next(scheduled, name, planned)
         batch = [
@@ -121,6 +143,9 @@ class OpenAIEmbeddingsUser(LLMUser):
         return self.chat([], input=batch, scheduled=scheduled, name=name)
 
     def build_body(self, messages: list[dict[str, Any]], max_tokens: int | None) -> dict[str, Any]:
+        """An embeddings body: the prompt text as `input`, `encoding_format`, `dimensions` when set,
+        and --llm-body fields; no stream, ignore_eos or temperature.
+        """
         body: dict[str, Any] = {
             "model": self.llm.model,
             "input": prompt_text(messages),

@@ -35,6 +35,9 @@ class AzureOpenAIUser(OpenAIChatUser):
     api_version: str = "2024-10-21"
 
     def request_path(self, stream: bool) -> str:
+        """The deployment's chat completions path with ?api-version=`api_version` (streamed or not);
+        a /v1 ending the host's path is dropped.
+        """
         base = self.base_path.removesuffix("/v1")
         deployment = self.llm.model
         return (
@@ -43,10 +46,14 @@ class AzureOpenAIUser(OpenAIChatUser):
         )
 
     def auth_headers(self) -> dict[str, str]:
+        """`api-key` from the resolved --llm-api-key (which also reads $OPENAI_API_KEY), else
+        $AZURE_OPENAI_API_KEY; no header without a key.
+        """
         key = self.llm.api_key or os.environ.get("AZURE_OPENAI_API_KEY")
         return {"api-key": key} if key else {}
 
     def build_body(self, messages: list[dict[str, Any]], max_tokens: int | None) -> dict[str, Any]:
+        """The chat body without `model`: the deployment in the path names the model."""
         body = super().build_body(messages, max_tokens)
         body.pop("model", None)  # the deployment in the path is the model
         return body
@@ -90,6 +97,9 @@ class GeminiReader(EventReader):
     whole_name = "GenerateContentResponse"
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
+        """Time each candidate's text as output and keep usageMetadata's counts; True once a
+        candidate has a finishReason. An event with `error` raises STREAM_ERROR_EVENT.
+        """
         obj = parse_event_json(data)
         if "error" in obj:
             raise E.LLMError(E.STREAM_ERROR_EVENT, str(obj["error"].get("message") or "error"))
@@ -105,6 +115,7 @@ class GeminiReader(EventReader):
         return done
 
     def whole(self, obj: Any, st: StreamState) -> None:
+        """The first candidate's text and finishReason, and usageMetadata's token counts."""
         cand = obj["candidates"][0]
         st.text.append(_candidate_text(cand))
         st.finish_reason = cand.get("finishReason")
@@ -120,17 +131,26 @@ class GeminiUser(LLMUser):
     reader: ClassVar[EventReader] = GeminiReader()
 
     def request_path(self, stream: bool) -> str:
+        """{base}/v1beta/models/{model}:streamGenerateContent?alt=sse when streaming, else
+        :generateContent; a /v1 ending the host's path is dropped.
+        """
         base = self.base_path.removesuffix("/v1")
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         return f"{base}{self.api_version_path}/models/{self.llm.model}:{method}"
 
     def auth_headers(self) -> dict[str, str]:
+        """`x-goog-api-key` from the resolved --llm-api-key (which also reads $OPENAI_API_KEY), else
+        $GEMINI_API_KEY, else $GOOGLE_API_KEY; no header without a key.
+        """
         key = (
             self.llm.api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
         )
         return {"x-goog-api-key": key} if key else {}
 
     def build_body(self, messages: list[dict[str, Any]], max_tokens: int | None) -> dict[str, Any]:
+        """Gemini `contents` and `systemInstruction`, maxOutputTokens and temperature in
+        `generationConfig` when set, and --llm-body fields; stream and ignore_eos are not sent.
+        """
         body = gemini_contents(messages)
         config: dict[str, Any] = {}
         if max_tokens is not None:
@@ -143,6 +163,7 @@ class GeminiUser(LLMUser):
         return body
 
     def is_streaming(self, body: dict[str, Any]) -> bool:
+        """--llm-no-stream alone decides: the choice is in the URL, the body has no stream field."""
         return self.llm.stream  # in the URL, not the body: Gemini refuses unknown fields
 
 

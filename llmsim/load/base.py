@@ -236,6 +236,7 @@ class LLMUser(FastHttpUser):
             gevent.sleep(random.random() * self.batch_start_spread_s)
 
     def on_stop(self) -> None:
+        """Close this user's connections to the host once Locust stops the user."""
         self._http.close()
 
     @task

@@ -62,6 +62,7 @@ def classify_exception(exc: BaseException) -> LLMError:
 
 
 def http_error(status: int, body: bytes) -> LLMError:
+    """The `http_<status>` error of a non-2xx reply; its detail is the body's error_message."""
     return LLMError(f"http_{status}", error_message(body))
 
 

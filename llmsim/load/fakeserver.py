@@ -47,6 +47,11 @@ def _delta(i: int, content: str | None = None, finish: str | None = None) -> dic
 
 @lru_cache(maxsize=64)
 def stream_events(n: int, usage: bool, prompt_tokens: int = 10) -> tuple[bytes, ...]:
+    """The SSE events of an `n`-token stream: a role chunk, `n` content chunks, a finish_reason
+    "length" chunk and, with `usage`, a usage chunk; no [DONE] (the caller sends it).
+
+    Cached, so requests of the same length reuse the encoded bytes.
+    """
     events = [_event(_delta(0))]
     events += [_event(_delta(1, TOKENS[i % len(TOKENS)])) for i in range(n)]
     events.append(_event(_delta(1, None, "length")))
@@ -89,11 +94,18 @@ def _head(status: str, ctype: str, extra: str = "") -> bytes:
 
 
 class FakeServer:
+    """The fake chat API, served on each accepted socket; `tbt_ms` (ms) is the pause before each
+    streamed event, and `events_sent` the count GET /fake/stats reports.
+    """
+
     def __init__(self, tbt_ms: float = 0.0) -> None:
         self.tbt = tbt_ms / 1000.0
         self.events_sent = 0
 
     def handle(self, sock: socket.socket, _addr: Any) -> None:
+        """Serve one connection's requests in turn (keep-alive) until the client closes it, a mode
+        closes it, or a socket error; then close the socket.
+        """
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
         try:
@@ -181,6 +193,7 @@ class FakeServer:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve on --host/--port (0: any free port), print the base URL, and run until Ctrl-C."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)

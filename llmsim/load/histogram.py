@@ -76,6 +76,7 @@ class Histogram:
         self.max: float | None = None
 
     def add(self, value: float) -> None:
+        """Count one value in its bucket (bucket_ms); update the exact count, sum, min and max."""
         key = bucket_ms(value)
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
@@ -108,13 +109,16 @@ class Histogram:
             self.max = hi
 
     def merge(self, other: Histogram) -> None:
+        """Add `other`'s bucket counts, count, sum and extremes to this histogram."""
         self.merge_wire(other.to_wire())
 
     def percentile(self, pct: float) -> float | None:
+        """Nearest-rank `pct` percentile (0 to 100), clamped to the exact min and max, or None."""
         return percentile_from_counts(self.counts, self.count, pct, self.min, self.max)
 
     @property
     def mean(self) -> float | None:
+        """The exact mean of the values added (not of the buckets), or None when empty."""
         return self.total / self.count if self.count else None
 
     def summary(self, digits: int = 3) -> dict[str, Any]:
@@ -133,9 +137,11 @@ class Histogram:
     # Wire format: plain lists and numbers, so it travels through msgpack and JSON alike
     # (msgpack would keep float dict keys, JSON would not).
     def to_wire(self) -> list[Any]:
+        """[(bucket key, count) pairs, count, sum, min, max]: what merge_wire and from_wire take."""
         return [list(self.counts.items()), self.count, self.total, self.min, self.max]
 
     def merge_wire(self, wire: list[Any]) -> None:
+        """Add a histogram in wire format (another process's, or a worker's delta) to this one."""
         pairs, count, total, lo, hi = wire
         counts = self.counts
         for key, n in pairs:
@@ -149,6 +155,7 @@ class Histogram:
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Histogram:
+        """A new histogram holding what a wire-format list describes."""
         hist = cls()
         hist.merge_wire(wire)
         return hist

@@ -107,6 +107,9 @@ class LLMMetrics:
         self.reset()
 
     def reset(self) -> None:
+        """Zero what was gathered (histograms, counters, per-second series, rows, first and last
+        request times); the in-flight gauges are left alone.
+        """
         self.hist = {name: Histogram() for name in HISTOGRAMS}
         self.requests = 0
         self.failed = 0
@@ -125,6 +128,12 @@ class LLMMetrics:
     # ------------------------------------------------------------------ recording
 
     def record(self, rec: RequestRecord, itl_ms: list[float] | None = None) -> None:
+        """Add one finished request to the counts, its completion second and (keep_rows) the rows.
+
+        A success adds its latencies to the histograms (`itl_ms`: its inter-token gaps in ms) and
+        its tokens to the totals; a failure counts its error kind and keeps the kind's first
+        message.
+        """
         self.requests += 1
         ok = rec.status == "ok"
         sec = int(rec.end_time)
@@ -230,6 +239,7 @@ class LLMMetrics:
     # ------------------------------------------------------------------ reading
 
     def total_in_flight(self) -> int:
+        """Requests in flight: this process's plus each worker's last reported count (master)."""
         return self.in_flight + sum(self.remote_in_flight.values())
 
     def token_source(self) -> str | None:

@@ -23,6 +23,10 @@ from llmsim.load.workload import Distribution, parse_distribution
 
 @dataclass(frozen=True)
 class Opt:
+    """One `--llm-...` option: the user attribute it sets, its flag and environment variable, how
+    its value converts (`kind`) and its help; `ui`: shown in the web UI, `secret`: masked there.
+    """
+
     attr: str  # user class attribute (and LLMConfig field)
     flag: str
     env: str
@@ -244,6 +248,7 @@ def add_arguments(parser: Any) -> None:
 
 
 def option_dest(opt: Opt) -> str:
+    """The argparse dest of the option's flag: --llm-max-tokens gives llm_max_tokens."""
     return opt.flag[2:].replace("-", "_")
 
 
@@ -286,6 +291,10 @@ def convert(opt: Opt, raw: Any) -> Any:
 
 @dataclass
 class LLMConfig:
+    """One user class's resolved settings (resolve_config): lengths as Distributions, `timeout` in
+    seconds, `rate` in requests/s for the whole swarm.
+    """
+
     model: str
     system_prompt: str | None
     prompt_tokens: Distribution
@@ -354,5 +363,6 @@ def resolve_config(user_class: type, parsed_options: Any) -> LLMConfig:
 
 
 def results_dir(parsed_options: Any) -> str | None:
+    """--llm-results-dir (or $LOCUST_LLM_RESULTS_DIR without parsed options); None if not given."""
     given, raw = _given(RESULTS_DIR, parsed_options)
     return str(raw) if given else None

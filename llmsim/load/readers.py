@@ -31,6 +31,11 @@ class ChatReader(EventReader):
     whole_name = "chat completion"
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
+        """Time each delta with content (text kept), reasoning, a tool call or a refusal as output.
+
+        Notes finish_reason and usage; never True, since `data: [DONE]` ends the stream. Invalid
+        JSON, or a chunk without choices, raises (STREAM_ERROR_EVENT if it carries an error).
+        """
         try:
             obj = json_loads(data)
         except ValueError:
@@ -62,6 +67,7 @@ class ChatReader(EventReader):
         return False
 
     def whole(self, obj: Any, st: StreamState) -> None:
+        """The first choice's message content and finish_reason, and the reply's usage."""
         choice = obj["choices"][0]
         content = choice["message"].get("content") or ""
         st.finish_reason = choice.get("finish_reason")
@@ -76,6 +82,9 @@ class CompletionsReader(EventReader):
     whole_name = "text completion"
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
+        """Time each choice with text as output, and note finish_reason and usage; never True:
+        `data: [DONE]` ends the stream. A chunk without choices raises.
+        """
         obj = parse_event_json(data)
         choices = obj.get("choices")
         if choices is None:
@@ -92,6 +101,7 @@ class CompletionsReader(EventReader):
         return False
 
     def whole(self, obj: Any, st: StreamState) -> None:
+        """The first choice's text and finish_reason, and the reply's usage."""
         st.text.append(obj["choices"][0].get("text") or "")
         st.finish_reason = obj["choices"][0].get("finish_reason")
         st.usage = obj.get("usage")
@@ -104,6 +114,12 @@ class AnthropicReader(EventReader):
     whole_name = "Anthropic message"
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
+        """Time each content_block_delta with text, tool-input JSON or thinking as output (only
+        text_delta's text is kept); True at message_stop.
+
+        Input tokens come from message_start, stop_reason and output tokens from message_delta; an
+        `error` event raises STREAM_ERROR_EVENT.
+        """
         obj = parse_event_json(data)
         kind = obj.get("type")
         if kind == "content_block_delta":
@@ -123,6 +139,7 @@ class AnthropicReader(EventReader):
         return False
 
     def whole(self, obj: Any, st: StreamState) -> None:
+        """The text blocks' text, stop_reason, and usage from input_tokens and output_tokens."""
         st.text.extend(b.get("text", "") for b in obj["content"] if b.get("type") == "text")
         st.finish_reason = obj.get("stop_reason")
         u = obj["usage"]
@@ -156,6 +173,12 @@ class ResponsesReader(EventReader):
     whole_name = "Response"
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
+        """Time each non-empty output-text, function-call, reasoning or refusal delta as output.
+
+        Only output_text deltas are kept as text. True at response.completed or response.incomplete,
+        which carry the usage (reasoning tokens left out) and set finish_reason to stop or length;
+        response.failed and `error` events raise STREAM_ERROR_EVENT.
+        """
         obj = parse_event_json(data)
         kind = obj.get("type")
         if kind in _RESPONSES_OUTPUT:
@@ -173,6 +196,9 @@ class ResponsesReader(EventReader):
         return False
 
     def whole(self, obj: Any, st: StreamState) -> None:
+        """The output_text parts of every message item, then usage and finish_reason as for
+        response.completed.
+        """
         for item in obj["output"]:
             if item.get("type") == "message":
                 st.text.extend(
@@ -187,9 +213,13 @@ class EmbeddingsReader(EventReader):
     whole_name = "embeddings list"
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
+        """Always raises BAD_RESPONSE: embeddings are asked for as JSON, so a stream is a fault."""
         raise E.LLMError(E.BAD_RESPONSE, "an embeddings reply must not be a stream")
 
     def whole(self, obj: Any, st: StreamState) -> None:
+        """Check every `data` item has an embedding (else BAD_RESPONSE); usage is the reply's
+        prompt_tokens in and 0 out.
+        """
         if not obj["data"] or not all("embedding" in d for d in obj["data"]):
             raise E.LLMError(E.BAD_RESPONSE, "no embeddings in the reply")
         st.usage = usage_of(obj["usage"]["prompt_tokens"], 0)

@@ -20,6 +20,8 @@ REQUESTS_FILE = "requests.csv"
 
 
 class ResultsWriter:
+    """Writes one run's requests.csv and llm_metrics.json into `directory` (created if missing)."""
+
     def __init__(self, directory: str) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -34,14 +36,17 @@ class ResultsWriter:
         self._csv.writerow(ROW_FIELDS)
 
     def write_rows(self, rows: list[list[Any]]) -> None:
+        """Append requests.csv rows (RequestRecord.row lists); dropped when no run has started."""
         if rows and self._csv is not None:
             self._csv.writerows(rows)
 
     def flush(self) -> None:
+        """Push the rows buffered so far into requests.csv."""
         if self._fh is not None:
             self._fh.flush()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        """Flush the rows, then atomically replace llm_metrics.json with `summary` (via .tmp)."""
         self.flush()
         path = self.dir / SUMMARY_FILE
         tmp = path.with_suffix(".json.tmp")
@@ -49,6 +54,7 @@ class ResultsWriter:
         os.replace(tmp, path)
 
     def close(self) -> None:
+        """Close requests.csv; rows written after it are dropped until the next start()."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None

@@ -31,6 +31,10 @@ DEFINITIONS = {
 
 
 class LLMRuntime:
+    """One Locust environment's llmsim state: metrics, results files, per-second samples of users
+    and in-flight requests, the web UI's timeline, and each user class's resolved settings.
+    """
+
     def __init__(self, environment: Any) -> None:
         self.environment = environment
         self.metrics = LLMMetrics()
@@ -48,6 +52,7 @@ class LLMRuntime:
 
     @property
     def is_worker(self) -> bool:
+        """True in a distributed run's worker: it ships metrics to the master, writes no files."""
         from locust.runners import WorkerRunner
 
         return isinstance(self.environment.runner, WorkerRunner)
@@ -70,6 +75,11 @@ class LLMRuntime:
     # ------------------------------------------------------------------ run lifecycle
 
     def on_test_start(self, results_dir: str | None) -> None:
+        """Start a new run: metrics, samples and timeline cleared, settings resolved afresh.
+
+        Outside workers, requests.csv also starts over (when `results_dir` is set) and the
+        once-a-second sampler starts.
+        """
         self.results_dir = results_dir
         self.metrics.reset()
         self.metrics.remote_in_flight.clear()
@@ -90,6 +100,9 @@ class LLMRuntime:
         self._sampler = gevent.spawn(self._sample_loop)
 
     def on_test_stop(self) -> None:
+        """Stamp the run's end (the first stop only); outside workers, take a last sample, stop the
+        sampler and write the results.
+        """
         if self.end_time is None:
             self.end_time = time.time()
         if self.is_worker:
@@ -144,6 +157,10 @@ class LLMRuntime:
     # ------------------------------------------------------------------ reading
 
     def summary(self) -> dict[str, Any]:
+        """The llm_metrics.json document: run times and duration (s), request, error and token
+        counts, throughput, peak users, each histogram's summary, ITL bucket counts, the
+        per-second series and the metrics' definitions.
+        """
         m = self.metrics
         end = self.end_time or time.time()
         start = self.start_time or end
@@ -208,6 +225,7 @@ class LLMRuntime:
 
 
 def get_runtime(environment: Any) -> LLMRuntime:
+    """The environment's LLMRuntime, created on first use and kept on the environment."""
     rt = getattr(environment, "_llmsim_runtime", None)
     if rt is None:
         rt = LLMRuntime(environment)
@@ -216,4 +234,5 @@ def get_runtime(environment: Any) -> LLMRuntime:
 
 
 def get_metrics(environment: Any) -> LLMMetrics:
+    """The environment's LLMMetrics (what the bench's progress locustfile reads)."""
     return get_runtime(environment).metrics

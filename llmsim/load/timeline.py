@@ -36,6 +36,7 @@ class Timeline:
         )
 
     def reset(self) -> None:
+        """Drop every point and snapshot, so a new run's charts start empty."""
         self.points.clear()
         self._snaps.clear()
 

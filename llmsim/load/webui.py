@@ -105,6 +105,7 @@ def table_rows(rt: LLMRuntime, now: float | None = None) -> list[dict[str, Any]]
 
 
 def rows_csv(rows: list[dict[str, Any]]) -> str:
+    """The tab's rows as CSV text: a header of the COLUMNS keys, then one line per row."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([key for key, _ in COLUMNS])
@@ -114,6 +115,11 @@ def rows_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def install_web_ui(web_ui: Any, rt: LLMRuntime) -> None:
+    """Add the LLM tab, its CSV download and the charts page to Locust's web UI.
+
+    An after_request hook adds the tab's rows to /stats/requests and the charts link to HTML pages;
+    /llm/charts, /llm/series, /llm/csv and the uPlot assets get routes of their own.
+    """
     web_ui.template_args["extended_tabs"] = [{"title": "LLM", "key": TAB_KEY}]
     web_ui.template_args["extended_tables"] = [
         {"key": TAB_KEY, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}

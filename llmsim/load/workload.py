@@ -40,6 +40,7 @@ class Distribution:
     max: int = 1_000_000
 
     def sample(self, rng: random.Random) -> int:
+        """One length drawn with `rng`, rounded and clamped to [min, max]."""
         if self.kind == "fixed":
             value = self.mean
         elif self.kind == "normal":
@@ -290,6 +291,8 @@ def load_dataset(path: str) -> tuple[DatasetItem, ...]:
 
 @dataclass
 class PlannedRequest:
+    """One request a workload planned: its messages, max_tokens, and the prompt's token count."""
+
     messages: list[dict[str, Any]]
     max_tokens: int
     prompt_tokens: int | None  # exact count when known (synthetic), else None (count lazily)
@@ -315,9 +318,16 @@ class Workload:
 
     @property
     def multi_turn(self) -> bool:
+        """More than one turn per conversation (--llm-turns above 1): replies join the history."""
         return self.turns > 1
 
     def next_request(self) -> PlannedRequest:
+        """The next request: a new conversation's first prompt, or its next user turn.
+
+        The first prompt is synthetic, of a sampled length (with a shared prefix when
+        `prefix_tokens` is set), or a dataset item; max_tokens is sampled each time, and a dataset
+        item's own max_tokens wins. Later turns append a user message to the history.
+        """
         max_tokens = self.max_tokens.sample(self.rng)
         if self._turn == 0 or self._turn >= self.turns:
             self._start_conversation()
