@@ -22,4 +22,5 @@ class ConversationUser(OpenAIChatUser):
     system_prompt = "You are a helpful assistant. Keep answers short."
 
     def wait_time(self) -> float:
+        """Half a second between conversations, as a person pausing before the next one."""
         return 0.5

@@ -20,12 +20,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "llmsim:latest"
 
 
-def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run a command, echoing it; its output is captured and returned."""
     print("+", " ".join(cmd), flush=True)
     return subprocess.run(cmd, check=check, text=True, capture_output=True, cwd=ROOT, **kw)
@@ -199,11 +200,13 @@ def compose_bench(workers: int) -> dict[str, float]:
 
 
 def image_size_mb(name: str) -> float:
+    """The size of local image `name` in MB, as podman reports it."""
     out = run("podman", "image", "inspect", "--format", "{{.Size}}", name).stdout
     return int(out.strip()) / 1e6
 
 
 def main() -> None:
+    """Build the image (unless --no-build), run it, bring compose up and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-build", action="store_true", help="Reuse the image built last.")
     parser.add_argument("--workers", type=int, default=2, help="Locust workers in compose.")

@@ -29,6 +29,7 @@ def quantiles(metric: str) -> list[tuple[str, str]]:
 
 
 def rate(metric: str, by: str = "model_name", sel: str = SEL) -> str:
+    """PromQL: the per-second rate of `metric` over Grafana's rate interval, summed by `by`."""
     return f"sum by ({by}) (rate({metric}{sel}[$__rate_interval]))"
 
 
