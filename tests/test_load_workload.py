@@ -242,3 +242,23 @@ def test_workload_modules_do_not_import_locust():
         "assert 'locust' not in sys.modules, 'locust imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_messages_record_without_text_turns_is_sent_as_it_is_in_multi_turn_runs(tmp_path):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "described in parts"}]}]
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"messages": parts}) + "\n")
+    w = Workload(
+        model="gpt-4o",
+        prompt_tokens=parse_distribution(10),
+        max_tokens=parse_distribution(5),
+        dataset=load_dataset(str(path)),
+        turns=3,
+    )
+    for _ in range(3):  # once raised IndexError: no text turn to start a conversation with
+        assert w.next_request().messages == parts
+        w.on_reply("ok", 1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": ["not an object"]}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: 'messages' must be a list of objects"):
+        load_dataset(str(bad))

@@ -254,6 +254,8 @@ def _item_from_record(rec: Any, where: str) -> DatasetItem | None:
         return DatasetItem(turns, system, None, max_tokens) if turns else None
     if "messages" in rec:
         messages = rec["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError(f"{where}: 'messages' must be a list of objects")
         turns = [m.get("content") for m in messages if m.get("role") == "user"]
         system = next((m.get("content") for m in messages if m.get("role") == "system"), None)
         return DatasetItem([t for t in turns if isinstance(t, str)], system, messages, max_tokens)
@@ -366,8 +368,10 @@ class Workload:
         assert item is not None
         if item.max_tokens is not None:
             max_tokens = item.max_tokens
-        if not self.multi_turn and item.messages is not None:
-            self._turn = self.turns  # a one-shot record: next call starts over
+        if item.messages is not None and (not self.multi_turn or not item.turns):
+            # A one-shot record (also in multi-turn runs when it has no text user turns, e.g.
+            # content parts only): sent as it is, and the next call starts over.
+            self._turn = self.turns
             return PlannedRequest(list(item.messages), max_tokens, None)
         if self._turn == 0:
             system = item.system if item.system is not None else self.system_prompt
