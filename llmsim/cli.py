@@ -214,7 +214,7 @@ def serve(config: str | None, **flags: Any) -> int:
     "--api-key",
     default=None,
     metavar="KEY",
-    help="Bearer key for the target [default: $OPENAI_API_KEY].",
+    help="API key for the target [default: the API's own variable, e.g. $OPENAI_API_KEY].",
     show_default=False,
 )
 @click.option(

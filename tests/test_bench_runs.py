@@ -397,3 +397,15 @@ def test_broken_locustfile_is_one_line(bench: Bench) -> None:
     assert "Locust did not start a run" in line and "SyntaxError" in line
     missing = _one_line_error(*bench.run("--locustfile", "nope.py"))
     assert "--locustfile nope.py: no such file" in missing
+
+
+def test_api_key_reaches_a_keyed_target(bench: Bench, llmsim_server) -> None:
+    server = llmsim_server("--api-keys", "sk-one", *EXACT)
+    code, _, err = bench.run(
+        "--target", server.base_url, "--api-key", "sk-one", "--users", "1", "--duration", "1s",
+        *WORKLOAD,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = read_summary(bench.run_dir())
+    assert summary["requests"]["total"] > 0 and summary["requests"]["failed"] == 0, summary
+    assert "sk-one" not in json.dumps(summary)  # never written to a report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -230,7 +231,7 @@ def test_given_options_override_class_attributes_and_unset_ones_do_not(monkeypat
 def test_environment_variables_without_parsed_options(monkeypatch):
     monkeypatch.setenv("LOCUST_LLM_MODEL", "from-env")
     monkeypatch.setenv("LOCUST_LLM_IGNORE_EOS", "true")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("LOCUST_LLM_API_KEY", "sk-test")
     cfg = resolve_config(_Defaults, None)
     assert (cfg.model, cfg.ignore_eos, cfg.api_key) == ("from-env", True, "sk-test")
 
@@ -262,3 +263,37 @@ def test_messages_record_without_text_turns_is_sent_as_it_is_in_multi_turn_runs(
     bad.write_text(json.dumps({"messages": ["not an object"]}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: 'messages' must be a list of objects"):
         load_dataset(str(bad))
+
+
+def test_each_user_reads_its_own_apis_key_variable(tmp_path):
+    code = """
+import json, types
+from llmsim.locust import (AnthropicMessagesUser, AzureOpenAIUser, GeminiUser,
+                           OpenAIChatUser, OpenAIResponsesUser)
+from llmsim.load.options import resolve_config
+out = {}
+for cls in (OpenAIChatUser, OpenAIResponsesUser, AnthropicMessagesUser, AzureOpenAIUser,
+            GeminiUser):
+    stub = types.SimpleNamespace(llm=resolve_config(cls, None), anthropic_version="v")
+    out[cls.__name__] = cls.auth_headers(stub)
+print(json.dumps(out))
+"""
+    keys = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a",
+            "AZURE_OPENAI_API_KEY": "az", "GEMINI_API_KEY": "gm"}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+
+    def headers(**extra: str) -> dict:
+        run = subprocess.run([sys.executable, "-c", code], env={**env, **keys, **extra},
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout.splitlines()[-1])
+
+    h = headers()
+    assert h["OpenAIChatUser"] == {"Authorization": "Bearer sk-o"}
+    assert h["OpenAIResponsesUser"] == {"Authorization": "Bearer sk-o"}
+    assert h["AnthropicMessagesUser"]["x-api-key"] == "sk-a"  # once got $OPENAI_API_KEY
+    assert h["AzureOpenAIUser"] == {"api-key": "az"}
+    assert h["GeminiUser"] == {"x-goog-api-key": "gm"}
+    given = headers(LOCUST_LLM_API_KEY="given")  # --llm-api-key wins for every API
+    assert given["AnthropicMessagesUser"]["x-api-key"] == "given"
+    assert given["OpenAIChatUser"] == {"Authorization": "Bearer given"}

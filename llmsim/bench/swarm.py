@@ -205,10 +205,10 @@ def start_swarm(cfg: BenchConfig, host: str, run_dir: Path) -> Swarm:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     extra = {"LLMSIM_BENCH_PROGRESS_FD": str(write_fd)}
-    key = cfg.effective_api_key
-    if key:
-        # The environment, not the command line, where any `ps` would show it.
-        extra["OPENAI_API_KEY"] = key
+    if cfg.api_key:
+        # The environment, not the command line, where any `ps` would show it. Without
+        # --api-key the users read their own API's variable, which Locust inherits.
+        extra["LOCUST_LLM_API_KEY"] = cfg.api_key
     log_path = run_dir / LOCUST_LOG
     with open(log_path, "wb") as log:
         proc = spawn(

@@ -45,8 +45,8 @@ class AnthropicMessagesUser(LLMUser):
         return base + self.api_path
 
     def auth_headers(self) -> dict[str, str]:
-        """`anthropic-version`, and `x-api-key` when there is a key: the resolved --llm-api-key
-        (which also reads $OPENAI_API_KEY), else $ANTHROPIC_API_KEY.
+        """`anthropic-version`, and `x-api-key` when there is a key: --llm-api-key, else
+        $ANTHROPIC_API_KEY (never $OPENAI_API_KEY, which the OpenAI users read).
         """
         headers = {"anthropic-version": self.anthropic_version}
         key = self.llm.api_key or os.environ.get("ANTHROPIC_API_KEY")

@@ -46,9 +46,7 @@ class AzureOpenAIUser(OpenAIChatUser):
         )
 
     def auth_headers(self) -> dict[str, str]:
-        """`api-key` from the resolved --llm-api-key (which also reads $OPENAI_API_KEY), else
-        $AZURE_OPENAI_API_KEY; no header without a key.
-        """
+        """`api-key` from --llm-api-key, else $AZURE_OPENAI_API_KEY; no header without a key."""
         key = self.llm.api_key or os.environ.get("AZURE_OPENAI_API_KEY")
         return {"api-key": key} if key else {}
 
@@ -139,9 +137,8 @@ class GeminiUser(LLMUser):
         return f"{base}{self.api_version_path}/models/{self.llm.model}:{method}"
 
     def auth_headers(self) -> dict[str, str]:
-        """`x-goog-api-key` from the resolved --llm-api-key (which also reads $OPENAI_API_KEY), else
-        $GEMINI_API_KEY, else $GOOGLE_API_KEY; no header without a key.
-        """
+        """`x-goog-api-key` from --llm-api-key, else $GEMINI_API_KEY, else $GOOGLE_API_KEY; no
+        header without a key."""
         key = (
             self.llm.api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
         )

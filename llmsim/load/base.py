@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -205,8 +206,8 @@ class LLMUser(FastHttpUser):
         return bool(body.get("stream", self.llm.stream))
 
     def auth_headers(self) -> dict[str, str]:
-        """Headers that carry the API key."""
-        key = self.llm.api_key
+        """`Authorization: Bearer` with --llm-api-key, else $OPENAI_API_KEY; none without."""
+        key = self.llm.api_key or os.environ.get("OPENAI_API_KEY")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def common_fields(self, body: dict[str, Any], stream_options: bool) -> dict[str, Any]:

@@ -176,9 +176,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt(
         "api_key",
         "--llm-api-key",
-        "OPENAI_API_KEY",
+        "LOCUST_LLM_API_KEY",
         "str",
-        "Bearer key (default: $OPENAI_API_KEY).",
+        "API key (default: the API's own variable: $OPENAI_API_KEY, $ANTHROPIC_API_KEY, "
+        "$AZURE_OPENAI_API_KEY, $GEMINI_API_KEY or $GOOGLE_API_KEY).",
         secret=True,
     ),
 )
@@ -357,8 +358,8 @@ def resolve_config(user_class: type, parsed_options: Any) -> LLMConfig:
     values["prefix_groups"] = int(values["prefix_groups"] or 1)
     if values["prefix_groups"] < 1:
         raise ValueError(f"--llm-prefix-groups must be at least 1, got {values['prefix_groups']}")
-    if not values["api_key"]:
-        values["api_key"] = os.environ.get("OPENAI_API_KEY") or None
+    # No key given: each user class falls back to its own API's variable (auth_headers).
+    values["api_key"] = values["api_key"] or None
     return LLMConfig(**values)
 
 
