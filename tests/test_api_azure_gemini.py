@@ -187,3 +187,36 @@ def test_gemini_locust_user_measures_the_planned_timing(llmsim_server, tmp_path)
     # gap of 8 token times; output tokens come from usageMetadata, not from the event count.
     assert 95 <= m["ttft_ms"]["p50"] <= 150, m["ttft_ms"]
     assert m["itl_ms"]["count"] == 16 and 30 <= m["itl_ms"]["p50"] <= 60, m["itl_ms"]
+
+
+def test_gemini_limits_answer_its_400_in_its_words(llmsim_server, tmp_path):
+    cfg = tmp_path / "llmsim.yaml"
+    cfg.write_text(
+        "per_model:\n"
+        "  tiny-gemini: {context_window: 50, max_output_tokens: 40}\n"
+        "  wide-gemini: {context_window: 4000000, max_output_tokens: 600000}\n"
+    )
+    server = llmsim_server("--config", str(cfg), "--profile", "fast")
+
+    def post(model: str, text: str, **gen: int) -> httpx.Response:
+        url = f"{server.url}/v1beta/models/{model}:generateContent"
+        body = {"contents": [{"parts": [{"text": text}]}], "generationConfig": gen}
+        return httpx.post(url, json=body, timeout=30)
+
+    def error(r: httpx.Response) -> str:
+        assert r.status_code == 400, r.text[:300]
+        err = r.json()["error"]
+        assert err["status"] == "INVALID_ARGUMENT" and err["code"] == 400
+        return err["message"]
+
+    msg = error(post("tiny-gemini", "hi", maxOutputTokens=41))
+    assert "maxOutputTokens value of 41" in msg and "to 41 (exclusive)" in msg
+    msg = error(post("tiny-gemini", "hello " * 60, maxOutputTokens=5))
+    assert msg.startswith("The input token count (") and "allowed (50)" in msg
+    # The window bounds the prompt alone: ~20 prompt tokens plus 40 output pass a 50-token
+    # window (OpenAI and Anthropic would count the two together and refuse it).
+    ok = post("tiny-gemini", "hello " * 20, maxOutputTokens=40)
+    assert ok.status_code == 200, ok.text[:300]
+    msg = error(post("wide-gemini", "hi", maxOutputTokens=500_000, candidateCount=8))
+    assert "candidateCount x maxOutputTokens is 4000000 output tokens" in msg
+    assert post("wide-gemini", "hi", maxOutputTokens=5).status_code == 200

@@ -300,6 +300,8 @@ class GeminiWire:
     """The Gemini wire format for one request (the model and the method come from the URL)."""
 
     name = "gemini.generate"
+    # Gemini's models publish an input token limit and an output limit, each checked alone.
+    window_counts_output = False
 
     def __init__(self, model: str = "", stream: bool = False, sse: bool = True) -> None:
         self.model = model
@@ -340,6 +342,12 @@ class GeminiWire:
             return invalid(
                 f"The input token count ({violation.prompt_tokens}) exceeds the maximum number "
                 f"of tokens allowed ({violation.limit})."
+            )
+        if violation.kind == "total_output":  # candidateCount x maxOutputTokens
+            return invalid(
+                f"Unable to submit request because candidateCount x maxOutputTokens is "
+                f"{violation.requested} output tokens, above this server's limit of "
+                f"{violation.limit} per request. Update the values and try again."
             )
         return invalid(
             f"Unable to submit request because it has a maxOutputTokens value of "

@@ -47,7 +47,8 @@ class WireFormat(Protocol):
     """One API's request parsing and response rendering, as the server pipeline calls them.
 
     Optional attributes the pipeline also reads: `checks_limits` (False skips the model's limit
-    check) and `render_json` (the JSON body as pieces, for a body too big to build at once).
+    check), `window_counts_output` (False: the context window bounds the prompt alone) and
+    `render_json` (the JSON body as pieces, for a body too big to build at once).
     """
 
     name: str  # e.g. "openai.chat"; shows in logs

@@ -145,8 +145,15 @@ class Engine:
         """A model's timing config."""
         return self.model(model).timing
 
-    def check_limits(self, req: EngineRequest) -> LimitViolation | None:
-        """Whether the model's limits refuse this request (before any work is done)."""
+    def check_limits(
+        self, req: EngineRequest, window_counts_output: bool = True
+    ) -> LimitViolation | None:
+        """Whether the model's limits refuse this request (before any work is done).
+
+        window_counts_output: the context window bounds prompt plus max_tokens (OpenAI,
+        Anthropic); False bounds the prompt alone (Gemini publishes separate input and output
+        token limits).
+        """
         limits = self.model(req.model).limits
         cap = req.max_tokens
         if cap is not None and limits.max_output_tokens and cap > limits.max_output_tokens:
@@ -159,7 +166,7 @@ class Engine:
                 req.prompt_tokens,
                 cap,
             )
-        wanted = req.prompt_tokens + (cap or 0)
+        wanted = req.prompt_tokens + ((cap or 0) if window_counts_output else 0)
         if limits.context_window and wanted > limits.context_window:
             return LimitViolation(
                 "context",

@@ -244,7 +244,7 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
         if settings.strict_models and req.model not in state.known_models:
             raise errors.model_not_found(req.model)
         if getattr(fmt, "checks_limits", True):
-            violation = state.engine.check_limits(req)
+            violation = state.engine.check_limits(req, getattr(fmt, "window_counts_output", True))
             if violation is not None:
                 raise fmt.limit_error(violation)
         if state.engines is not None and req.max_tokens is not None:
