@@ -147,3 +147,31 @@ def test_current_rates_wait_for_workers_only_on_a_master():
     assert local.current_rates(now)["requests_per_s"] == 2.0  # 20 over the 10 s window
     assert master.current_rates(now)["requests_per_s"] == 0.0  # not yet: workers lag
     assert master.current_rates(now + 3)["requests_per_s"] == 2.0
+
+
+def test_timeline_after_a_stats_reset_starts_its_window_afresh():
+    """The web UI's reset (and --reset-stats) zero the metrics mid-run; the chart's next point
+    must not diff the new counts against the old snapshots (negative req/s, no percentiles)."""
+    from llmsim.load.timeline import Timeline
+
+    m, tl = LLMMetrics(), Timeline()
+    for step in range(4):  # 10 requests per 2 s step
+        for i in range(10):
+            m.record(_record(step * 10 + i), [17.0])
+        tl.sample(m, users=5, now=1000.0 + 2 * step)
+    assert tl.points[-1]["rps"] == 5.0
+    m.reset()
+    tl.metrics_reset()
+    for i in range(4):
+        m.record(_record(i), [17.0])
+    tl.sample(m, users=5, now=1008.0)
+    tl.sample(m, users=5, now=1010.0)
+    after = list(tl.points)[-2:]
+    assert len(tl.points) == 6  # the points drawn before the reset stay on the chart
+    assert after[0]["rps"] is None  # one snapshot: no window yet
+    assert after[1]["rps"] == 0.0 and after[1]["ttft_p50"] is None  # nothing new since
+    # A reset the timeline was not told about is caught by the counts going down.
+    m.reset()
+    tl.sample(m, users=5, now=1012.0)
+    assert tl.points[-1]["rps"] is None
+    assert all(p["rps"] is None or p["rps"] >= 0 for p in tl.points)

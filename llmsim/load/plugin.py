@@ -203,10 +203,12 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any)
 
     def on_reset_stats(**_: Any) -> None:
         rt.metrics.reset()
+        rt.timeline.metrics_reset()
 
     def on_spawning_complete(**_: Any) -> None:
         if environment.reset_stats:  # --reset-stats: Locust resets its rows, we follow
             rt.metrics.reset()
+            rt.timeline.metrics_reset()
 
     def on_quitting(**_: Any) -> None:
         if rt.end_time is None and rt.start_time is not None:

@@ -40,9 +40,17 @@ class Timeline:
         self.points.clear()
         self._snaps.clear()
 
+    def metrics_reset(self) -> None:
+        """The metrics were zeroed mid-run (the web UI's reset, --reset-stats): keep the points
+        drawn so far but forget the snapshots, whose counts the new ones would be diffed against
+        (that gave negative rates and dropped percentiles for one window)."""
+        self._snaps.clear()
+
     def sample(self, m: LLMMetrics, users: int, now: float | None = None) -> None:
         """Snapshot `m` and append the point for the last window."""
         now = time.time() if now is None else now
+        if self._snaps and m.requests < self._snaps[-1][2]:
+            self._snaps.clear()  # counts went down: reset without a call to metrics_reset
         snap = {name: dict(m.hist[name].counts) for name in TRACKED}
         self._snaps.append((now, snap, m.requests, m.output_tokens))
         t0, old, req0, out0 = self._snaps[0]
