@@ -148,6 +148,9 @@ def test_embeddings_user(llmsim_server, tmp_path):
     assert s["requests"] == {"total": 16, "ok": 16, "failed": 0}, output[-2000:]
     assert s["metrics"]["ttft_ms"]["count"] == 0
     assert s["metrics"]["e2e_ms"]["p50"] >= 50
+    # No tokens are generated: a 0 per request would drag the tokens/s percentiles to 0.
+    assert s["metrics"]["output_tokens_per_s"]["count"] == 0
+    assert {r["output_tokens_per_s"] for r in rows} == {""}
     assert {r["output_tokens"] for r in rows} == {"0"}
     assert all(int(r["input_tokens"]) >= 30 for r in rows)
 

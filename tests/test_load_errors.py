@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ EXPECTED = {
     "hangup": "connection",
     "slow": "timeout",
     "refused": "connection",
+    "no_accept": "timeout",  # connecting never completes: --llm-timeout bounds it too
 }
 PER_USER = 3
 
@@ -49,10 +51,24 @@ def fake_server() -> Iterator[str]:
         proc.wait(10)
 
 
-def test_each_fault_kind_is_classified(fake_server, tmp_path):
+@pytest.fixture
+def full_backlog() -> Iterator[str]:
+    """A listener that never accepts, its queue filled by one connection: the kernel drops
+    every further SYN, so a client's connect hangs until its own timeout (loopback only)."""
+    with socket.socket() as srv, socket.socket() as filler:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        filler.connect(srv.getsockname())
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}/v1"
+
+
+def test_each_fault_kind_is_classified(fake_server, full_backlog, tmp_path):
     classes = []
     for mode in [*EXPECTED, "ok", "no_usage"]:
-        host = f"http://127.0.0.1:{free_port()}/v1" if mode == "refused" else fake_server
+        host = {
+            "refused": f"http://127.0.0.1:{free_port()}/v1",
+            "no_accept": full_backlog,
+        }.get(mode, fake_server)
         classes.append(
             f"""
             class U_{mode}(OpenAIChatUser):
@@ -92,3 +108,29 @@ def test_each_fault_kind_is_classified(fake_server, tmp_path):
         assert any(n == mode and e.startswith(kind) for n, e in messages), (mode, messages)
     assert ("http_500", "http_500: fake 500 (fake_error)") in messages
     assert "Traceback" not in run.output
+
+
+def test_fake_server_counts_every_event_it_sends(fake_server):
+    """Benchmarks divide client CPU by /fake/stats' count: burst and drop streams count too,
+    each event the client receives once ([DONE] is not an event)."""
+    import httpx
+
+    def stats() -> int:
+        r = httpx.post(fake_server + "/chat/completions", json={"model": "__stats__"})
+        return r.json()["events"]
+
+    received = 0
+    before = stats()
+    for mode in ("ok", "burst", "drop"):
+        body = {"model": mode, "max_tokens": 6, "stream": True}
+        raw = b""
+        try:
+            with httpx.stream("POST", fake_server + "/chat/completions", json=body) as r:
+                for piece in r.iter_raw():
+                    raw += piece
+        except httpx.HTTPError:
+            assert mode == "drop"
+        events = raw.count(b"data: {")
+        assert events >= (3 if mode == "drop" else 6), (mode, raw)
+        received += events
+    assert stats() - before == received

@@ -149,8 +149,11 @@ class LLMUser(FastHttpUser):
         self.runtime = get_runtime(environment)
         self.llm: LLMConfig = self.runtime.config_for(type(self))
         # FastHttpUser reads its client settings from the instance: --llm-timeout is the wait
-        # for the next bytes of a reply; connection_timeout and the rest stay the class's own.
+        # for the next bytes of a reply, and for a connection unless the class sets its own
+        # connection_timeout (the rest stay the class's own).
         self.network_timeout = self.llm.timeout
+        if type(self).connection_timeout == FastHttpUser.connection_timeout:
+            self.connection_timeout = self.llm.timeout
         if self.llm.open_loop and self.client_pool is None:
             # One open-loop user has many requests in flight: a pool of FastHttpUser's default
             # 10 connections would queue the rest inside the client, after the schedule-lag
@@ -387,7 +390,7 @@ class LLMUser(FastHttpUser):
                     in_tokens = prompt_tokens_of(messages, self.llm.model)
             if ttft is not None and out_tokens > 1:
                 tpot = (e2e - ttft) / (out_tokens - 1)
-            if e2e > 0:
+            if e2e > 0 and self.reader.generates_output:
                 tps = out_tokens / (e2e / 1000.0)
         rec = RequestRecord(
             start_time=start_wall,

@@ -211,6 +211,7 @@ class EmbeddingsReader(EventReader):
     """Embeddings lists: input tokens only. Asked for JSON, so only a broken server streams."""
 
     whole_name = "embeddings list"
+    generates_output = False
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
         """Always raises BAD_RESPONSE: embeddings are asked for as JSON, so a stream is a fault."""

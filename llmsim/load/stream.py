@@ -96,6 +96,9 @@ class EventReader:
     ends_with_body = False
     #: What a non-streamed reply should have been, for the bad-response message.
     whole_name = "reply"
+    #: The API generates tokens: False for embeddings, whose requests then stay out of the
+    #: output-tokens/s-per-request histogram (a 0 there for each would drag its percentiles).
+    generates_output = True
 
     def event(self, name: bytes | None, data: bytes, now: float, st: StreamState) -> bool:
         """Handle one SSE event (name None for the default); True when the stream is done."""
