@@ -297,3 +297,20 @@ print(json.dumps(out))
     given = headers(LOCUST_LLM_API_KEY="given")  # --llm-api-key wins for every API
     assert given["AnthropicMessagesUser"]["x-api-key"] == "given"
     assert given["OpenAIChatUser"] == {"Authorization": "Bearer given"}
+
+
+def test_one_string_prompt_reads_content_arrays_and_skips_system():
+    """Completions and embeddings take one prompt string: a dataset's content arrays give their
+    text (not a Python repr), system turns stay out, and earlier turns of the chat stay in."""
+    from llmsim.load.workload import prompt_text
+
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "alpha "}, {"type": "text", "text": "beta"}],
+        },
+        {"role": "assistant", "content": "gamma"},
+        {"role": "user", "content": "delta"},
+    ]
+    assert prompt_text(messages) == "alpha beta\n\ngamma\n\ndelta"

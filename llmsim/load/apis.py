@@ -18,11 +18,7 @@ from llmsim.load.readers import (
     ResponsesReader,
 )
 from llmsim.load.stream import EventReader
-
-
-def prompt_text(messages: list[dict[str, Any]]) -> str:
-    """The user turns' text, for APIs that take one prompt string."""
-    return "\n\n".join(str(m.get("content") or "") for m in messages if m.get("role") != "system")
+from llmsim.load.workload import prompt_text
 
 
 class AnthropicMessagesUser(LLMUser):
@@ -89,7 +85,7 @@ class OpenAIResponsesUser(LLMUser):
 
 
 class OpenAICompletionsUser(LLMUser):
-    """Streams legacy completions (POST {host}/completions): the prompt is the user turns' text."""
+    """Streams legacy completions (POST {host}/completions): the prompt is the turns' text."""
 
     abstract = True
     model = "gpt-3.5-turbo-instruct"

@@ -24,6 +24,7 @@ from llmsim.engine.tokens import (
     encoding_for_model,
     encoding_name_for_model,
     get_encoding,
+    message_text,
 )
 
 # --------------------------------------------------------------------------- distributions
@@ -407,6 +408,14 @@ def prompt_tokens_of(messages: list[dict[str, Any]], model: str) -> int:
     return count_chat_prompt_tokens(messages, model)
 
 
+def prompt_text(messages: list[dict[str, Any]]) -> str:
+    """The conversation's text without its system turns, for APIs that take one prompt string:
+    in a multi-turn run the replies so far are part of the prompt, as they are of a chat's.
+    Content arrays (datasets) give their text parts, not their Python repr."""
+    turns = (m for m in messages if m.get("role") != "system")
+    return "\n\n".join(message_text(m.get("content")) for m in turns)
+
+
 __all__ = [
     "REPLY_PRIMING_TOKENS",
     "DatasetItem",
@@ -416,6 +425,7 @@ __all__ = [
     "framing_tokens",
     "load_dataset",
     "parse_distribution",
+    "prompt_text",
     "prompt_tokens_of",
     "shared_text",
     "synthetic_messages",
