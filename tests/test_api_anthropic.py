@@ -227,5 +227,12 @@ def test_anthropic_base_url_models_and_count_tokens(server):
         assert counted.input_tokens == m.usage.input_tokens
         with_tools = c.messages.count_tokens(model=MODEL, messages=USER, tools=[WEATHER])
         assert with_tools.input_tokens > counted.input_tokens + 300  # the tool system prompt
+        # count_tokens answers what the Messages request bills, for every tool mix and choice.
+        search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 1}
+        for tools in ([WEATHER], [search], [WEATHER, search]):
+            for choice in ({"type": "auto"}, {"type": "any"}, {"type": "none"}):
+                kw = {"model": MODEL, "messages": USER, "tools": tools, "tool_choice": choice}
+                billed = c.messages.create(max_tokens=3, **kw).usage.input_tokens
+                assert c.messages.count_tokens(**kw).input_tokens == billed, (tools, choice)
     # Without anthropic-version, /v1/models is OpenAI's list.
     assert httpx.get(server.url + "/v1/models").json()["object"] == "list"

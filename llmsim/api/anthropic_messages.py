@@ -231,7 +231,8 @@ def prompt_tokens(
     body: dict[str, Any], messages: list[dict[str, Any]], model: str, tool_mode: str | None
 ) -> int:
     """The input_tokens a Messages request bills: system and messages (TOKENS_PER_MESSAGE each),
-    the tools' JSON and the tool-use system prompt for `tool_mode`, plus 1. An estimate with
+    the tools' JSON (custom and server tools) and the tool-use system prompt for `tool_mode`
+    (ignored without tools), plus 1. An estimate with
     o200k_base, as Claude's tokenizer is not public.
     """
     total = count_tokens(_system(body), model)
@@ -290,7 +291,7 @@ def parse_messages_request(body: Any) -> tuple[EngineRequest, MessagesOptions]:
     last_user = next((m for m in reversed(messages) if m["role"] == "user"), last)
     req = EngineRequest(
         model=model,
-        prompt_tokens=prompt_tokens(body, messages, model, mode if body.get("tools") else None),
+        prompt_tokens=prompt_tokens(body, messages, model, mode),
         max_tokens=max_tokens,
         stop=tuple(stops),
         ignore_eos=ignore_eos,
@@ -314,7 +315,8 @@ def count_tokens_response(body: Any) -> dict[str, Any]:
     messages = _messages(body)
     tools = _tools(body)
     mode, _, _ = _tool_choice(body, [t.name for t in tools])
-    return {"input_tokens": prompt_tokens(body, messages, model, mode if tools else None)}
+    # The same count as a Messages request's usage: server tools alone count as tools too.
+    return {"input_tokens": prompt_tokens(body, messages, model, mode)}
 
 
 # --------------------------------------------------------------------------- rendering
