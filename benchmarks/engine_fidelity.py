@@ -426,7 +426,7 @@ def plots(outdir: Path) -> None:
 def main() -> int:
     """The pure-simulation sweep and its knee, the anchors, then (unless --no-server) the
     server check and (with --plots) the plots; every figure goes to /tmp/engine_fidelity.json.
-    Returns 0 even when the fidelity check fails."""
+    Returns 1 when the server check fails, so a script can tell."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer requests per load")
     p.add_argument("--no-server", action="store_true", help="pure simulation only")
@@ -467,7 +467,7 @@ def main() -> int:
     if a.plots:
         plots(a.plots)
     Path("/tmp/engine_fidelity.json").write_text(json.dumps(result, indent=1, default=str))
-    return 0
+    return 0 if result.get("ok", True) else 1
 
 
 if __name__ == "__main__":

@@ -840,7 +840,7 @@ class Settings:
 
     Build it with load_settings, which parses and checks each value. The field defaults here are
     the ones that apply; Option.default is only shown in --help (an import-time assert checks
-    that the names agree, not the defaults).
+    that the names agree, tests/test_settings_and_cli.py that the defaults do).
     """
 
     host: str = "127.0.0.1"

@@ -29,6 +29,19 @@ def test_defaults_are_safe():
     assert s == Settings()
 
 
+def test_help_shows_the_defaults_that_apply():
+    """Settings' field defaults apply and Option.default is what --help shows: they must agree."""
+    from llmsim.settings import SERVE_OPTIONS
+
+    applied = Settings()
+    differ = {
+        o.name: (o.default, getattr(applied, o.name))
+        for o in SERVE_OPTIONS
+        if getattr(applied, o.name) != o.default
+    }
+    assert differ == {}, differ
+
+
 def test_precedence_flag_over_env_over_file_over_default(tmp_path):
     cfg = write(tmp_path, "port: 9001\nttft_ms: 50\ntbt-ms: 7\noutput_tokens: 12\n")
     env = {"LLMSIM_PORT": "9002", "LLMSIM_TTFT_MS": "60"}

@@ -156,7 +156,3 @@ class Capacity:
         if len(self._pools) < 10_000:
             self._pools[model] = pool
         return pool
-
-    def pools(self) -> list[CapacityPool]:
-        """Every pool made so far (the global one and per-model ones), each once."""
-        return list({id(p): p for p in self._pools.values() if p is not None}.values())

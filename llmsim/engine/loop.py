@@ -420,10 +420,6 @@ class StreamLoop:
         )
 
 
-def _chunk_framed(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 class Stream:
     """One streamed response: the wire format's events, written as their tokens come due.
 

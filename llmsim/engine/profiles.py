@@ -8,7 +8,7 @@ engine/timing.py and docs/timing.md for where the hosted figures come from).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from llmsim.engine.timing import sample_ms  # noqa: F401  (its home before engine.timing)
 
@@ -28,26 +28,6 @@ class LatencyProfile:
     stall_probability: float = 0.0
     stall_ms: float = 0.0
     prefill_ms_per_1k: float = 0.0
-
-    def with_overrides(
-        self,
-        ttft_ms: float | None = None,
-        ttft_stddev_ms: float | None = None,
-        tbt_ms: float | None = None,
-        tbt_stddev_ms: float | None = None,
-    ) -> LatencyProfile:
-        """A copy with the TTFT and TBT figures given (ms) in place; itself when none is given."""
-        changes = {
-            k: v
-            for k, v in {
-                "ttft_ms": ttft_ms,
-                "ttft_stddev_ms": ttft_stddev_ms,
-                "tbt_ms": tbt_ms,
-                "tbt_stddev_ms": tbt_stddev_ms,
-            }.items()
-            if v is not None
-        }
-        return replace(self, **changes) if changes else self
 
 
 # Hosted APIs' per-token shape (docs/timing.md gives the sources): gaps vary token by token

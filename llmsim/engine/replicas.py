@@ -273,10 +273,6 @@ class EnginePool:
             self.stats.step(tokens)
             self.stats.replica_state(self.worker, i, replica)
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """This worker's replicas' state and counters, one dict each (`Replica.snapshot`)."""
-        return [r.snapshot() for r in self.replicas]
-
 
 class LoopTokens(SeqListener):
     """Hands a sequence's tokens to its response: a loop Stream, or a callback when done.

@@ -604,31 +604,6 @@ class Replica:
             seq.scheduled_at = now
         self.running.append(seq)
 
-    # -- what /metrics and /llmsim/stats show ---------------------------------------------
-
-    def snapshot(self) -> dict[str, object]:
-        """The replica's queues, KV cache and counters now, in EngineStats' field names."""
-        c = self.counters
-        return {
-            "replica": self.name,
-            "running": len(self.running),
-            "waiting": len(self.waiting),
-            "in_frontend": len(self.frontend),
-            "kv_cache_usage": round(self.kv.usage, 4),
-            "kv_blocks_total": self.kv.num_blocks,
-            "kv_blocks_free": self.kv.free_blocks,
-            "prefix_cached_blocks": len(self.kv.cached),
-            "preemptions": c.preemptions,
-            "prefix_cache_queries": c.prefix_queries,
-            "prefix_cache_hits": c.prefix_hits,
-            "iterations": c.iterations,
-            "prompt_tokens": c.prompt_tokens,
-            "generation_tokens": c.generation_tokens,
-            "finished": c.finished,
-            "last_step_tokens": self.last_step_tokens,
-            "last_step_ms": round(self.last_step_s * 1000, 3),
-        }
-
 
 def _log1p_sq(cv: float) -> float:
     return math.log1p(cv * cv)
