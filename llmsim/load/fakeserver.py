@@ -169,6 +169,7 @@ class FakeServer:
         events = list(stream_events(n, usage and mode != "no_usage"))
         if mode == "burst":
             sock.sendall(_chunk(b"".join(events) + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            self.events_sent += len(events)  # as the paced path counts: [DONE] is not one
             return True
         if mode == "malformed":
             events = [*events[:2], b"data: {not json\n\n"]
@@ -179,6 +180,7 @@ class FakeServer:
         elif mode == "drop":
             for ev in events[:3]:
                 sock.sendall(_chunk(ev))
+                self.events_sent += 1
             sock.shutdown(socket.SHUT_RDWR)
             return False
         for ev in events:
