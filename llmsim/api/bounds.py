@@ -68,13 +68,63 @@ _STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _STRIP_MAX_STRINGS = 20_000
 
 
+# A lone surrogate in the body: an escape ("\ud800") or its raw UTF-8 bytes (json reads those
+# with surrogatepass). Only json's parse lets one through, never orjson's. A false positive (an
+# escaped backslash before "ud800") only costs the walk below.
+_SURROGATE_RE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def _fix_text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # As tiktoken's encode() does: each lone surrogate becomes U+FFFD, so token counts are
+        # unchanged and nothing later (headers, stats names, hashes, orjson) meets a str that
+        # cannot be encoded.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def replace_surrogates(value: Any) -> Any:
+    """`value` (parsed JSON) with every lone surrogate in its strings and keys made U+FFFD.
+
+    Iterative: the value may be nested as deeply as json's parser allows.
+    """
+    if isinstance(value, str):
+        return _fix_text(value)
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in list(node):
+                item = node[key]
+                if isinstance(item, str):
+                    item = _fix_text(item)
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+                fixed = _fix_text(key)
+                if fixed is not key:
+                    del node[key]
+                node[fixed] = item
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, str):
+                    node[i] = _fix_text(item)
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+    return value
+
+
 def loads(data: bytes) -> Any:
     """The body's JSON, refusing NaN/Infinity/1e999, nesting beyond the parser's depth and more
     than MAX_JSON_VALUES values (each a 400).
 
     orjson parses (2-4x faster than json for the same values, so the GIL is held that much
     less); whatever it refuses is parsed again by json, with checks that name the problem.
-    orjson reads an integer beyond 64 bits as a float: check_int64 refuses both alike.
+    orjson reads an integer beyond 64 bits as a float: check_int64 refuses both alike. Lone
+    surrogates (valid JSON escapes, but no UTF-8) come back as U+FFFD, as tiktoken counts them.
     """
     # Counted as bytes first; only a body over the bound has its string literals removed and
     # is counted again (bodies with that many strings too are refused as they are).
@@ -88,7 +138,7 @@ def loads(data: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass  # json below says what is wrong (or accepts what orjson alone refuses)
     try:
-        return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise ApiError(
             400,
@@ -97,6 +147,9 @@ def loads(data: bytes) -> Any:
         ) from None
     except (ValueError, UnicodeDecodeError):
         raise invalid_json() from None
+    if _SURROGATE_RE.search(data) is not None:
+        value = replace_surrogates(value)
+    return value
 
 
 def schema_error(where: str, exc: SchemaInvalid, anthropic: bool = False) -> ApiError:
