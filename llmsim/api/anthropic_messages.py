@@ -100,8 +100,10 @@ def block_text(content: Any) -> str:
     """The text a message's content carries, for counting and for the echo generator."""
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):  # None, or a system block's stray value: no text
+        return ""
     parts = []
-    for block in content or ():
+    for block in content:
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
@@ -137,6 +139,14 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             for j, block in enumerate(content):
                 if not isinstance(block, dict) or not isinstance(block.get("type"), str):
                     raise bad(f"messages.{i}.content.{j}: Input should be a valid dictionary")
+                inner = block.get("content")
+                if block["type"] == "tool_result" and not isinstance(
+                    inner, (str, list, type(None))
+                ):
+                    raise bad(
+                        f"messages.{i}.content.{j}.tool_result.content: Input should be a valid "
+                        "string or list"
+                    )
         elif not isinstance(content, str):
             raise bad(f"messages.{i}.content: Input should be a valid string or list")
     return messages

@@ -106,6 +106,15 @@ def parse_completion_request(body: Any) -> tuple[EngineRequest, CompletionOption
     if suffix is not None and not isinstance(suffix, str):
         raise invalid_type("suffix", "a string", suffix)
     include_usage, continuous_usage = stream_options(body, stream)
+    if len(prompts) > MAX_N:  # no n fits: saying "n <= 0" would blame the wrong parameter
+        raise ApiError(
+            400,
+            f"Invalid 'prompt': array too long. Expected an array with maximum length {MAX_N} "
+            f"(each prompt gets n choices, at most {MAX_N} in all), but got an array with "
+            f"length {len(prompts)} instead.",
+            param="prompt",
+            code="array_above_max_length",
+        )
     if len(prompts) * n > MAX_N:
         raise above_max("n", MAX_N // len(prompts), n, integer=True)
     if max_tokens == 0 and not echo:

@@ -118,8 +118,11 @@ def _input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
                     f"Invalid value: '{role}'. Supported values are: 'user', 'assistant', "
                     "'system', and 'developer'.",
                 )
-            if item.get("content") is None:
+            content = item.get("content")
+            if content is None:
                 raise missing(f"{where}.content")
+            if not isinstance(content, (str, list)):  # the prompt counter reads only these
+                raise invalid_type(f"{where}.content", "a string or an array", content)
         elif kind == "function_call_output" and item.get("call_id") is None:
             raise missing(f"{where}.call_id")
     return raw

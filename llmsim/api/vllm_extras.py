@@ -43,6 +43,9 @@ def tokenize(body: Any, default_model: str, max_model_len: int | None) -> dict[s
         messages = body["messages"]
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise _bad("messages must be a list of message objects", "messages")
+        for i, m in enumerate(messages):  # messages_text reads a string or a list of parts
+            if not isinstance(m.get("content"), (str, list, type(None))):
+                raise _bad(f"messages[{i}].content must be a string or a list", "messages")
         text = messages_text(messages)
     else:
         raise _bad("Either prompt or messages is required.")
