@@ -311,6 +311,37 @@ def test_http_framing_and_size(target, row, data, status, text):
     _assert_unharmed(server, watch, w)
 
 
+BAD_CHUNKS = [
+    ("not-hex", b"ZZ\r\n{}\r\n0\r\n\r\n"),
+    ("no-crlf-after-data", b"2\r\n{}XX0\r\n\r\n"),
+    ("size-too-large", b"f" * 24 + b"\r\n{}\r\n0\r\n\r\n"),
+]
+BAD_CHUNK_PATHS = [
+    ("/v1/chat/completions", b'"type": "invalid_request_error"'),
+    ("/v1/messages", b'{"type": "error", "error": {"type": "invalid_request_error"'),
+    ("/v1/messages/count_tokens", b'{"type": "error", "error": {"type": "invalid_request_error"'),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", b'"status": "INVALID_ARGUMENT"'),
+]
+
+
+@pytest.mark.parametrize(("path", "shape"), BAD_CHUNK_PATHS, ids=[p for p, _ in BAD_CHUNK_PATHS])
+@pytest.mark.parametrize(("name", "chunks"), BAD_CHUNKS, ids=[n for n, _ in BAD_CHUNKS])
+def test_malformed_chunked_body_is_one_400_in_the_apis_shape(target, name, chunks, path, shape):
+    """A chunked body gevent cannot parse was the server's 500 (generating routes) or
+    werkzeug's generic 400, followed on the same connection by a second, bare 400 from gevent.
+    Now: one 400 in the API's shape, and the connection closed (its framing is lost)."""
+    server, watch = target
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path.encode()
+    with watch.window() as w:
+        out = raw_request(server.url, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    assert status_of(out) == 400, out[:300]
+    assert out.count(b"HTTP/1.1 ") == 1, out
+    head_part, _, body = out.partition(b"\r\n\r\n")
+    assert b"connection: close" in head_part.lower()
+    assert shape in body and b"could not read the body" in body, body
+    _assert_unharmed(server, watch, w)
+
+
 def test_chunked_body_over_the_limit_is_413(target):
     server, watch = target
     body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"' + b"a" * (9 << 20) + b'"}]}'

@@ -20,7 +20,7 @@ import gevent
 import gevent.event
 import orjson
 from flask import Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from llmsim.api import bounds, errors
@@ -58,12 +58,38 @@ def error_kind(status: int) -> str:
     return _STATUS_KIND.get(status, "bad_request" if status < 500 else "server_error")
 
 
+def unreadable_body(environ: dict[str, Any]) -> ApiError:
+    """The 400 for a body that cannot be read to its end (a malformed chunked encoding, or the
+    client gone before its Content-Length arrived), closing the connection."""
+    inp = environ.get("wsgi.input")
+    # gevent's own mark for an input in an unknown state. Without it, after the response its
+    # handler reads the broken body again, fails again and appends a second, bare 400 to the
+    # connection.
+    if hasattr(inp, "_chunked_input_error"):
+        inp._chunked_input_error = True
+    return ApiError(
+        400,
+        "We could not read the body of your request: its framing (chunked encoding or "
+        "Content-Length) does not match what was sent.",
+        code="invalid_body",
+        headers={"Connection": "close"},
+    )
+
+
 def read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
     """The request body, at most max_bytes (else 413), as Flask's request.get_data() reads it.
 
     A plain Content-Length body is read straight from the server's input: werkzeug's stream
-    wrappers cost more than parsing the JSON. Anything else goes through werkzeug.
+    wrappers cost more than parsing the JSON. Anything else goes through werkzeug. A body that
+    cannot be read is a 400 (unreadable_body), not the server's error.
     """
+    try:
+        return _read_body(environ, max_bytes)
+    except (OSError, ValueError, ClientDisconnected):
+        raise unreadable_body(environ) from None
+
+
+def _read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and "HTTP_TRANSFER_ENCODING" not in environ:
         n = int(length)
@@ -87,7 +113,10 @@ def read_json(environ: dict[str, Any] | None = None, max_bytes: int | None = Non
     with one, read_body reads at most `max_bytes`.
     """
     if environ is None:
-        data = request.get_data(cache=False)
+        try:
+            data = request.get_data(cache=False)
+        except (OSError, ValueError, ClientDisconnected):
+            raise unreadable_body(request.environ) from None
     else:
         data = read_body(environ, max_bytes)
     return bounds.loads(data)
