@@ -137,12 +137,22 @@ def _chunk_spec(value: Any) -> str:
     return str(ChunkSpec.parse(value))  # raises ValueError with the reason
 
 
-def _at_least(minimum: float) -> Callable[[Any], None]:
+def _at_least(minimum: float, maximum: float | None = None) -> Callable[[Any], None]:
+    # The maxima keep every later computation finite: a standard deviation of 1e308 ms made
+    # every request a 500 (the sampler overflowed), and a timer of inf cannot be armed.
     def check(v: Any) -> None:
         if v is not None and v < minimum:
             raise ValueError(f"must be at least {minimum:g}, got {v}")
+        if v is not None and maximum is not None and not v <= maximum:
+            shown = f"{maximum:,.0f}" if maximum == int(maximum) else f"{maximum:g}"
+            raise ValueError(f"must be at most {shown}, got {v}")
 
     return check
+
+
+DAY_MS = 86_400_000.0  # the longest time any ms option may ask for
+DAY_S = 86_400.0
+MAX_CV = 100.0  # a coefficient of variation beyond this is noise, not a distribution
 
 
 def _port(v: int) -> None:
@@ -168,8 +178,8 @@ def _overflow_status(v: int) -> None:
 
 
 def _fraction(v: float) -> None:
-    if v < 0:
-        raise ValueError(f"must be at least 0, got {v}")
+    if not 0 <= v < float("inf"):
+        raise ValueError(f"must be a finite number of at least 0, got {v}")
 
 
 def _block_size(v: int) -> None:
@@ -280,7 +290,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         None,
         "Mean time to first token, ms (overrides the profile).",
-        _at_least(0),
+        _at_least(0, DAY_MS),
         "MS",
     ),
     Option(
@@ -288,7 +298,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         None,
         "TTFT standard deviation, ms (0: exact).",
-        _at_least(0),
+        _at_least(0, DAY_MS),
         "MS",
     ),
     Option(
@@ -296,7 +306,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         None,
         "Mean time between tokens, ms (overrides the profile).",
-        _at_least(0),
+        _at_least(0, DAY_MS),
         "MS",
     ),
     Option(
@@ -304,7 +314,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         None,
         "Time-between-tokens standard deviation, ms (0: exact).",
-        _at_least(0),
+        _at_least(0, DAY_MS),
         "MS",
     ),
     Option(
@@ -328,7 +338,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         None,
         "Reply length standard deviation (default: a quarter of the mean; 0: exact).",
-        _at_least(0),
+        _at_least(0, 1e9),
         "N",
     ),
     Option(
@@ -412,7 +422,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         None,
         "Extra TTFT per 1,000 prompt tokens, ms (default: the profile's; 0: off).",
-        _at_least(0),
+        _at_least(0, DAY_MS),
         "MS",
     ),
     Option(
@@ -441,7 +451,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         10_000.0,
         "How long a `timeout` fault hangs before it answers 504 (or closes).",
-        _at_least(0),
+        _at_least(0, DAY_MS),
         "MS",
     ),
     Option(
@@ -481,7 +491,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         10.0,
         "On SIGTERM/SIGINT, how long in-flight streams may finish.",
-        _at_least(0),
+        _at_least(0, DAY_S),
         "S",
     ),
     Option("access_log", _bool, False, "Log every request to stderr.", None, None, True),
@@ -492,7 +502,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         None,
         "Per-token jitter: each gap is lognormal around the request's mean with this "
         "coefficient of variation (default: the profile's; 0 with stddev 0 runs: exact).",
-        _at_least(0),
+        _at_least(0, MAX_CV),
         "F",
     ),
     Option(
@@ -509,7 +519,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         None,
         "Mean length of a stall, ms (default: the profile's).",
-        _at_least(0),
+        _at_least(0, DAY_MS),
         "MS",
     ),
     Option(
@@ -545,7 +555,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "leave together (each its own write), sharing wake-ups. Grows with the event rate "
         "from 0.25 ms to this at 20,000 events/s; an idle server stays exact. 0: always "
         "0.25 ms.",
-        _at_least(0),
+        _at_least(0, 60_000),
         "MS",
     ),
     Option(
@@ -640,7 +650,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         0.0,
         "Coefficient of variation of each engine step's time (lognormal; 0: exact).",
-        _at_least(0),
+        _at_least(0, MAX_CV),
         "F",
     ),
     # Engine mode, vLLM v0.6's multi-step scheduling and API-server front end (docs/engine.md).
@@ -753,7 +763,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         10.0,
         "A request's line and headers must arrive within this; else 408 and close.",
-        _at_least(0.01),
+        _at_least(0.01, DAY_S),
         "S",
     ),
     Option(
@@ -761,7 +771,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         60.0,
         "An idle keep-alive connection is closed after this.",
-        _at_least(0.01),
+        _at_least(0.01, DAY_S),
         "S",
     ),
     Option(
@@ -797,7 +807,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         600.0,
         "A model name idle this long gives its stats slot to a new name when all are taken.",
-        _at_least(0),
+        _at_least(0, DAY_S),
         "S",
     ),
 )

@@ -156,6 +156,10 @@ def test_live_config_reaches_every_worker(llmsim_server):
     for bad, name in (({"rpm": 0}, "rpm"), ({"port": 1}, "port"), ({"ttft": 1}, "ttft")):
         r = httpx.patch(cfg, json=bad)
         assert r.status_code == 400 and r.json()["error"]["param"] == name, r.text
+    # Values no sampler survives (every later request was a 500) are refused the same way.
+    r = httpx.patch(cfg, json={"output_tokens_stddev": 1e308})
+    assert r.status_code == 400 and "at most" in r.json()["error"]["message"], r.text
+    assert httpx.post(server.base_url + "/chat/completions", json=body).status_code == 200
     assert httpx.patch(cfg, content=b"[1").status_code == 400
     assert httpx.get(cfg).json()["changed"] == {"tbt_ms": 1.0, "tbt_stddev_ms": 0.0}
 

@@ -73,6 +73,11 @@ def test_lists_and_booleans_from_every_source(tmp_path):
         ({"env": {"LLMSIM_GENERATOR": "poetry"}}, "unknown generator"),
         ({"env": {"LLMSIM_STRICT_MODELS": "maybe"}}, "expected true or false"),
         ({"overrides": {"tbt_ms": "fast"}}, "--tbt-ms: expected a number"),
+        # Finite and bounded: a stddev of 1e308 made every request a 500, nan passed every check.
+        ({"overrides": {"tbt_stddev_ms": "1e308"}}, "--tbt-stddev-ms: must be at most 86,400,000"),
+        ({"overrides": {"ttft_ms": "nan"}}, "--ttft-ms: must be at most 86,400,000, got nan"),
+        ({"env": {"LLMSIM_ITL_JITTER_CV": "inf"}}, "must be at most 100, got inf"),
+        ({"overrides": {"keepalive_timeout_s": "inf"}}, "must be at most 86,400"),
     ],
 )
 def test_bad_values_name_their_source(kwargs, message):

@@ -148,7 +148,10 @@ def sample_ms(rng: random.Random, mean: float, stddev: float, distribution: str)
         return max(0.0, mean)
     if distribution == "normal":
         return max(0.0, rng.gauss(mean, stddev))
-    sigma2 = math.log1p((stddev / mean) ** 2)
+    # The ratio is capped so that a tiny mean beside a large stddev cannot overflow the square
+    # (a coefficient of variation of 1e6 is already a distribution of nearly all zeros).
+    cv = min(stddev / mean, 1e6)
+    sigma2 = math.log1p(cv * cv)
     mu = math.log(mean) - sigma2 / 2
     return rng.lognormvariate(mu, math.sqrt(sigma2))
 
