@@ -178,7 +178,10 @@ def add_window(
         return
     start = t0 + cfg.warmup_s
     end = start + cfg.duration_s
-    if stopped is not None and cfg.web:
+    if stopped is not None and (cfg.web or stopped < end):
+        # A run that stopped before its time was up (a trace replayed to its end, Ctrl-C, a
+        # sweep level stopped early, every user done with --llm-requests-per-user): its rates
+        # are over the time it ran; over the --duration it was given they read several times low.
         end = stopped
     rows = list(read_requests(requests_csv))
     if cfg.open_loop:
@@ -276,7 +279,10 @@ def write_reports(
         ended=state.stopped,
         interrupted=state.interrupted,
         client=client,
-        users_peak=state.users_peak or ((llm or {}).get("users") or {}).get("max"),
+        # Both sources, not the first that has one: bench's progress samples are a second
+        # apart and not aligned to the spawns, so a user started just before the end is seen
+        # only by Locust's own per-second samples (and the other way round).
+        users_peak=max(state.users_peak, ((llm or {}).get("users") or {}).get("max") or 0) or None,
         model=model,
         simulator=simulator,
         label=cfg.label,

@@ -129,17 +129,27 @@ class LLMRuntime:
             self.metrics.rows = []
             self.writer.write_rows(rows)
 
-    def _sample(self) -> None:
+    def _sample(self, second: int | None = None) -> None:
+        """Users and requests in flight now, as the figure of wall-clock `second` (default:
+        the one in progress). A second already sampled keeps its larger figures, so the last
+        sample at test stop (everyone stopped) does not erase the users of its second."""
         runner = self.environment.runner
         users = runner.user_count if runner is not None else 0
-        self.samples[int(time.time())] = (users, self.metrics.total_in_flight())
+        sec = int(time.time()) if second is None else second
+        in_flight = self.metrics.total_in_flight()
+        old_users, old_in_flight = self.samples.get(sec, (0, 0))
+        self.samples[sec] = (max(users, old_users), max(in_flight, old_in_flight))
 
     def _sample_loop(self) -> None:
         # Aligned to wall-clock seconds so the series lines up with per-second request counts.
         last_point = 0.0
         while True:
             gevent.sleep(1.0 - (time.time() % 1.0))
-            self._sample()
+            # Woken at the turn of a second, the sample is the state at the end of the second
+            # that just closed: the series' requests and tokens are those completed in it, and
+            # bench's in-flight column is its end too (keyed by the new second, users lagged
+            # both by one). round(), as the wake-up may come a hair early or late.
+            self._sample(round(time.time()) - 1)
             now = time.time()
             if now - last_point >= STEP_S - 0.05:
                 last_point = now
@@ -194,8 +204,8 @@ class LLMRuntime:
         }
 
     def series(self, start: float, end: float) -> dict[str, list[Any]]:
-        """Per wall-clock second: users and in-flight (sampled here), and requests, failures
-        and tokens completed in that second (from every process)."""
+        """Per wall-clock second: users and in-flight (sampled here at the end of that second),
+        and requests, failures and tokens completed in that second (from every process)."""
         out: dict[str, list[Any]] = {
             k: []
             for k in (
