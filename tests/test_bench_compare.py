@@ -40,7 +40,7 @@ def test_compare_two_runs(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "| requests/s | 5.00 | 9.75 | +95.0 % better |" in result.output
     md = (out / "compare.md").read_text()
-    assert md.startswith("# llmsim compare") and "| TTFT p50 |" in md
+    assert md.startswith("# llmsim compare") and "| TTFT p50 (ms) |" in md
     page = (out / "compare.html").read_text()
     assert page.count("<svg") == 3 and "<script" not in page
 
@@ -56,3 +56,16 @@ def test_compare_errors_are_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("llmsim: error: ") and msg in lines[0]
+
+
+def test_compare_delta_of_a_tiny_drop_is_not_negative_zero() -> None:
+    from llmsim.bench.compare import comparison_table
+
+    a = {"ttft_ms": {"p50": 100.166}, "e2e_ms": {"p50": 290.2}}
+    b = {"ttft_ms": {"p50": 100.146}, "e2e_ms": {"p50": 290.1}}
+    _, rows = comparison_table([("a", a), ("b", b)])
+    # 0.02 % down was "-0.0 %"; the latency rows carry their unit.
+    assert rows == [
+        ["TTFT p50 (ms)", "100", "100", "+0.0 %"],
+        ["E2E p50 (ms)", "290", "290", "+0.0 %"],
+    ]

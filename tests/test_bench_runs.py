@@ -169,6 +169,10 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
     assert summary["slo"]["passed"] and summary["status"] == "passed"
     assert summary["exit_code"] == 0
     assert summary["config"]["simulator"]["ttft_ms"] == 50
+    # The address the embedded simulator really listened on (it said serve's default, 8080).
+    sim_host, sim_port = summary["target"].removeprefix("http://").split("/")[0].split(":")
+    assert summary["config"]["simulator"]["port"] == int(sim_port) != 8080
+    assert summary["config"]["simulator"]["host"] == sim_host
     assert summary["config"]["locust_args"] == ["--llm-ignore-eos"]
     # What the user class actually sent, as resolved inside Locust.
     workload = summary["config"]["workload"]["ChatUser"]
@@ -190,6 +194,10 @@ def test_headless_run_writes_every_report_with_exact_figures(bench: Bench) -> No
         tok["output_total"], abs=1
     )
     assert max(int(r["users"]) for r in series) == 4
+    # Users and in-flight are both each second's end (users lagged a second behind): a closed
+    # loop never has more requests in flight than users. Seconds 0-2 end before the run does
+    # (at the wind-down a user stops a moment after its request ends, and the sample is late).
+    assert all(int(r["users"]) >= int(r["in_flight"]) for r in series[:3]), series
     full = [r for r in series[1:-1] if r["ttft_p50_ms"]]
     assert full and all(50 <= float(r["ttft_p50_ms"]) <= 55 for r in full)
 

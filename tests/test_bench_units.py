@@ -89,6 +89,16 @@ def test_slo_evaluation(expr: str, passed: bool) -> None:
     assert result["passed"] is passed, result
 
 
+def test_slo_table_shows_counts_as_whole_numbers() -> None:
+    from llmsim.bench.tables import slo_table
+
+    summary = {"slo": evaluate_slos([parse_slo(e) for e in ("failures<5", "rps>5")], SUMMARY)}
+    table = slo_table(summary)
+    assert table is not None
+    # A count of failures is "1", not "1.0"; a rate keeps its decimal.
+    assert [row[1] for row in table[1]] == ["1", "3.3"]
+
+
 def test_slo_without_data_fails_and_says_why() -> None:
     verdict = evaluate_slos([parse_slo("itl_p99<=50ms")], SUMMARY)
     assert verdict["passed"] is False
@@ -325,6 +335,46 @@ def test_write_reports_from_synthetic_run(tmp_path: Path) -> None:
     assert "url(http" not in page
 
 
+def test_users_peak_is_the_larger_of_bench_and_locust_samples(tmp_path: Path) -> None:
+    # bench's progress samples (a second apart, not aligned to the spawns) missed the last user
+    # started; Locust's own per-second samples (llm_metrics.json: 4) saw it. Was: peak 3.
+    t0 = 1_800_000_000.0
+    _write_requests(tmp_path / "requests.csv", [_req(t0 + i * 0.1) for i in range(39)])
+    (tmp_path / "llm_metrics.json").write_text(json.dumps(_llm_metrics(t0, t0 + 4)))
+    summary = write_reports(
+        tmp_path,
+        BenchConfig(users=4, duration_s=4),
+        target="http://127.0.0.1:1/v1",
+        target_kind="embedded",
+        state=RunState(started=t0, stopped=t0 + 4, users_peak=3),
+        client={"processes": [], "rss_peak_total_mb": 1.0},
+        locust_status=0,
+        simulator=None,
+    )
+    assert summary["users_peak"] == 4
+
+
+def test_a_run_that_stopped_early_has_its_rates_over_the_time_it_ran(tmp_path: Path) -> None:
+    # Given 20 s, stopped after 4 (a trace replayed to its end, Ctrl-C): 40 requests in 4 s are
+    # 10/s, not 2/s over the 20 s the run never had.
+    t0 = 1_800_000_000.0
+    _write_requests(tmp_path / "requests.csv", [_req(t0 + i * 0.09) for i in range(40)])
+    (tmp_path / "llm_metrics.json").write_text(json.dumps(_llm_metrics(t0, t0 + 4)))
+    summary = write_reports(
+        tmp_path,
+        BenchConfig(users=4, duration_s=20),
+        target="http://127.0.0.1:1/v1",
+        target_kind="embedded",
+        state=RunState(started=t0, stopped=t0 + 4, users_peak=4),
+        client={"processes": [], "rss_peak_total_mb": 1.0},
+        locust_status=0,
+        simulator=None,
+    )
+    assert summary["window"]["duration_s"] == 4
+    assert summary["requests"]["per_s"] == 10.0
+    assert summary["tokens"]["output_per_s"] == 200.0
+
+
 def test_a_run_with_steal_reports_the_fidelity_of_its_quiet_seconds(tmp_path: Path) -> None:
     """The hypervisor took cores in seconds 2-3 and another process in second 5, and the first
     tokens due then were 40 ms late: the run's p99 is that, the quiet seconds say 0.5 ms, and
@@ -491,6 +541,17 @@ def test_make_run_dir(tmp_path: Path) -> None:
     assert a.name == "20260102-030405-my-run-1" and b.name == "20260102-030405-my-run-1-2"
 
 
+def test_an_unwritable_reports_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    # A file where the reports directory should be: mkdir's NotADirectoryError was a traceback.
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = CliRunner().invoke(cli, ["bench", "--reports-dir", str(not_a_dir)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmsim: error: --reports-dir "), lines
+    assert "Not a directory" in lines[0]
+
+
 # --------------------------------------------------------------------------- usage errors
 
 
@@ -507,6 +568,9 @@ def test_make_run_dir(tmp_path: Path) -> None:
         (["--max-tokens", "normal:mean=5"], "--max-tokens"),
         (["--processes", "0"], "--processes must be -1"),
         (["--master", "--record"], "--record and --master do not mix"),
+        # Out of range, these made the pre-flight bind raise OverflowError (a traceback).
+        (["--web", "--web-port", "70000"], "--web-port must be a port number from 1 to 65535"),
+        (["--master", "--master-bind-port", "0"], "--master-bind-port must be a port number"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:

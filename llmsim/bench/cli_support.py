@@ -89,6 +89,13 @@ def build_config(
         processes = os.cpu_count() or 1
     if opts["master"] and processes:
         raise click.UsageError("--master and --processes do not mix: workers come from elsewhere")
+    for flag, key in (("--web-port", "web_port"), ("--master-bind-port", "master_bind_port")):
+        # Checked here: a port out of range made the pre-flight bind raise OverflowError (a
+        # traceback), and 0 would have Locust listen where nobody (the browser, the workers)
+        # could be told to connect.
+        port = opts.get(key)
+        if port is not None and not 1 <= port <= 65535:
+            raise click.UsageError(f"{flag} must be a port number from 1 to 65535, got {port}")
     if opts["expect_workers"] is not None and not opts["master"]:
         raise click.UsageError("--expect-workers needs --master")
     if opts["expect_workers"] is not None and opts["expect_workers"] < 1:

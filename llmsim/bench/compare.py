@@ -78,6 +78,8 @@ def _delta(base: float | None, v: float | None, better_up: bool) -> str:
     if base == 0:
         return "" if v == 0 else "(new)"
     pct = 100.0 * (v - base) / abs(base)
+    if round(pct, 1) == 0:
+        pct = 0.0  # a change too small to show is no change: "+0.0 %", never "-0.0 %"
     good = (pct > 0) == better_up
     mark = "" if abs(pct) < 0.5 else (" better" if good else " worse")
     return f"{pct:+.1f} %{mark}"
@@ -93,7 +95,9 @@ def comparison_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> tables.Ta
         values = [_dig(s, path) for _, s in runs]
         if all(v is None for v in values):
             continue
-        row = [label, _fmt(values[0], unit)]
+        # The unit beside the name: the cells are bare numbers (a latency table's header says
+        # ms; this table mixes units).
+        row = [f"{label} (ms)" if unit == "ms" else label, _fmt(values[0], unit)]
         for v in values[1:]:
             row += [_fmt(v, unit), _delta(values[0], v, up)]
         rows.append(row)

@@ -89,6 +89,12 @@ def make_run_dir(reports_dir: str, label: str | None, now: dt.datetime | None = 
         except FileExistsError:
             path = base / f"{name}-{n}"
             n += 1
+        except OSError as exc:
+            # An unwritable or non-directory --reports-dir is the user's to fix: one line, not
+            # a traceback.
+            raise BenchError(
+                f"--reports-dir {reports_dir}: cannot create {path} ({exc.strerror or exc})"
+            ) from None
 
 
 @dataclass
@@ -209,7 +215,7 @@ def run_bench(
         swarm = start_swarm(cfg, recorder.base_url if recorder else target, run_dir)
         monitor.watch("locust", swarm.pid)
         monitor.watch("bench", os.getpid())
-        simulator = _simulator_settings(cfg) if embedded else None
+        simulator = _simulator_settings(cfg, embedded.url) if embedded else None
         kind = "embedded" if embedded else "external"
         reached_target: str = target
 
@@ -466,7 +472,10 @@ def _describe(cfg: BenchConfig, target: str, server: EmbeddedServer | None) -> s
     return f"{mode} against {where}{extra}"
 
 
-def _simulator_settings(cfg: BenchConfig) -> dict[str, Any] | None:
+def _simulator_settings(cfg: BenchConfig, url: str) -> dict[str, Any] | None:
+    """The embedded simulator's resolved settings, with the address it really listens on."""
+    from urllib.parse import urlsplit
+
     from llmsim.settings import load_settings
 
     overrides = {
@@ -475,9 +484,17 @@ def _simulator_settings(cfg: BenchConfig) -> dict[str, Any] | None:
         if v is not None and v != ()
     }
     try:
-        return load_settings(config=cfg.simulator_config, overrides=overrides).to_dict()
+        settings = load_settings(config=cfg.simulator_config, overrides=overrides).to_dict()
     except Exception:
         return None
+    # bench starts it on a free port (server_args), which the resolved defaults do not know:
+    # they said `llmsim serve`'s port 8080, not the one the run used.
+    where = urlsplit(url)
+    if where.hostname:
+        settings["host"] = where.hostname
+    if where.port:
+        settings["port"] = where.port
+    return settings
 
 
 def _locust_failure(run_dir: Path) -> str:

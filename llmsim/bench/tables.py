@@ -178,6 +178,8 @@ def _slo_value(v: float, unit: str | None) -> str:
         return f"{fmt_ms(v)} ms"
     if unit == "fraction":
         return f"{100 * v:.3g} %"
+    if unit == "count":  # requests, failures: whole numbers, not "1.0"
+        return fmt_num(v, 0)
     return fmt_num(v, 1)
 
 
