@@ -11,6 +11,7 @@ real figure.
 from __future__ import annotations
 
 import json
+import random
 
 import httpx
 import pytest
@@ -260,6 +261,38 @@ def test_big_inputs_do_not_stall_other_streams(target):
         enc = get_encoding("cl100k_base")
         assert r.json()["usage"]["prompt_tokens"] == sum(len(enc.encode(t)) for t in inputs)
     _assert_unharmed(server, watch, w)
+
+
+def test_counting_a_huge_prompt_does_not_stall_other_streams(target):
+    """/tokenize, Anthropic's count_tokens and Gemini's countTokens count on a worker thread: on
+    the loop, a 7 MB prompt held every stream for about half a second (each time)."""
+    server, watch = target
+    rng = random.Random(5)
+    words = " ".join(f"w{rng.randint(0, 99999)}" for _ in range(900_000))  # ~6 MB, ~1.8M tokens
+    want = len(get_encoding("o200k_base").encode(words))
+    bodies = [
+        ("/tokenize", {"model": "gpt-4o", "prompt": words}, lambda j: j["count"]),
+        (
+            "/v1/messages/count_tokens",
+            {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": words}]},
+            lambda j: j["input_tokens"] - 4,  # 3 per message, 1 more
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:countTokens",
+            {"contents": [{"parts": [{"text": words}]}]},
+            lambda j: j["totalTokens"],
+        ),
+    ]
+    encoded = [(path, json.dumps(body).encode(), read) for path, body, read in bodies]
+    with watch.window() as w, httpx.Client(timeout=60) as c:
+        for path, data, read in encoded:
+            r = c.post(
+                server.url + path, content=data, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 200, r.text[:300]
+            assert read(r.json()) == want, path
+    _assert_unharmed(server, watch, w)
+    assert w.gap_max_s < 0.25, w  # the stream's 20 ms gaps, not the counts' half seconds
 
 
 def test_non_latin1_model_name_is_echoed_safely(target):
