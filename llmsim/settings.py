@@ -767,6 +767,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "S",
     ),
     Option(
+        "body_timeout_s",
+        _float,
+        60.0,
+        "A request's body must arrive within this of its head; else 408 and close.",
+        _at_least(0.01, DAY_S),
+        "S",
+    ),
+    Option(
         "keepalive_timeout_s",
         _float,
         60.0,
@@ -918,6 +926,7 @@ class Settings:
     azure_deployment: dict[str, str] = field(default_factory=dict)
     # --- hardening (docs/hardening.md) ---
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     keepalive_timeout_s: float = 60.0
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100

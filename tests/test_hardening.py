@@ -37,7 +37,7 @@ CLAUDE = {
 def target():
     server = start_server(
         "--ttft-ms", "5", "--ttft-stddev-ms", "0", "--tbt-ms", "20", "--tbt-stddev-ms", "0",
-        "--header-timeout-s", "1", "--keepalive-timeout-s", "1",
+        "--header-timeout-s", "1", "--keepalive-timeout-s", "1", "--body-timeout-s", "2",
     )  # fmt: skip
     with Watch(server.url, server.proc.pid) as watch:
         yield server, watch
@@ -425,6 +425,66 @@ def test_slow_and_unfinished_heads_are_timed_out_and_released(target):
         elapsed = time.monotonic() - start
     assert all(status_of(a) == 408 for a in answers), {a[:40] for a in answers}
     assert elapsed < 4  # header timeout 1 s
+    _assert_unharmed(server, watch, w)
+
+
+SLOW_BODY_PATHS = [
+    ("/v1/chat/completions", b'"type": "invalid_request_error"'),
+    ("/v1/messages", b'{"type": "error", "error": {"type": "invalid_request_error"'),
+    ("/v1/messages/count_tokens", b'{"type": "error", "error": {"type": "invalid_request_error"'),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", b'"status": "'),
+    ("/tokenize", b'"code": "timeout"'),
+]
+
+
+def test_slow_and_unfinished_bodies_are_timed_out_and_released(target):
+    """A client that sends its head and then dribbles (or never finishes) its body held its
+    connection and greenlet for ever: the head's deadline ends where the body starts. Now each
+    gets the API's 408 once the body timeout (2 s here) has passed, and the connection closes."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    server, watch = target
+    u = urlsplit(server.url)
+    with watch.window() as w:
+        socks = []
+        for i in range(20):
+            path = SLOW_BODY_PATHS[i % len(SLOW_BODY_PATHS)][0]
+            s = socket.create_connection((u.hostname, u.port))
+            if i % 2:  # a length it never fills
+                head = b"Content-Length: 1000\r\n\r\n"
+            else:  # chunks that never end
+                head = b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+            s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      % path.encode() + head + (b'{"model"' if i % 2 else b""))  # fmt: skip
+            socks.append((path, s, b" " if i % 2 else b"1\r\n \r\n"))
+        start = time.monotonic()
+        for _ in range(5):  # keep dribbling: the body's time counts from its head
+            time.sleep(0.3)
+            for _, s, more in socks:
+                try:
+                    s.send(more)
+                except OSError:
+                    pass
+        answers = []
+        for path, s, _ in socks:
+            s.settimeout(8)
+            out = b""
+            try:
+                while chunk := s.recv(65536):
+                    out += chunk
+            except OSError:
+                pass
+            s.close()
+            answers.append((path, out))
+        elapsed = time.monotonic() - start
+    shapes = dict(SLOW_BODY_PATHS)
+    for path, out in answers:
+        assert status_of(out) == 408, (path, out[:200])
+        assert out.count(b"HTTP/1.1 ") == 1, out  # one answer, then the connection closed
+        assert shapes[path] in out and b"did not arrive within 2 s" in out, (path, out)
+    assert elapsed < 8  # body timeout 2 s (each connection's own, all at once)
     _assert_unharmed(server, watch, w)
 
 

@@ -188,6 +188,7 @@ def test_serve_help_lists_every_option():
     for flag in (
         "--host",
         "--port",
+        "--body-timeout-s",
         "--workers",
         "--profile",
         "--ttft-ms",

@@ -112,7 +112,9 @@ def create_app(
         """A counting endpoint's answer to the request's JSON body. A large body is parsed,
         counted and rendered on a worker thread (tiktoken encodes without the GIL): on the
         loop, counting a 7 MiB prompt held every stream for about half a second."""
-        data = pipeline.read_body(request.environ, settings.max_body_bytes)
+        data = pipeline.read_body(
+            request.environ, settings.max_body_bytes, state.settings.body_timeout_s
+        )
         heavy = len(data) > offload.HEAVY_BODY_BYTES
         body = offload.call(heavy, lambda: orjson.dumps(count(bounds.loads(data))))
         return Response(body, mimetype="application/json")
@@ -248,7 +250,8 @@ def create_app(
         live_config.check_admin(settings, request.environ)
         state.refresh()
         if request.method == "PATCH":
-            changes = live_config.validate_patch(pipeline.read_json(), state.config_changes)
+            body = pipeline.read_json(timeout_s=state.settings.body_timeout_s)
+            changes = live_config.validate_patch(body, state.config_changes)
             # Check the whole result too (e.g. a per_model entry), before any worker sees it.
             try:
                 live_config.apply_changes(state.base_settings or settings, changes)

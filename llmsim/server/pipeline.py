@@ -76,17 +76,46 @@ def unreadable_body(environ: dict[str, Any]) -> ApiError:
     )
 
 
-def read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
+class _BodyLate(Exception):
+    """The body did not arrive within its time (raised by read_body's timer)."""
+
+
+def late_body(environ: dict[str, Any], timeout_s: float) -> ApiError:
+    """The 408 for a body that did not arrive within `timeout_s`, closing the connection (the
+    rest of the body may still come: the connection's framing is lost)."""
+    unreadable_body(environ)  # marks the input so that gevent does not read it again
+    return ApiError(
+        408,
+        f"The request body did not arrive within {timeout_s:g} s.",
+        code="timeout",
+        headers={"Connection": "close"},
+    )
+
+
+def read_body(
+    environ: dict[str, Any], max_bytes: int | None, timeout_s: float | None = None
+) -> bytes:
     """The request body, at most max_bytes (else 413), as Flask's request.get_data() reads it.
 
     A plain Content-Length body is read straight from the server's input: werkzeug's stream
     wrappers cost more than parsing the JSON. Anything else goes through werkzeug. A body that
-    cannot be read is a 400 (unreadable_body), not the server's error.
+    cannot be read is a 400 (unreadable_body), not the server's error; one that takes longer
+    than `timeout_s` is a 408 (a client dribbling its body held its connection and greenlet
+    for ever: the head's deadline ends where the body starts).
     """
+    timer = None
+    if timeout_s is not None:
+        timer = gevent.Timeout(timeout_s, _BodyLate)
+        timer.start()
     try:
         return _read_body(environ, max_bytes)
+    except _BodyLate:
+        raise late_body(environ, timeout_s or 0.0) from None
     except (OSError, ValueError, ClientDisconnected):
         raise unreadable_body(environ) from None
+    finally:
+        if timer is not None:
+            timer.close()
 
 
 def _read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
@@ -106,19 +135,31 @@ def _read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
     return get_input_stream(environ, max_content_length=max_bytes).read()
 
 
-def read_json(environ: dict[str, Any] | None = None, max_bytes: int | None = None) -> Any:
+def read_json(
+    environ: dict[str, Any] | None = None,
+    max_bytes: int | None = None,
+    timeout_s: float | None = None,
+) -> Any:
     """The request's JSON body, checked by bounds.loads (a 400 when refused).
 
     Without `environ` it comes from Flask's current request (its MAX_CONTENT_LENGTH applies);
-    with one, read_body reads at most `max_bytes`.
+    with one, read_body reads at most `max_bytes`. Either way within `timeout_s` (else 408).
     """
     if environ is None:
+        timer = None if timeout_s is None else gevent.Timeout(timeout_s, _BodyLate)
+        if timer is not None:
+            timer.start()
         try:
             data = request.get_data(cache=False)
+        except _BodyLate:
+            raise late_body(request.environ, timeout_s or 0.0) from None
         except (OSError, ValueError, ClientDisconnected):
             raise unreadable_body(request.environ) from None
+        finally:
+            if timer is not None:
+                timer.close()
     else:
-        data = read_body(environ, max_bytes)
+        data = read_body(environ, max_bytes, timeout_s)
     return bounds.loads(data)
 
 
@@ -264,7 +305,7 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
     catch_up = state.stream_loop().catch_up
     catch_up()
     try:
-        data = read_body(environ, settings.max_body_bytes)
+        data = read_body(environ, settings.max_body_bytes, settings.body_timeout_s)
         heavy = len(data) > offload.HEAVY_BODY_BYTES
         req, opts, schema_chars, body = offload.call(heavy, bounds.parse, fmt, data)
         catch_up()
