@@ -278,6 +278,8 @@ def test_web_ui_llm_tab_csv_and_results_on_sigterm(llmsim_server, tmp_path):
         assert 'href="./llm/charts"' in page
         charts = _get(base + "/llm/charts").decode()
         assert '<script src="uplot.js">' in charts and "http" not in charts.split("<script")[1]
+        # Value axes sized to their labels: uPlot's fixed 50 px showed 18,000 tok/s as "8,000".
+        assert charts.count("size: axisSize") == 2
         assert b"uPlot" in _get(base + "/llm/uplot.js")
         points: list[dict] = []
         deadline = time.monotonic() + 20
