@@ -10,6 +10,8 @@ retry. Here:
 - framing: several `Content-Length`s, a length that is not digits, `Transfer-Encoding` with a
   `Content-Length`, or a transfer coding other than `chunked` are a 400 (request smuggling
   starts where two parsers disagree on where a body ends);
+- request line: one gevent refuses (8 KiB or longer, unparseable, an HTTP version outside
+  0.9-1.x) is a 414 or 400 with a body, where gevent's own has none;
 - size: a head beyond `max_header_bytes` or with more than `max_headers` fields is a 431, and
   no more than that is ever buffered for one connection;
 - time: the request line and headers must arrive within `header_timeout_s` of the request's
@@ -71,6 +73,26 @@ def error_bytes(status: int, message: str, code: str) -> bytes:
     if status == 503:
         head += "Retry-After: 1\r\n"
     return (head + "\r\n" + body).encode()
+
+
+def request_line_too_long() -> bytes:
+    """The 414 for a request line at or over gevent's MAX_REQUEST_LINE (8 KiB)."""
+    from gevent.pywsgi import MAX_REQUEST_LINE
+
+    return error_bytes(
+        414,
+        f"Request line too long: it must be shorter than {MAX_REQUEST_LINE} bytes.",
+        "request_line_too_long",
+    )
+
+
+def bad_request_line() -> bytes:
+    """The 400 for a request line gevent cannot parse (not `METHOD target HTTP/1.x`)."""
+    return error_bytes(
+        400,
+        "Malformed request line: expected 'METHOD /path HTTP/1.1'.",
+        "invalid_request_line",
+    )
 
 
 def read_head_lines(fp: Any, max_bytes: int, max_lines: int) -> list[bytes]:

@@ -123,7 +123,8 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None) -> 
 
         def handle_one_request(self) -> bool | tuple[str, bytes] | None:
             """gevent's, plus the keep-alive idle limit (idle_s) before a next request and the
-            head deadline (head_s) from its first byte; a head that misses it gets a 408."""
+            head deadline (head_s) from its first byte; a head that misses it gets a 408, a
+            request line too long for gevent a 414 with an error body."""
             self.busy = False  # between requests: a keep-alive connection waiting to be read
             if self.served:
                 # When the last response's last bytes left (the stream loop writes them, and
@@ -143,7 +144,12 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None) -> 
             self.head_timer = gevent.Timeout(head_s, http_hygiene.HeaderTimeout)
             self.head_timer.start()
             try:
-                return super().handle_one_request()
+                result = super().handle_one_request()
+                if isinstance(result, tuple) and result[0] == "414":
+                    # gevent's own 414 (a request line of MAX_REQUEST_LINE bytes or more) has
+                    # an empty body: give it the error JSON every other refusal has.
+                    return "414", http_hygiene.request_line_too_long()
+                return result
             except http_hygiene.HeaderTimeout as exc:  # while reading the request line
                 return http_hygiene.client_error_response(exc)
             finally:
@@ -165,10 +171,17 @@ def _make_handler(access_log: bool = True, settings: Settings | None = None) -> 
             super().finalize_headers()
 
         def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
-            """The (status, response bytes) for a refused head: http_hygiene's 400/408/431 in
-            OpenAI's error shape, else gevent's own answer."""
+            """The (status, response bytes) for a refused head: http_hygiene's 400/408/431, or
+            for what gevent itself refuses (a request line it cannot parse, an HTTP version
+            other than 0.9 to 1.x) a 400; all in OpenAI's error shape."""
             self._cancel_head_timer()
-            return http_hygiene.client_error_response(ex) or super()._handle_client_error(ex)
+            ours = http_hygiene.client_error_response(ex)
+            if ours is not None:
+                return ours
+            # gevent logs the refusal; its answer is an empty 400, which a client cannot tell
+            # from a broken server.
+            super()._handle_client_error(ex)
+            return "400", http_hygiene.bad_request_line()
 
         def read_request(self, raw_requestline: str) -> bool:
             """gevent's, after noting that a request is in progress and when it arrived."""
