@@ -46,16 +46,52 @@ def _anthropic_request() -> bool:
     return request.path.startswith("/anthropic/") or "anthropic-version" in request.headers
 
 
+# The methods of Gemini's models/{model}:{method} paths llmsim knows (and embedContent, which
+# it answers with Gemini's 404): what tells one from an OpenAI model id with colons in it.
+GEMINI_METHODS = frozenset(
+    ("generateContent", "streamGenerateContent", "countTokens", "embedContent",
+     "batchEmbedContents")
+)  # fmt: skip
+
+
 def _gemini_request() -> bool:
-    # Gemini's SDK also uses /v1/models…: its key header or ?key= tells it from OpenAI's.
+    # Gemini's SDK also uses /v1/models…: its key header or ?key= tells it from OpenAI's, or a
+    # Gemini method after the model. A colon alone does not: OpenAI's fine-tuned models are
+    # ft:gpt-4o-mini:org::id, and many local servers' names are like llama3:8b.
     path = request.path
     return (
         path.startswith("/v1beta/")
-        or (path.startswith("/v1/models/") and ":" in path)
+        or (path.startswith("/v1/models/") and path.rpartition(":")[2] in GEMINI_METHODS)
         or "x-goog-api-key" in request.headers
         or "x-goog-api-client" in request.headers
         or "key" in request.args
     )
+
+
+def asked_path() -> str:
+    """The request's path as the client sent it, for error messages.
+
+    werkzeug's request.path (and its routing) turns leading slashes into one: "//v1/x" is
+    "/v1/x" there, and a 404 naming that is a path the client never asked for.
+    """
+    raw = request.environ.get("PATH_INFO", "")
+    extra = len(raw) - len(raw.lstrip("/")) - 1
+    return "/" * extra + request.path if extra > 0 else request.path
+
+
+class _App(Flask):
+    """Flask, except that a path starting with "//" is a 404, not routed as if it had one "/".
+
+    werkzeug routes "//v1/chat/completions" as "/v1/chat/completions"; the real APIs do not
+    merge slashes (a doubled slash is a client building its URL from a base ending in "/"), so
+    the simulator shows that bug where production would instead of hiding it.
+    """
+
+    def dispatch_request(self) -> Any:
+        """Flask's, after refusing a path that starts with "//" (see the class docstring)."""
+        if request.environ.get("PATH_INFO", "").startswith("//"):
+            raise NotFound()
+        return super().dispatch_request()
 
 
 def _json_response(
@@ -70,7 +106,12 @@ def create_app(
     settings: Settings, engine: Engine | None = None, shared: Shared | None = None
 ) -> Flask:
     """Build the simulator's WSGI app. Usable without a server (app.test_client())."""
-    app = Flask("llmsim")
+    app = _App("llmsim")
+    # werkzeug's default answers a path with an empty segment ("/v1//chat/completions", an
+    # empty Azure deployment) with a 308 HTML redirect to the path without it. The real APIs
+    # answer 404 (OpenAI: "Invalid URL (POST /v1//chat/completions)"), and a client that follows
+    # the redirect would send the request somewhere it did not ask for.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     state = ServerState.create(settings, shared, engine)
     app.extensions["llmsim.state"] = state
@@ -198,6 +239,10 @@ def create_app(
 
     def gemini_model(model_id: str) -> Response:
         model_id = model_id.removeprefix("models/")
+        if ":" in model_id:
+            # models/{model}:{method} is a method, served on POST only; Google's front end
+            # routes a GET on it to no method at all, a 404 (as for an unknown method above).
+            raise gemini.not_found(f"Method not found: {request.method} models/{model_id}")
         if settings.strict_models and model_id not in state.known_models:
             raise gemini.not_found(f"models/{model_id} is not found for API version v1beta")
         return _json_response(gemini.model_info(model_id))
@@ -342,9 +387,9 @@ def create_app(
     @app.errorhandler(HTTPException)
     def on_http_error(exc: HTTPException) -> Response:
         if isinstance(exc, NotFound):
-            err = errors.not_found_url(request.method, request.path)
+            err = errors.not_found_url(request.method, asked_path())
         elif isinstance(exc, MethodNotAllowed):
-            err = errors.method_not_allowed(request.method, request.path)
+            err = errors.method_not_allowed(request.method, asked_path())
             err.headers["Allow"] = ", ".join(exc.valid_methods or ())
         elif isinstance(exc, RequestEntityTooLarge):
             err = errors.body_too_large(settings.max_body_bytes)
