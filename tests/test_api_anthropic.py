@@ -216,6 +216,54 @@ def test_error_shapes(server, client):
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 
+BAD_THINKING_AND_METADATA = [
+    ({"thinking": "x"}, "thinking: Input should be a valid dictionary"),
+    ({"thinking": {"budget_tokens": 2048}},
+     "thinking: Unable to extract tag using discriminator 'type'"),
+    ({"thinking": {"type": "on"}}, "thinking: Input tag 'on' found using 'type' does not match "
+     "any of the expected tags: 'enabled', 'disabled', 'adaptive'"),
+    ({"thinking": {"type": "enabled"}}, "thinking.enabled.budget_tokens: Field required"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 512}},
+     "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"),
+    ({"thinking": {"type": "enabled", "budget_tokens": "2048"}},
+     "thinking.enabled.budget_tokens: Input should be a valid integer"),
+    ({"metadata": "u"}, "metadata: Input should be a valid dictionary"),
+    ({"metadata": {"user_id": 5}}, "metadata.user_id: Input should be a valid string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_THINKING_AND_METADATA)
+def test_bad_thinking_and_metadata_are_anthropics_400(client, extra, message):
+    """They were accepted (and ignored) whatever their value."""
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        client.messages.create(model=MODEL, max_tokens=4096, messages=USER, **extra)
+    assert exc.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": message},
+    }
+
+
+def test_valid_thinking_and_metadata_are_accepted(client):
+    for thinking in (
+        {"type": "enabled", "budget_tokens": 1024},
+        {"type": "disabled"},
+        {"type": "adaptive"},
+    ):
+        m = client.messages.create(
+            model=MODEL,
+            max_tokens=2048,
+            messages=USER,
+            thinking=thinking,
+            metadata={"user_id": "user-1"},
+        )
+        assert m.content[0].type == "text", thinking
+    assert client.messages.create(
+        model=MODEL, max_tokens=3, messages=USER, metadata={"user_id": None}
+    ).content
+    with pytest.raises(anthropic.BadRequestError, match="valid dictionary"):
+        client.messages.count_tokens(model=MODEL, messages=USER, thinking="x")
+
+
 def test_anthropic_base_url_models_and_count_tokens(server):
     with anthropic.Anthropic(base_url=server.url + "/anthropic", api_key="k", max_retries=0) as c:
         m = c.messages.create(model=MODEL, max_tokens=3, messages=USER)

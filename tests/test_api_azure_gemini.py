@@ -82,6 +82,18 @@ def test_azure_errors(server):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "404"
 
 
+def test_azure_empty_deployment_is_azures_404(server):
+    """The SDK asked for deployment "" posts to /openai/deployments//chat/completions: that was
+    werkzeug's 308 HTML redirect to /openai/deployments/chat/completions."""
+    client = openai.AzureOpenAI(
+        azure_endpoint=server.url, api_version=VERSION, api_key="az-key", max_retries=0
+    )
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="", messages=MSG, max_tokens=2)
+    assert exc.value.response.request.url.path == "/openai/deployments//chat/completions"
+    assert exc.value.body == {"code": "404", "message": "Resource not found"}
+
+
 # --- Gemini ----------------------------------------------------------------------------------
 
 
@@ -140,10 +152,16 @@ def test_gemini_stream_json_array_form_and_errors(server):
     assert isinstance(items, list) and len(items) >= 2
     assert items[-1]["usageMetadata"]["candidatesTokenCount"] == 9
     # A fault mid-stream ends the array with the error as its last element: still valid JSON.
-    r = httpx.post(url, json=body, headers={"x-llmsim-fault": "stream-error"})
-    items = json.loads(r.text)
-    assert len(items) >= 2 and "candidates" in items[0], items
-    assert items[-1]["error"]["status"] == "INTERNAL", items[-1]
+    # It strikes at a uniform step (the first one too, about one time in ten): some of a few
+    # tries must have candidates before it.
+    lengths = []
+    for _ in range(8):
+        r = httpx.post(url, json=body, headers={"x-llmsim-fault": "stream-error"})
+        items = json.loads(r.text)
+        assert all("candidates" in i for i in items[:-1]), items
+        assert items[-1]["error"]["status"] == "INTERNAL", items[-1]
+        lengths.append(len(items))
+    assert max(lengths) >= 2, lengths
 
     gen = server.url + "/v1beta/models/gemini-2.5-flash:generateContent"
     r = httpx.post(gen, json=body, headers={"x-llmsim-fault": "429"})
@@ -156,6 +174,49 @@ def test_gemini_stream_json_array_form_and_errors(server):
     assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
     unknown = httpx.post(server.url + "/v1beta/models/gemini-2.5-flash:explode", json=body)
     assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
+
+
+def test_gemini_get_on_a_method_is_its_404(server):
+    """A GET on models/{model}:generateContent was a model named "x:generateContent"."""
+    from google.genai import errors
+
+    client = _genai(server)
+    with pytest.raises(errors.ClientError) as exc:
+        client.models.get(model="gemini-2.5-flash:generateContent")
+    assert exc.value.code == 404 and exc.value.status == "NOT_FOUND"
+    assert "Method not found" in exc.value.message
+    for prefix in ("/v1beta", "/v1"):
+        r = httpx.get(f"{server.url}{prefix}/models/x:generateContent", params={"key": "k"})
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["status"] == "NOT_FOUND" and r.json()["error"]["code"] == 404
+    # The model itself is still there.
+    assert client.models.get(model="gemini-2.5-flash").name == "models/gemini-2.5-flash"
+    # A colon alone is not Gemini: OpenAI's fine-tuned ids and local names like llama3:8b get
+    # the OpenAI model object (they got a Gemini one, then its 404).
+    import openai
+
+    oai = openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0)
+    for name in ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "llama3:8b"):
+        got = oai.models.retrieve(name)
+        assert got.id == name and got.object == "model", got
+
+
+def test_gemini_takes_one_content_and_one_part_for_the_lists(server):
+    """Google's JSON parser takes one value for a repeated field, and Gemini's REST examples
+    send `"contents": {"role": "user", "parts": {"text": ...}}`: a single part was refused as
+    "contents.parts must not be empty"."""
+    gen = server.url + "/v1beta/models/gemini-2.5-flash:generateContent"
+    config = {"maxOutputTokens": 3}
+    for contents in (
+        {"role": "user", "parts": {"text": "Turn on the lights."}},
+        {"role": "user", "parts": [{"text": "Turn on the lights."}]},
+        [{"role": "user", "parts": {"text": "Turn on the lights."}}],
+    ):
+        r = httpx.post(gen, json={"contents": contents, "generationConfig": config})
+        assert r.status_code == 200, (contents, r.text)
+        assert r.json()["usageMetadata"]["candidatesTokenCount"] == 3
+    empty = httpx.post(gen, json={"contents": {"role": "user", "parts": []}})
+    assert empty.status_code == 400 and empty.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
 # --- the Locust users ------------------------------------------------------------------------

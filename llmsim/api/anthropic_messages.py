@@ -66,16 +66,21 @@ def _required(body: dict[str, Any], name: str) -> Any:
     return body[name]
 
 
-def _int(body: dict[str, Any], name: str, lo: int | None = None) -> int | None:
+def _int(
+    body: dict[str, Any], name: str, lo: int | None = None, where: str | None = None
+) -> int | None:
+    """body[name] checked as an integer of at least `lo`; `where` names it in errors (a nested
+    field's dotted path), else `name`."""
     v = body.get(name)
     if v is None:
         return None
+    where = where or name
     if not isinstance(v, int) or isinstance(v, bool):
-        raise bad(f"{name}: Input should be a valid integer")
+        raise bad(f"{where}: Input should be a valid integer")
     if lo is not None and v < lo:
-        raise bad(f"{name}: Input should be greater than or equal to {lo}")
+        raise bad(f"{where}: Input should be greater than or equal to {lo}")
     if abs(v) > bounds.INT64_MAX:
-        raise bad(f"{name}: Input should be less than or equal to {bounds.INT64_MAX}")
+        raise bad(f"{where}: Input should be less than or equal to {bounds.INT64_MAX}")
     return v
 
 
@@ -193,6 +198,46 @@ def _tools(body: dict[str, Any]) -> list[ToolSpec]:
     return tools
 
 
+_THINKING_TYPES = ("enabled", "disabled", "adaptive")
+MIN_THINKING_BUDGET = 1024  # Anthropic's minimum budget_tokens for manual thinking
+
+
+def _thinking(body: dict[str, Any]) -> None:
+    """Refuse a `thinking` that Anthropic would; a valid one is accepted and has no effect on
+    the reply (no thinking blocks are produced)."""
+    v = body.get("thinking")
+    if v is None:
+        return
+    # Anthropic's own wording: pydantic's, on a union tagged by `type`.
+    if not isinstance(v, dict):
+        raise bad("thinking: Input should be a valid dictionary")
+    kind = v.get("type")
+    if not isinstance(kind, str):
+        raise bad("thinking: Unable to extract tag using discriminator 'type'")
+    if kind not in _THINKING_TYPES:
+        expected = ", ".join(f"'{t}'" for t in _THINKING_TYPES)
+        raise bad(
+            f"thinking: Input tag '{kind}' found using 'type' does not match any of the "
+            f"expected tags: {expected}"
+        )
+    if kind == "enabled":
+        if v.get("budget_tokens") is None:
+            raise bad("thinking.enabled.budget_tokens: Field required")
+        _int(v, "budget_tokens", MIN_THINKING_BUDGET, "thinking.enabled.budget_tokens")
+
+
+def _metadata(body: dict[str, Any]) -> None:
+    """Refuse a `metadata` that is not an object, or whose user_id is not a string."""
+    v = body.get("metadata")
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise bad("metadata: Input should be a valid dictionary")
+    user_id = v.get("user_id")
+    if user_id is not None and not isinstance(user_id, str):
+        raise bad("metadata.user_id: Input should be a valid string")
+
+
 def _tool_choice(body: dict[str, Any], names: list[str]) -> tuple[str, str | None, bool]:
     """(mode, forced name, parallel) from tool_choice."""
     tc = body.get("tool_choice")
@@ -269,6 +314,8 @@ def parse_messages_request(body: Any) -> tuple[EngineRequest, MessagesOptions]:
     _num(body, "temperature", 0, 1)
     _num(body, "top_p", 0, 1)
     _int(body, "top_k", 0)
+    _thinking(body)
+    _metadata(body)
     stream = _bool(body, "stream")
     ignore_eos = _bool(body, "ignore_eos")  # llmsim's extension, as for chat completions
     stops = body.get("stop_sequences")
@@ -323,6 +370,7 @@ def count_tokens_response(body: Any) -> dict[str, Any]:
     if not isinstance(model, str) or not model:
         raise bad("model: Input should be a valid string")
     messages = _messages(body)
+    _thinking(body)  # count_tokens takes `thinking` too
     tools = _tools(body)
     mode, _, _ = _tool_choice(body, [t.name for t in tools])
     # The same count as a Messages request's usage: server tools alone count as tools too.

@@ -75,6 +75,8 @@ def _parts_text(content: Any, where: str) -> str:
         raise invalid(f"Invalid value at '{where}' (type.googleapis.com/google.ai."
                       "generativelanguage.v1beta.Content): expected an object")  # fmt: skip
     parts = content.get("parts")
+    if isinstance(parts, dict):  # one Part for the list, as for `contents` (_contents_text)
+        parts = [parts]
     if not isinstance(parts, list) or not parts:
         raise invalid(f"* GenerateContentRequest.{where}.parts: contents.parts must not be empty.")
     texts = []
@@ -94,6 +96,9 @@ def _contents_text(body: dict[str, Any]) -> tuple[str, str]:
     if contents is None:
         raise invalid("* GenerateContentRequest.contents: contents is not specified")
     if isinstance(contents, dict):
+        # Google's JSON parser takes a single value for a repeated field, and Gemini's own REST
+        # examples send one Content (`"contents": {"role": "user", "parts": {"text": ...}}`,
+        # ai.google.dev function-calling docs): accepted, as the real API does.
         contents = [contents]
     if not isinstance(contents, list) or not contents:
         raise invalid("Invalid value at 'contents': expected a list of Content")
