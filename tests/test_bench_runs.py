@@ -238,6 +238,21 @@ def test_slo_failure_exits_1_against_a_separate_target(bench: Bench, llmsim_serv
     assert 50 <= ttfts[len(ttfts) // 2] <= 60  # the recorder saw the first token, unbuffered
 
 
+def test_embeddings_report_shows_what_was_sent(bench: Bench) -> None:
+    # The workload said stream: true and max_tokens 128, though an embeddings body has neither.
+    code, _, err = bench.run("--api", "embeddings", "--users", "2", "--duration", "1s")
+    assert code == 0, err
+    run_dir = bench.run_dir()
+    summary = read_summary(run_dir)
+    assert summary["requests"]["total"] > 0 and summary["requests"]["failed"] == 0
+    workload = summary["config"]["workload"]["EmbeddingsUser"]
+    assert workload["stream"] is False and workload["max_tokens"] is None, workload
+    assert workload["ignore_eos"] is None and workload["include_usage"] is None, workload
+    page = (run_dir / "report.html").read_text()
+    assert "workload.EmbeddingsUser.stream</td><td>false" in page
+    assert "workload.EmbeddingsUser.max_tokens" not in page
+
+
 # --------------------------------------------------------------------------- distributed
 
 

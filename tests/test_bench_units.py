@@ -81,6 +81,7 @@ SUMMARY = {
         ("output_tps>=1000", True),
         ("rps>5", False),
         ("fidelity_p99<=10ms", True),
+        ("fidelity_p99>=-1ms", True),  # fidelity is signed: a lower bound below 0 is one
         ("requests>=200", True),
     ],
 )
@@ -112,6 +113,13 @@ def test_slo_without_data_fails_and_says_why() -> None:
         ("ttft_p95=800ms", "expected METRIC OP VALUE"),
         ("ttft_p95<=800%", "unit '%' does not fit ttft_p95"),
         ("error_rate<=5ms", "unit 'ms' does not fit error_rate"),
+        # Bounds the metric can never take: the SLO would always pass or always fail.
+        ("error_rate<=150%", "error_rate is a fraction, from 0 to 1 (0% to 100%)"),
+        ("error_rate<=2", "error_rate is a fraction"),
+        ("ttft_p95<=-5ms", "ttft_p95 is never negative"),
+        ("rps>=-1", "rps is never negative"),
+        ("failures<0.5", "failures is a count, a whole number"),
+        ("requests>=2.5", "requests is a count"),
     ],
 )
 def test_slo_parse_errors_are_one_line(expr: str, message: str) -> None:
@@ -571,10 +579,26 @@ def test_an_unwritable_reports_dir_is_a_one_line_error(tmp_path: Path) -> None:
         # Out of range, these made the pre-flight bind raise OverflowError (a traceback).
         (["--web", "--web-port", "70000"], "--web-port must be a port number from 1 to 65535"),
         (["--master", "--master-bind-port", "0"], "--master-bind-port must be a port number"),
+        (["--slo", "error_rate<=150%"], "--slo 'error_rate<=150%': error_rate is a fraction"),
+        # The host is at fault, not the port (the message named --web-port).
+        (["--web", "--web-host", "999.1.1.1"], "--web-host '999.1.1.1': not an IP address"),
+        (["--master", "--master-bind-host", "999.1.1.1"], "--master-bind-host '999.1.1.1'"),
+        # Embeddings are never streamed and generate nothing: these would be silently ignored.
+        # A length of 0 sent a one-word prompt; the distributions are held to the same rule.
+        (["--prompt-tokens", "0"], "--prompt-tokens '0': a length is at least 1 token, got 0"),
+        (["--max-tokens", "0"], "--max-tokens '0': a length is at least 1 token"),
+        (["--prompt-tokens", "normal:mean=4,stddev=1,min=0"], "at least 1 token, got min=0"),
+        (["--prompt-tokens", "normal:mean=-4,stddev=1"], "mean=-4 is outside min=1"),
+        (["--max-tokens", "uniform:min=0.5,max=4"], "min=0.5 is not a whole number"),
     ],
 )
-def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
-    result = CliRunner().invoke(cli, ["bench", *args])
+def test_usage_errors_are_one_line_and_exit_2(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    # Should a check regress, the command runs a real bench: keep it short and out of ./reports.
+    # A row's own --duration or --reports-dir comes later and wins.
+    guard = ["--duration", "1s", "--reports-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, ["bench", *guard, *args])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("llmsim: error: "), result.output

@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
 import pytest
 
 from llmsim.engine.tokens import count_chat_prompt_tokens, encoding_for_model
-from llmsim.load.options import OPTIONS, resolve_config
+from llmsim.load.options import OPTIONS, convert, resolve_config
 from llmsim.load.workload import (
     Distribution,
     Workload,
@@ -88,6 +89,30 @@ def test_distribution_means():
 def test_bad_distributions_are_rejected(bad):
     with pytest.raises(ValueError):
         parse_distribution(bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (0, "a length is at least 1 token, got 0"),
+        ("0", "a length is at least 1 token, got 0"),
+        ("-3", "a length is at least 1 token, got -3"),
+        ("normal:mean=4,stddev=1,min=0", "a length is at least 1 token, got min=0"),
+        ("uniform:min=0,max=5", "a length is at least 1 token, got min=0"),
+        ("uniform:min=0.5,max=5", "min=0.5 is not a whole number"),
+        ("normal:mean=0,stddev=1", "mean=0 is outside min=1,max=1000000"),
+        ("lognormal:mean=5000,stddev=1,max=2048", "mean=5000 is outside min=1,max=2048"),
+        ("fixed:mean=3.5", "fixed needs a whole mean"),
+    ],
+)
+def test_lengths_are_whole_and_at_least_one_token(bad, message):
+    # 0 was accepted and sent the chat framing with one word; bench's --prompt-tokens and the
+    # users' --llm-prompt-tokens share this parser, so both refuse it.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_distribution(bad)
+    opt = next(o for o in OPTIONS if o.flag == "--llm-prompt-tokens")
+    with pytest.raises(ValueError, match=r"^--llm-prompt-tokens / "):
+        convert(opt, bad)
 
 
 def test_datasets(tmp_path):

@@ -51,19 +51,34 @@ def check_reachable(base_url: str, api_key: str | None, timeout: float = 5.0) ->
         raise BenchError(f"target {base_url} is unreachable: {exc.strerror or exc}") from None
 
 
-def check_port_free(host: str, port: int, what: str) -> None:
-    """Bind and release; Locust would otherwise fail later with a traceback in its log."""
+def check_port_free(host: str, port: int, host_flag: str, port_flag: str) -> None:
+    """Bind and release; Locust would otherwise fail later with a traceback in its log.
+
+    The error names the flag at fault: the host's when the address is not one this machine can
+    listen on, the port's when the port is taken.
+    """
     bind_host = "" if host in ("*", "") else host
     family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((bind_host, port))
+    except socket.gaierror as exc:
+        # Raised before any port is tried: the host is neither an IP address nor a known name.
+        raise BenchError(
+            f"{host_flag} {host!r}: not an IP address or a host name that resolves ({exc.strerror})"
+        ) from None
     except OSError as exc:
         shown = host if bind_host else "all interfaces"
         if exc.errno == errno.EADDRINUSE:
-            raise BenchError(f"port {port} on {shown} is already in use ({what})") from None
-        raise BenchError(f"cannot listen on {shown}:{port} ({what}): {exc.strerror}") from None
+            raise BenchError(f"port {port} on {shown} is already in use ({port_flag})") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise BenchError(
+                f"{host_flag} {host!r}: not an address of this machine ({exc.strerror})"
+            ) from None
+        raise BenchError(
+            f"cannot listen on {shown}:{port} ({host_flag}, {port_flag}): {exc.strerror}"
+        ) from None
     finally:
         sock.close()
 

@@ -183,9 +183,11 @@ def run_bench(
     if cfg.locustfile and not Path(cfg.locustfile).is_file():
         raise BenchError(f"--locustfile {cfg.locustfile}: no such file")
     if cfg.web:
-        check_port_free(cfg.web_host, cfg.web_port, "--web-port")
+        check_port_free(cfg.web_host, cfg.web_port, "--web-host", "--web-port")
     if cfg.master:
-        check_port_free(cfg.master_bind_host, cfg.master_bind_port, "Locust master port")
+        check_port_free(
+            cfg.master_bind_host, cfg.master_bind_port, "--master-bind-host", "--master-bind-port"
+        )
     if target and shared_server is None:
         check_reachable(target, cfg.effective_api_key)
 

@@ -22,7 +22,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
-_EXPR = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+)\s*([a-z%/]*)\s*$")
+# The sign is matched so that a negative bound gets its own message, and fidelity (signed) can
+# have a lower bound below zero.
+_EXPR = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9]*\.?[0-9]+)\s*([a-z%/]*)\s*$")
 
 
 def _dig(summary: Mapping[str, Any], *path: str) -> float | None:
@@ -125,7 +127,20 @@ def parse_slo(expr: str) -> SLO:
     if scale is None:
         allowed = ", ".join(u or "none" for u in _UNITS[kind])
         raise SLOError(f"--slo {expr!r}: unit {unit!r} does not fit {metric} (use {allowed})")
-    return SLO(expr.strip(), metric, op, float(number) * scale, kind)
+    threshold = float(number) * scale or 0.0  # "-0" is 0, not a -0.0 in summary.json
+    _check_bound(expr, metric, kind, threshold)
+    return SLO(expr.strip(), metric, op, threshold, kind)
+
+
+def _check_bound(expr: str, metric: str, kind: str, threshold: float) -> None:
+    """Refuse a threshold the metric can never take: such an SLO always passes or always fails,
+    which is a typo (150% for 1.5%) and not an objective."""
+    if threshold < 0 and not metric.startswith("fidelity_"):  # fidelity alone is signed
+        raise SLOError(f"--slo {expr!r}: {metric} is never negative")
+    if kind == "ratio" and threshold > 1:
+        raise SLOError(f"--slo {expr!r}: {metric} is a fraction, from 0 to 1 (0% to 100%)")
+    if kind == "count" and threshold != int(threshold):
+        raise SLOError(f"--slo {expr!r}: {metric} is a count, a whole number")
 
 
 def known_metrics() -> str:

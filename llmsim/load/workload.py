@@ -80,9 +80,10 @@ def parse_distribution(spec: Any) -> Distribution:
     kind, sep, rest = text.partition(":")
     if not sep:
         try:
-            return parse_distribution(int(text))
+            n = int(text)
         except ValueError:
             raise ValueError(f"not a length or distribution: {text!r}") from None
+        return parse_distribution(n)  # outside the try: its own error says what is wrong
     params = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
@@ -96,8 +97,14 @@ def _build(kind: str, p: dict[str, Any], spec: Any) -> Distribution:
     known = {"mean", "stddev", "min", "max"}
     if unknown := set(p) - known:
         raise ValueError(f"unknown parameter(s) {sorted(unknown)} in {spec!r}")
+    for key in ("min", "max"):
+        # int() would quietly turn min=0.5 into 0: a bound is a token count, a whole number.
+        if key in p and p[key] != int(p[key]):
+            raise ValueError(f"{key}={p[key]:g} is not a whole number of tokens")
     lo, hi = int(p.get("min", 1)), int(p.get("max", 1_000_000))
     if kind == "fixed":
+        if "mean" not in p or p["mean"] != int(p["mean"]):
+            raise ValueError(f"fixed needs a whole mean: {spec!r}")
         return parse_distribution(int(p["mean"]))
     if kind == "uniform":
         if "min" not in p or "max" not in p:
@@ -111,12 +118,17 @@ def _build(kind: str, p: dict[str, Any], spec: Any) -> Distribution:
 
 
 def _checked(d: Distribution) -> Distribution:
-    if d.min < 0 or d.max < d.min:
+    # Every length is at least 1 token: a prompt of 0 tokens was sent as the chat framing
+    # with one word, and max_tokens=0 is a request no API accepts, so 0 is a typo, not a load.
+    if d.kind == "fixed" and d.mean < 1:
+        raise ValueError(f"a length is at least 1 token, got {d.mean:g}")
+    if d.min < 1:
+        raise ValueError(f"a length is at least 1 token, got min={d.min}")
+    if d.max < d.min:
         raise ValueError(f"bad bounds min={d.min} max={d.max}")
-    if d.kind == "fixed" and d.mean < 0:
-        raise ValueError(f"negative length {d.mean:g}")
-    if d.kind == "lognormal" and d.mean <= 0:
-        raise ValueError("lognormal needs mean > 0")
+    if d.kind in ("normal", "lognormal") and not d.min <= d.mean <= d.max:
+        # The clamp would pile every sample on one bound: the mean asked for is never seen.
+        raise ValueError(f"mean={d.mean:g} is outside min={d.min},max={d.max}")
     if d.stddev < 0:
         raise ValueError("stddev must be >= 0")
     return d

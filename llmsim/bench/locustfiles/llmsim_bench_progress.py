@@ -101,6 +101,7 @@ def _workload(environment: Any) -> dict[str, Any]:
     """The resolved workload of each llmsim user class (model, lengths, streaming), key left out:
     what the run actually asked for, whether it came from bench's flags, the class or the UI."""
     try:
+        from llmsim.load.apis import OpenAIEmbeddingsUser
         from llmsim.load.base import LLMUser
         from llmsim.load.options import resolve_config
     except ImportError:
@@ -123,6 +124,12 @@ def _workload(environment: Any) -> dict[str, Any]:
             "dataset": cfg.dataset,
             "turns": cfg.turns,
         }
+        if issubclass(cls, OpenAIEmbeddingsUser):
+            # An embeddings body has no stream, max_tokens, ignore_eos or stream_options
+            # (OpenAIEmbeddingsUser.build_body), whatever the options resolved to.
+            out[cls.__name__].update(
+                stream=False, max_tokens=None, ignore_eos=None, include_usage=None
+            )
     return out
 
 
