@@ -16,6 +16,25 @@ import pytest
 
 from llmsim.bench.preflight import free_port  # noqa: F401  (tests import it from here)
 
+
+@pytest.fixture(autouse=True)
+def _no_gevent_patching_in_pytest() -> Iterator[None]:
+    """Fail the test that imports Locust (or anything that monkey-patches) into this process.
+
+    Locust's import patches the whole process with gevent: every later test's threads become
+    greenlets and run one at a time (a concurrency test then failed far from its cause), and
+    the interpreter's exit prints a traceback. Locust runs in subprocesses instead.
+    """
+    yield
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+
+        assert not monkey.is_module_patched("threading"), (
+            "this test monkey-patched the pytest process (imported locust?): run that code "
+            "in a subprocess"
+        )
+
+
 REPO = Path(__file__).resolve().parent.parent
 OPENAPI = REPO.parent / "shared" / "openai" / "openapi.yaml"
 _URL = re.compile(r"(https?://\S+?)/v1\b")

@@ -177,37 +177,56 @@ def test_timeline_after_a_stats_reset_starts_its_window_afresh():
     assert all(p["rps"] is None or p["rps"] >= 0 for p in tl.points)
 
 
-def test_per_second_samples_are_each_seconds_end_and_survive_the_stop(monkeypatch):
+_SAMPLES_SCRIPT = """
+import json, types
+from llmsim.load import runtime as rt_mod
+
+clock = {"now": 1000.3}
+runner = types.SimpleNamespace(user_count=1)  # one user spawned per second from 1000.3
+env = types.SimpleNamespace(runner=runner, user_classes=[], host="http://h/v1")
+
+class Done(Exception):
+    pass
+
+def sleep(seconds):
+    if clock["now"] >= 1003.0:
+        raise Done  # end the sampler after its wake-up at 1003.0
+    clock["now"] += seconds
+    runner.user_count = min(3, int(clock["now"] - 1000.3) + 1)
+
+rt_mod.time = types.SimpleNamespace(time=lambda: clock["now"])
+rt_mod.gevent.sleep = sleep
+rt = rt_mod.LLMRuntime(env)
+rt.start_time = 1000.3
+try:
+    rt._sample_loop()  # wakes at 1001.0, 1002.0 and 1003.0 (3 users from 1002.3)
+except Done:
+    pass
+clock["now"], runner.user_count = 1003.2, 0  # test stop: the users are gone
+rt._sample()
+rt.end_time = 1003.2
+doc = rt.summary()
+print(json.dumps({"max": doc["users"]["max"], "t": doc["series"]["t"],
+                  "users": doc["series"]["users"]}))
+"""
+
+
+def test_per_second_samples_are_each_seconds_end_and_survive_the_stop():
     """llm_metrics.json's users and in-flight per second: the state at the end of each second
     (as its requests are those completed in it), and the last sample at test stop, when every
-    user has stopped, must not erase the peak of its second (users_peak said 9 of 10)."""
-    import types
+    user has stopped, must not erase the peak of its second (users_peak said 9 of 10).
 
-    from llmsim.load import runtime as rt_mod
+    In a subprocess: the runtime imports Locust, whose gevent patching has no place in the
+    pytest process (threads in later tests became greenlets and ran one at a time)."""
+    import json
+    import subprocess
+    import sys
 
-    clock = {"now": 1000.3}
-    runner = types.SimpleNamespace(user_count=1)  # one user spawned per second from 1000.3
-    env = types.SimpleNamespace(runner=runner, user_classes=[], host="http://h/v1")
-
-    class Done(Exception):
-        pass
-
-    def sleep(seconds: float) -> None:
-        if clock["now"] >= 1003.0:
-            raise Done  # end the sampler after its wake-up at 1003.0
-        clock["now"] += seconds
-        runner.user_count = min(3, int(clock["now"] - 1000.3) + 1)
-
-    monkeypatch.setattr(rt_mod, "time", types.SimpleNamespace(time=lambda: clock["now"]))
-    monkeypatch.setattr(rt_mod.gevent, "sleep", sleep)
-    rt = rt_mod.LLMRuntime(env)
-    rt.start_time = 1000.3
-    with pytest.raises(Done):
-        rt._sample_loop()  # wakes at 1001.0, 1002.0 and 1003.0 (3 users from 1002.3)
-    clock["now"], runner.user_count = 1003.2, 0  # test stop: the users are gone
-    rt._sample()
-    rt.end_time = 1003.2
-    doc = rt.summary()
-    assert doc["users"]["max"] == 3
-    assert doc["series"]["t"] == [1000, 1001, 1002, 1003]
-    assert doc["series"]["users"] == [1, 2, 3, 0]
+    out = subprocess.run(
+        [sys.executable, "-c", _SAMPLES_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["max"] == 3
+    assert doc["t"] == [1000, 1001, 1002, 1003]
+    assert doc["users"] == [1, 2, 3, 0]
