@@ -289,3 +289,47 @@ def test_engine_cli_mistakes_get_one_line(tmp_path) -> None:
         assert proc.returncode == 2, (args, err)
         assert mistakes[args] in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_no_max_tokens_fills_the_context_as_vllm_does(servers) -> None:
+    server = servers["tiny_kv"]  # --max-model-len 640
+    oai = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+    # ~607 prompt tokens and no max_tokens: vLLM's default is what the context leaves (33),
+    # so the reply stops there ("length") instead of the request being refused.
+    messages = [{"role": "user", "content": _words(450, 7)}]
+    extra = {"ignore_eos": True}
+    reply = oai.chat.completions.create(model=MODEL, messages=messages, extra_body=extra)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.prompt_tokens + reply.usage.completion_tokens == 640
+    chunks = list(
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            extra_body=extra,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens + usage.completion_tokens == 640
+    # A prompt that leaves no room at all gets vLLM's prompt-only wording.
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": _words(600, 8)}]
+        )
+    message = err.value.body["message"]
+    assert "tokens in the messages, Please reduce the length of the messages." in message
+    assert "in the completion" not in message
+
+
+def test_a_model_name_that_is_no_header_value_is_still_served(servers, client) -> None:
+    server = servers["replicas"]
+    url = server.base_url + "/chat/completions"
+    body = {"model": "odd\nmodel\u2028name", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3}  # fmt: skip
+    r = client.post(url, json=body)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3, r.text
+    assert "\n" not in r.headers["openai-model"] and r.json()["model"] == body["model"]
+    with client.stream("POST", url, json={**body, "stream": True}) as s:
+        text = s.read().decode()
+    assert s.status_code == 200 and "[DONE]" in text

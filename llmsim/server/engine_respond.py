@@ -20,15 +20,32 @@ from llmsim.engine.replicas import EngineOwner, EnginePool, LoopTokens
 from llmsim.engine.request import EngineRequest
 from llmsim.engine.scheduler import Replica, Seq
 from llmsim.engine.tokens import encoding_for_model
+from llmsim.server import accounting
 
 if TYPE_CHECKING:
     from llmsim.server.pipeline import Planned
 from llmsim.server.takeover import LoopBody
 
 
-def context_error(pool: EnginePool, req: EngineRequest, completion: int) -> ApiError | None:
-    """vLLM's 400 for a prompt plus reply beyond max_model_len, or None if it fits."""
+def context_error(pool: EnginePool, req: EngineRequest, completion: int | None) -> ApiError | None:
+    """vLLM's 400 for a prompt plus reply beyond max_model_len, or None if it fits.
+
+    `completion` None (no max_tokens asked): only a prompt that leaves no room for a token is
+    refused, in vLLM's words for that case; vLLM then generates up to max_model_len.
+    """
     limit = pool.max_model_len
+    if completion is None:
+        if req.prompt_tokens < limit:
+            return None
+        return ApiError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{req.prompt_tokens} tokens in the messages, Please reduce the length of the "
+            "messages.",
+            type="BadRequestError",
+            param="messages",
+            code="context_length_exceeded",
+        )
     total = req.prompt_tokens + completion
     if total <= limit:
         return None
@@ -100,7 +117,7 @@ def respond(p: Planned) -> Response:
         {
             "x-request-id": request_id,
             "x-llmsim-engine": pool.preset.name,
-            "openai-model": reply.model,
+            "openai-model": accounting.header_value(reply.model),
         }
     )
 

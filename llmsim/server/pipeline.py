@@ -317,7 +317,7 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
             violation = state.engine.check_limits(req, getattr(fmt, "window_counts_output", True))
             if violation is not None:
                 raise fmt.limit_error(violation)
-        if state.engines is not None and req.max_tokens is not None:
+        if state.engines is not None:
             from llmsim.server.engine_respond import context_error
 
             too_long = context_error(state.engines, req, req.max_tokens)
@@ -396,6 +396,9 @@ def handle(fmt: WireFormat, state: ServerState, environ: dict[str, Any] | None =
                 stats.gauge(stats_slot, "waiting", -1)
         gen.start_running()
         catch_up()
+        if state.engines is not None and req.max_tokens is None:
+            # vLLM's default max_tokens: whatever the context leaves after the prompt.
+            req.max_tokens = state.engines.max_model_len - req.prompt_tokens
         reply = offload.call(
             offload.heavy_plan(req, schema_chars),
             state.engine.plan,
