@@ -371,3 +371,133 @@ def test_run_time_up_each_user_ends_after_its_own_request(llmsim_server, tmp_pat
     # ~1.6 s per request: each user starts at most 2 in 3 s, the last one before the end.
     assert max(starts) - min(starts) < 3.5, starts
     assert wall < 3 + 20, wall  # far from the backstop (about 3 + 1.6 + linger here)
+
+
+# A user's own init hook that waits (fetches a token, reads a file from the network...): it
+# yields before llmsim's hook runs, so a worker joining a running test gets its spawn message
+# (and Locust fires test_start) before llmsim has set up the run.
+SLOW_INIT_LOCUSTFILE = """
+import gevent
+from locust import events
+
+
+@events.init.add_listener
+def _slow_setup(**_):
+    gevent.sleep(1.5)
+
+
+from llmsim.locust import OpenAIChatUser  # noqa: E402
+
+
+class ChatUser(OpenAIChatUser):
+    pass
+"""
+
+
+def _locust(log: Path, *args: str) -> subprocess.Popen:
+    with log.open("w") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "locust", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=locust_env(),
+            cwd=REPO,
+        )
+
+
+def _wait_for(log: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def _distributed(
+    locustfile: Path, host: str, out: Path, port: int, expect: int, *args: str
+) -> tuple[list[str], list[str]]:
+    master = [
+        *("-f", str(locustfile), "--master", "--headless", "--only-summary"),
+        *("--expect-workers", str(expect), "--master-bind-host", "127.0.0.1"),
+        *("--master-bind-port", str(port), "--host", host, "--llm-results-dir", str(out)),
+        *("--csv", str(out / "locust"), *args),
+    ]
+    worker = ["-f", str(locustfile), "--worker", "--master-host", "127.0.0.1"]
+    return master, [*worker, "--master-port", str(port)]
+
+
+def test_worker_joining_a_running_test_ships_its_rows(llmsim_server, tmp_path):
+    server = llmsim_server(*EXACT)
+    locustfile = tmp_path / "slow_init.py"
+    locustfile.write_text(SLOW_INIT_LOCUSTFILE)
+    out = tmp_path / "out"
+    master_args, worker_args = _distributed(
+        locustfile,
+        server.base_url,
+        out,
+        free_port(),
+        1,
+        *("-u", "4", "-r", "4", "-t", "12s", "--llm-max-tokens", "10", "--llm-ignore-eos"),
+    )
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(_locust(tmp_path / "master.log", *master_args))
+        procs.append(_locust(tmp_path / "worker1.log", *worker_args))
+        _wait_for(tmp_path / "master.log", "All users spawned")
+        procs.append(_locust(tmp_path / "worker2.log", *worker_args))  # joins the running test
+        _wait_for(tmp_path / "master.log", "2 workers connected")
+        assert procs[0].wait(60) == 0, (tmp_path / "master.log").read_text()[-3000:]
+    finally:
+        _stop_all(procs)
+    summary = json.loads((out / "llm_metrics.json").read_text())
+    rows = _read_csv(out / "requests.csv")
+    stats = {(r["Type"], r["Name"]): r for r in _read_csv(out / "locust_stats.csv")}
+    total = summary["requests"]["total"]
+    assert total == int(stats[("POST", "/v1/chat/completions")]["Request Count"]) > 20
+    # The late worker's requests were counted but their rows never kept (its test_start came
+    # before llmsim's init hook): requests.csv lacked all of them.
+    assert len(rows) == total
+
+
+def test_killed_worker_leaves_no_phantom_streams_in_flight(llmsim_server, tmp_path):
+    server = llmsim_server(*EXACT)
+    out = tmp_path / "out"
+    master_args, worker_args = _distributed(
+        CHAT,
+        server.base_url,
+        out,
+        free_port(),
+        2,
+        *("-u", "4", "-r", "4", "-t", "18s", "--llm-max-tokens", "10", "--llm-ignore-eos"),
+    )
+    log = tmp_path / "master.log"
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(_locust(log, *master_args))
+        procs.append(_locust(tmp_path / "worker1.log", *worker_args))
+        procs.append(_locust(tmp_path / "worker2.log", *worker_args))
+        _wait_for(log, "All users spawned")
+        time.sleep(4)  # a few reports of 2 streams in flight from each worker
+        procs[2].kill()
+        _wait_for(log, "failed to send heartbeat")
+        assert procs[0].wait(60) == 0, log.read_text()[-3000:]  # the master goes on to the end
+    finally:
+        _stop_all(procs)
+    summary = json.loads((out / "llm_metrics.json").read_text())
+    rows = _read_csv(out / "requests.csv")
+    assert summary["requests"]["failed"] == 0
+    assert summary["requests"]["total"] == len(rows) > 20
+    series = summary["series"]
+    # Seconds after Locust took the dead worker's users away (its last one is the stop's).
+    after = [
+        f for u, f in zip(series["users"][:-1], series["in_flight"][:-1], strict=True) if u == 2
+    ]
+    assert len(after) >= 3, series
+    # The dead worker's last gauge (2 streams) was counted in flight to the end of the run.
+    assert max(after) <= 2, series

@@ -59,6 +59,20 @@ def install() -> None:
     locust.stats.StatsCSV._percentile_fields = _percentile_fields  # type: ignore[method-assign]
     events.init_command_line_parser.add_listener(add_arguments)
     events.init.add_listener(_on_init)
+    events.test_start.add_listener(_on_test_start_before_init)
+
+
+def _on_test_start_before_init(environment: Any, **_: Any) -> None:
+    """Start the run of a worker whose test started before init fired (then a no-op).
+
+    A worker that joins a running test gets its spawn message while it connects, and Locust
+    fires test_start as soon as any init hook yields (a user's own, or ours warming up),
+    before `_on_init` has registered the listeners: without this, that worker never kept its
+    requests.csv rows.
+    """
+    rt = get_runtime(environment)
+    if not rt.hooked:
+        rt.on_test_start(results_dir(environment.parsed_options))
 
 
 def _validate_and_warm_up(environment: Any) -> None:
@@ -227,5 +241,6 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any)
     ev.spawning_complete.add_listener(on_spawning_complete)
     ev.quitting.add_listener(on_quitting)
     ev.quit.add_listener(on_quit)
+    rt.hooked = True
     if web_ui is not None:
         install_web_ui(web_ui, rt)

@@ -49,6 +49,7 @@ class LLMRuntime:
         # request it is in and stops, rather than all being stopped by Locust at one instant.
         self.ending = False
         self._configs: dict[type, Any] = {}  # user class -> its resolved LLMConfig, per run
+        self.hooked = False  # plugin._on_init has registered this environment's listeners
 
     @property
     def is_worker(self) -> bool:
@@ -136,9 +137,28 @@ class LLMRuntime:
         runner = self.environment.runner
         users = runner.user_count if runner is not None else 0
         sec = int(time.time()) if second is None else second
+        self.forget_gone_workers()
         in_flight = self.metrics.total_in_flight()
         old_users, old_in_flight = self.samples.get(sec, (0, 0))
         self.samples[sec] = (max(users, old_users), max(in_flight, old_in_flight))
+
+    def forget_gone_workers(self) -> None:
+        """Master: zero the in-flight gauge of every worker that quit or went missing.
+
+        A worker reports its gauge with its stats; one killed mid-run (or quitting while the
+        others go on) reports no more, and its last figure would count as in flight forever.
+        A missing worker that comes back reports its gauge again.
+        """
+        from locust.runners import STATE_MISSING
+
+        clients = getattr(self.environment.runner, "clients", None)
+        if clients is None:
+            return
+        remote = self.metrics.remote_in_flight
+        for client_id in remote:
+            node = clients.get(client_id)
+            if node is None or node.state == STATE_MISSING:
+                remote[client_id] = 0
 
     def _sample_loop(self) -> None:
         # Aligned to wall-clock seconds so the series lines up with per-second request counts.
