@@ -343,41 +343,37 @@ def test_write_reports_from_synthetic_run(tmp_path: Path) -> None:
     assert "url(http" not in page
 
 
-def test_users_peak_is_the_larger_of_bench_and_locust_samples(tmp_path: Path) -> None:
-    # bench's progress samples (a second apart, not aligned to the spawns) missed the last user
-    # started; Locust's own per-second samples (llm_metrics.json: 4) saw it. Was: peak 3.
+def _four_second_reports(tmp_path: Path, starts: list[float], cfg: BenchConfig, peak: int) -> dict:
+    """write_reports for a run started at t0 and stopped 4 s later, with a request at each of
+    `starts` (seconds after t0) and Locust's own samples of that run; the summary."""
     t0 = 1_800_000_000.0
-    _write_requests(tmp_path / "requests.csv", [_req(t0 + i * 0.1) for i in range(39)])
+    _write_requests(tmp_path / "requests.csv", [_req(t0 + s) for s in starts])
     (tmp_path / "llm_metrics.json").write_text(json.dumps(_llm_metrics(t0, t0 + 4)))
-    summary = write_reports(
+    return write_reports(
         tmp_path,
-        BenchConfig(users=4, duration_s=4),
+        cfg,
         target="http://127.0.0.1:1/v1",
         target_kind="embedded",
-        state=RunState(started=t0, stopped=t0 + 4, users_peak=3),
+        state=RunState(started=t0, stopped=t0 + 4, users_peak=peak),
         client={"processes": [], "rss_peak_total_mb": 1.0},
         locust_status=0,
         simulator=None,
     )
+
+
+def test_users_peak_is_the_larger_of_bench_and_locust_samples(tmp_path: Path) -> None:
+    # bench's progress samples (a second apart, not aligned to the spawns) missed the last user
+    # started; Locust's own per-second samples (llm_metrics.json: 4) saw it. Was: peak 3.
+    starts = [i * 0.1 for i in range(39)]
+    summary = _four_second_reports(tmp_path, starts, BenchConfig(users=4, duration_s=4), peak=3)
     assert summary["users_peak"] == 4
 
 
 def test_a_run_that_stopped_early_has_its_rates_over_the_time_it_ran(tmp_path: Path) -> None:
     # Given 20 s, stopped after 4 (a trace replayed to its end, Ctrl-C): 40 requests in 4 s are
     # 10/s, not 2/s over the 20 s the run never had.
-    t0 = 1_800_000_000.0
-    _write_requests(tmp_path / "requests.csv", [_req(t0 + i * 0.09) for i in range(40)])
-    (tmp_path / "llm_metrics.json").write_text(json.dumps(_llm_metrics(t0, t0 + 4)))
-    summary = write_reports(
-        tmp_path,
-        BenchConfig(users=4, duration_s=20),
-        target="http://127.0.0.1:1/v1",
-        target_kind="embedded",
-        state=RunState(started=t0, stopped=t0 + 4, users_peak=4),
-        client={"processes": [], "rss_peak_total_mb": 1.0},
-        locust_status=0,
-        simulator=None,
-    )
+    starts = [i * 0.09 for i in range(40)]
+    summary = _four_second_reports(tmp_path, starts, BenchConfig(users=4, duration_s=20), peak=4)
     assert summary["window"]["duration_s"] == 4
     assert summary["requests"]["per_s"] == 10.0
     assert summary["tokens"]["output_per_s"] == 200.0
