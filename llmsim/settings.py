@@ -177,11 +177,6 @@ def _overflow_status(v: int) -> None:
         raise ValueError(f"must be 429 or 503, got {v}")
 
 
-def _fraction(v: float) -> None:
-    if not 0 <= v < float("inf"):
-        raise ValueError(f"must be a finite number of at least 0, got {v}")
-
-
 def _block_size(v: int) -> None:
     if not 1 <= v <= 256:
         raise ValueError(f"must be from 1 to 256, got {v}")
@@ -414,7 +409,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float,
         0.0,
         "Time between tokens grows as tbt × (1 + load_factor × running / max_concurrency).",
-        _fraction,
+        _finite_at_least(0),
         "F",
     ),
     Option(

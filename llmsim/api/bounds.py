@@ -18,6 +18,7 @@ from llmsim.api.errors import ApiError, invalid_json
 from llmsim.engine.request import EngineRequest
 from llmsim.engine.schema_bounds import MAX_CHARS_PER_TOKEN, Checker, SchemaInvalid, min_tokens
 from llmsim.engine.structured import DEFAULT_OUTPUT_TOKENS
+from llmsim.engine.tokens import replace_lone_surrogates
 
 MAX_TOOLS = 128  # OpenAI's documented maximum for `tools`; applied to Anthropic's too
 MAX_ANTHROPIC_STOPS = 64  # Anthropic publishes no limit; ours keeps the stop scan cheap
@@ -83,7 +84,7 @@ def _fix_text(text: str) -> str:
         # As tiktoken's encode() does: each lone surrogate becomes U+FFFD, so token counts are
         # unchanged and nothing later (headers, stats names, hashes, orjson) meets a str that
         # cannot be encoded.
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return replace_lone_surrogates(text)
     return text
 
 

@@ -148,8 +148,13 @@ def exact_len(enc: tiktoken.Encoding, text: str) -> int:
         return len(to_buffer(text, disallowed_special=()))
     except UnicodeEncodeError:
         # A lone surrogate (valid in JSON strings): encode() replaces it so, then encodes.
-        fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return len(to_buffer(fixed, disallowed_special=()))
+        return len(to_buffer(replace_lone_surrogates(text), disallowed_special=()))
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (valid in a JSON string, but no UTF-8) made U+FFFD, as
+    tiktoken's encode() does before encoding."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def encoded_len(enc: tiktoken.Encoding, text: str) -> int:

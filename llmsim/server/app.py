@@ -149,13 +149,21 @@ def create_app(
     app.add_url_rule("/v1/completions", "completions", route(COMPLETIONS), methods=["POST"])
     app.add_url_rule("/v1/embeddings", "embeddings", route(EMBEDDINGS), methods=["POST"])
 
+    def read_body() -> bytes:
+        """The request's body, within the size limit and the (live) body timeout."""
+        return pipeline.read_body(
+            request.environ, settings.max_body_bytes, state.settings.body_timeout_s
+        )
+
+    def read_json() -> Any:
+        """The request's JSON body, checked by bounds.loads (a 400 when refused)."""
+        return bounds.loads(read_body())
+
     def counted(count: Callable[[Any], Any]) -> Response:
         """A counting endpoint's answer to the request's JSON body. A large body is parsed,
         counted and rendered on a worker thread (tiktoken encodes without the GIL): on the
         loop, counting a 7 MiB prompt held every stream for about half a second."""
-        data = pipeline.read_body(
-            request.environ, settings.max_body_bytes, state.settings.body_timeout_s
-        )
+        data = read_body()
         heavy = len(data) > offload.HEAVY_BODY_BYTES
         body = offload.call(heavy, lambda: orjson.dumps(count(bounds.loads(data))))
         return Response(body, mimetype="application/json")
@@ -295,8 +303,7 @@ def create_app(
         live_config.check_admin(settings, request.environ)
         state.refresh()
         if request.method == "PATCH":
-            body = pipeline.read_json(timeout_s=state.settings.body_timeout_s)
-            changes = live_config.validate_patch(body, state.config_changes)
+            changes = live_config.validate_patch(read_json(), state.config_changes)
             # Check the whole result too (e.g. a per_model entry), before any worker sees it.
             try:
                 live_config.apply_changes(state.base_settings or settings, changes)

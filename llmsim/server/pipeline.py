@@ -58,15 +58,19 @@ def error_kind(status: int) -> str:
     return _STATUS_KIND.get(status, "bad_request" if status < 500 else "server_error")
 
 
-def unreadable_body(environ: dict[str, Any]) -> ApiError:
-    """The 400 for a body that cannot be read to its end (a malformed chunked encoding, or the
-    client gone before its Content-Length arrived), closing the connection."""
+def _mark_input_lost(environ: dict[str, Any]) -> None:
     inp = environ.get("wsgi.input")
     # gevent's own mark for an input in an unknown state. Without it, after the response its
     # handler reads the broken body again, fails again and appends a second, bare 400 to the
     # connection.
     if hasattr(inp, "_chunked_input_error"):
         inp._chunked_input_error = True
+
+
+def unreadable_body(environ: dict[str, Any]) -> ApiError:
+    """The 400 for a body that cannot be read to its end (a malformed chunked encoding, or the
+    client gone before its Content-Length arrived), closing the connection."""
+    _mark_input_lost(environ)
     return ApiError(
         400,
         "We could not read the body of your request: its framing (chunked encoding or "
@@ -83,7 +87,7 @@ class _BodyLate(Exception):
 def late_body(environ: dict[str, Any], timeout_s: float) -> ApiError:
     """The 408 for a body that did not arrive within `timeout_s`, closing the connection (the
     rest of the body may still come: the connection's framing is lost)."""
-    unreadable_body(environ)  # marks the input so that gevent does not read it again
+    _mark_input_lost(environ)
     return ApiError(
         408,
         f"The request body did not arrive within {timeout_s:g} s.",
@@ -133,34 +137,6 @@ def _read_body(environ: dict[str, Any], max_bytes: int | None) -> bytes:
             raise RequestEntityTooLarge()
         return data
     return get_input_stream(environ, max_content_length=max_bytes).read()
-
-
-def read_json(
-    environ: dict[str, Any] | None = None,
-    max_bytes: int | None = None,
-    timeout_s: float | None = None,
-) -> Any:
-    """The request's JSON body, checked by bounds.loads (a 400 when refused).
-
-    Without `environ` it comes from Flask's current request (its MAX_CONTENT_LENGTH applies);
-    with one, read_body reads at most `max_bytes`. Either way within `timeout_s` (else 408).
-    """
-    if environ is None:
-        timer = None if timeout_s is None else gevent.Timeout(timeout_s, _BodyLate)
-        if timer is not None:
-            timer.start()
-        try:
-            data = request.get_data(cache=False)
-        except _BodyLate:
-            raise late_body(request.environ, timeout_s or 0.0) from None
-        except (OSError, ValueError, ClientDisconnected):
-            raise unreadable_body(request.environ) from None
-        finally:
-            if timer is not None:
-                timer.close()
-    else:
-        data = read_body(environ, max_bytes, timeout_s)
-    return bounds.loads(data)
 
 
 def api_key(environ: dict[str, Any] | None = None) -> str:
